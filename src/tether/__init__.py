@@ -1,0 +1,33 @@
+"""tether: secure workspaces on borrowed machines.
+
+The public Python API. Names load on first use, so `import tether` stays cheap (the CLI's
+fast path depends on it); `tether.__all__` is frozen by a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tether._version import __version__
+from tether.errors import TetherError
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "run_checks": "tether.doctor",
+}
+
+__all__ = ["TetherError", "__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

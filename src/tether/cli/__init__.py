@@ -1,0 +1,1 @@
+"""The `tether` command line: a thin layer over the Python API (see tether.cli.main)."""

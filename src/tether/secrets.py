@@ -1,0 +1,193 @@
+"""Secrets: where they come from and where they are kept.
+
+A secret (a forge token, store credentials, the IDE password) enters tether from a file named
+by a ``--...-file`` option, an environment variable, or a hidden prompt, never from argv, where
+``ps`` shows it to every user. It is kept in the OS keyring when a real backend works, else in
+a 0600 JSON file under the config dir. Nothing here prints a secret.
+
+``TETHER_SECRETS_BACKEND=file|keyring`` forces a backend (tests use ``file``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tether import paths
+from tether.errors import ConfigError, LocalIOError, UsageError
+
+SERVICE = "tether"
+
+
+class SecretBackend(Protocol):
+    name: str
+
+    def get(self, key: str) -> str | None: ...
+    def set(self, key: str, value: str) -> None: ...
+    def delete(self, key: str) -> bool: ...
+
+
+class FileBackend:
+    """A JSON object in a 0600 file inside a 0700 directory."""
+
+    name = "file"
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or paths.config_dir() / "secrets.json"
+
+    def _load(self) -> dict[str, str]:
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise LocalIOError(f"could not read {self.path}: {exc.strerror}") from exc
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"the secrets file {self.path} is not valid JSON",
+                              "restore it from a backup, or delete it and log in again") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"the secrets file {self.path} is not a JSON object")
+        return data
+
+    def get(self, key: str) -> str | None:
+        return self._load().get(key)
+
+    def set(self, key: str, value: str) -> None:
+        data = self._load()
+        data[key] = value
+        paths.atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True),
+                           mode=paths.PRIVATE_FILE_MODE)
+
+    def delete(self, key: str) -> bool:
+        data = self._load()
+        if key not in data:
+            return False
+        del data[key]
+        paths.atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True),
+                           mode=paths.PRIVATE_FILE_MODE)
+        return True
+
+
+class KeyringBackend:
+    """The OS keyring (Secret Service, macOS Keychain, Windows Credential Locker)."""
+
+    name = "keyring"
+
+    def get(self, key: str) -> str | None:
+        import keyring
+
+        return keyring.get_password(SERVICE, key)
+
+    def set(self, key: str, value: str) -> None:
+        import keyring
+
+        keyring.set_password(SERVICE, key, value)
+
+    def delete(self, key: str) -> bool:
+        import keyring
+        import keyring.errors
+
+        try:
+            keyring.delete_password(SERVICE, key)
+        except keyring.errors.PasswordDeleteError:
+            return False
+        return True
+
+
+def keyring_status() -> tuple[bool, str]:
+    """Whether a real keyring backend works here, and its name (or why not)."""
+    try:
+        import keyring
+        from keyring.backends import fail
+
+        backend = keyring.get_keyring()
+    except Exception as exc:  # keyring raises many kinds on broken D-Bus setups
+        return False, f"keyring unusable: {exc}"
+    name = type(backend).__module__ + "." + type(backend).__name__
+    if isinstance(backend, fail.Keyring) or "null" in name.lower():
+        return False, "no keyring backend available"
+    if "chainer" in name.lower() and not getattr(backend, "backends", None):
+        return False, "no keyring backend available"
+    try:
+        backend.get_password(SERVICE, "__probe__")
+    except Exception as exc:
+        return False, f"{name} does not answer: {exc}"
+    return True, name
+
+
+def default_backend() -> SecretBackend:
+    forced = os.environ.get("TETHER_SECRETS_BACKEND", "").strip().lower()
+    if forced == "file":
+        return FileBackend()
+    if forced == "keyring":
+        return KeyringBackend()
+    if forced:
+        raise ConfigError(f"TETHER_SECRETS_BACKEND={forced!r} is not a backend",
+                          "use 'file' or 'keyring', or unset it")
+    ok, _ = keyring_status()
+    return KeyringBackend() if ok else FileBackend()
+
+
+def get_secret(key: str, backend: SecretBackend | None = None) -> str | None:
+    return (backend or default_backend()).get(key)
+
+
+def set_secret(key: str, value: str, backend: SecretBackend | None = None) -> None:
+    if not value:
+        raise UsageError("refusing to store an empty secret")
+    (backend or default_backend()).set(key, value)
+
+
+def delete_secret(key: str, backend: SecretBackend | None = None) -> bool:
+    return (backend or default_backend()).delete(key)
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where to read one secret from, in order: the file, the environment, a prompt."""
+
+    what: str  # e.g. "GitHub token": used in the prompt and in errors
+    file: Path | None = None
+    env: str | None = None
+    prompt: bool = True
+
+
+def read_secret(source: SecretSource) -> str:
+    """Read a secret from the first place ``source`` names that has one.
+
+    A file is read whole with trailing newlines stripped ("-" reads stdin). A prompt is used
+    only when stdin is a terminal; otherwise the error says how to pass the secret.
+    """
+    if source.file is not None:
+        try:
+            if str(source.file) == "-":
+                value = sys.stdin.read()
+            else:
+                value = Path(source.file).expanduser().read_text()
+        except OSError as exc:
+            raise UsageError(f"could not read the {source.what} from {source.file}: "
+                             f"{exc.strerror}") from exc
+        value = value.rstrip("\r\n")
+        if not value:
+            raise UsageError(f"{source.file} holds no {source.what}")
+        return value
+    if source.env and os.environ.get(source.env):
+        return os.environ[source.env]
+    if source.prompt and sys.stdin is not None and sys.stdin.isatty():
+        value = getpass.getpass(f"{source.what}: ")
+        if not value:
+            raise UsageError(f"no {source.what} given")
+        return value
+    ways = []
+    if source.env:
+        ways.append(f"set {source.env}")
+    ways.append("pass a file with the matching --...-file option")
+    ways.append("or run in a terminal to be prompted")
+    raise UsageError(f"no {source.what} given", ", ".join(ways))
