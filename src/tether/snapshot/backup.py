@@ -1,0 +1,236 @@
+"""Push: walk a folder once, store new content, write trees, then commit a snapshot.
+
+One depth-first pass (tar order, so neighbouring files compress together): each file costs
+one ``lstat``; a file whose stat matches the stat cache is not read. New content goes to a
+``PackWriter`` whose segments compress in worker threads (zstd and BLAKE3 release the GIL)
+while this thread keeps walking. Directories are opened once and everything below is reached
+relative to their fd with O_NOFOLLOW, so a symlink swapped in mid-walk is never followed.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+from pyfastcdc import FastCDC
+
+from tether.errors import LocalIOError, NotFoundError, UsageError
+from tether.snapshot import format as fmt
+from tether.snapshot import venvs as venvmod
+from tether.snapshot.repo import PackWriter, Repository
+from tether.snapshot.scan import Excluder, StatCache, is_cachedir
+from tether.snapshot.stores.base import Store
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+
+
+@dataclass
+class PushResult:
+    snapshot_id: str
+    tree: str
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    bytes_new: int = 0          # plaintext of blobs the repository did not have
+    bytes_uploaded: int = 0     # everything put to the store, packs, trees, index, snapshot
+    packs: int = 0
+    adopted_packs: int = 0      # finished packs of an interrupted push that were reused
+    duration_s: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+
+class CountingStore:
+    """Wraps a Store and counts the bytes put (the benchmark and PushResult need them)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.capabilities = inner.capabilities
+        self.bytes_put = 0
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+        self.bytes_put += len(data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.inner.put_file(key, path)
+        self.bytes_put += path.stat().st_size
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+class _Walker:
+    def __init__(self, repo: Repository, data: PackWriter, trees: PackWriter,
+                 cache: StatCache, excluder: Excluder, progress: Callable[[int], None]) -> None:
+        self.repo = repo
+        self.have = repo.index().blobs
+        self.data = data
+        self.trees = trees
+        self.cache = cache
+        self.excluder = excluder
+        self.progress = progress
+        self.seen: set[bytes] = set()
+        cfg = repo.config
+        self.large = cfg.large_file
+        self.cdc = FastCDC(avg_size=cfg.chunk_avg, min_size=cfg.chunk_min,
+                           max_size=cfg.chunk_max)
+        self.files = self.dirs = self.bytes = self.files_read = self.bytes_read = 0
+        self.skipped: list[str] = []
+        self.venvs: list[fmt.Venv] = []
+
+    def _store(self, typ: int, data: bytes, writer: PackWriter) -> str:
+        blob = blake3.blake3(data).digest()
+        if blob not in self.have and blob not in self.seen:
+            self.seen.add(blob)
+            writer.add(typ, blob, data)
+        return blob.hex()
+
+    def _read_file(self, dfd: int, name: str, rel: str, size: int) -> tuple[list[str], int]:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        try:
+            if size < self.large:
+                data = os.read(fd, size + 1)
+                while len(data) > size:  # grew while we read: take all of it
+                    more = os.read(fd, 1 << 20)
+                    if not more:
+                        break
+                    data += more
+                    size = len(data)
+                self.bytes_read += len(data)
+                return ([self._store(fmt.DATA, data, self.data)] if data else []), len(data)
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
+                ids = [self._store(fmt.DATA, mm[o:o + n], self.data)
+                       for o, n in self._cuts(mm)]
+                self.bytes_read += len(mm)
+                return ids, len(mm)
+        finally:
+            os.close(fd)
+
+    def _cuts(self, mm: mmap.mmap) -> list[tuple[int, int]]:
+        view = memoryview(mm)
+        try:
+            return [(c.offset, c.length) for c in self.cdc.cut_buf(view)]
+        finally:
+            view.release()
+
+    def walk(self, dfd: int, rel: str) -> str:
+        """Store the directory open at ``dfd`` (relative path ``rel``) and return its tree id."""
+        rows: list[list] = []
+        entries = list(os.scandir(dfd))
+        names = {e.name for e in entries}
+        if "pyvenv.cfg" in names:
+            venv = venvmod.describe(dfd, rel)
+            if venv is not None:
+                self.venvs.append(venv)
+        prefix = rel + "/" if rel else ""
+        for e in entries:
+            name = e.name
+            path = prefix + name
+            st = e.stat(follow_symlinks=False)
+            mode = st.st_mode
+            is_dir = stat.S_ISDIR(mode)
+            if self.excluder.skip(name, path, is_dir):
+                continue
+            if stat.S_ISREG(mode):
+                ids = self.cache.lookup(path, st)
+                size = st.st_size
+                if ids is None or not all(bytes.fromhex(i) in self.have for i in ids):
+                    try:
+                        ids, size = self._read_file(dfd, name, path, size)
+                    except (FileNotFoundError, PermissionError) as exc:
+                        self.skipped.append(f"{path}: {exc.strerror}")
+                        continue
+                    self.files_read += 1
+                    self.progress(size)
+                    if size == st.st_size:
+                        self.cache.remember(path, st, ids)
+                else:
+                    self.cache.remember(path, st, ids)
+                rows.append([name, "f", mode & 0o7777, st.st_mtime_ns, size, ids])
+                self.files += 1
+                self.bytes += size
+            elif is_dir:
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                except (FileNotFoundError, PermissionError) as exc:
+                    self.skipped.append(f"{path}/: {exc.strerror}")
+                    continue
+                try:
+                    if is_cachedir(sub):
+                        continue
+                    tree = self.walk(sub, path)
+                finally:
+                    os.close(sub)
+                rows.append([name, "d", mode & 0o7777, st.st_mtime_ns, 0, tree])
+            elif stat.S_ISLNK(mode):
+                target = os.readlink(name, dir_fd=dfd)
+                rows.append([name, "l", 0o777, st.st_mtime_ns, 0, target])
+            else:
+                self.skipped.append(f"{path}: not a regular file, directory or symlink")
+        rows.sort(key=lambda r: r[0])
+        self.dirs += 1
+        data = json.dumps({"v": fmt.VERSION, "entries": rows}, separators=(",", ":")).encode()
+        return self._store(fmt.TREE, data, self.trees)
+
+
+def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
+         progress: Callable[[int], None] | None = None, threads: int | None = None) -> PushResult:
+    """Snapshot the folder ``path`` into ``store`` (created on first push)."""
+    started = time.perf_counter()
+    root = Path(os.path.abspath(path))
+    if not root.is_dir():
+        raise NotFoundError(f"{path} is not a directory", "push takes a folder")
+    for t in tags:
+        if not t or any(c.isspace() for c in t) or len(t) > 128:
+            raise UsageError(f"invalid tag {t!r}", "tags are short words without spaces")
+    counting = CountingStore(store)
+    repo = Repository.open(counting, create=True)
+    threads = threads or max(2, os.cpu_count() or 2)
+    with repo.lock("push"), ThreadPoolExecutor(threads) as pool, \
+            ThreadPoolExecutor(1) as uploader:
+        adopted = repo.adopt_orphans()
+        cache = StatCache(repo.config.id, root).load()
+        data = PackWriter(counting, pool, uploader)
+        trees = PackWriter(counting, pool, uploader)
+        walker = _Walker(repo, data, trees, cache, Excluder.for_root(root),
+                         progress or (lambda n: None))
+        try:
+            dfd = os.open(root, _DIR_FLAGS)
+        except OSError as exc:
+            raise LocalIOError(f"cannot open {root}: {exc.strerror}") from exc
+        try:
+            tree = walker.walk(dfd, "")
+        finally:
+            os.close(dfd)
+        written = data.finish()
+        written.update(trees.finish())
+        written.update(adopted)
+        repo.write_index(written)
+        counting.flush()  # packs and index durable before the snapshot that names them
+        snap = fmt.Snapshot(tree=bytes.fromhex(tree), time_ns=time.time_ns(),
+                            hostname=socket.gethostname(), path=str(root), tags=tuple(tags),
+                            files=walker.files, dirs=walker.dirs, bytes=walker.bytes,
+                            venvs=tuple(walker.venvs))
+        sid = repo.write_snapshot(snap)
+        counting.flush()  # the commit point
+    cache.save()
+    return PushResult(snapshot_id=sid, tree=tree, files=walker.files, dirs=walker.dirs,
+                      bytes=walker.bytes, files_read=walker.files_read,
+                      bytes_read=walker.bytes_read,
+                      bytes_new=data.bytes_added + trees.bytes_added,
+                      bytes_uploaded=counting.bytes_put,
+                      packs=len(written) - len(adopted), adopted_packs=len(adopted),
+                      duration_s=time.perf_counter() - started, skipped=walker.skipped)
