@@ -1,0 +1,180 @@
+"""Resource limits for one run: a cgroup (v2 or v1) per run, RLIMIT_AS as the memory fallback.
+
+The child joins the cgroup *before* it execs bwrap (it writes "0" — itself — to the
+`cgroup.procs` files opened by the parent), so no process of the run ever exists outside it.
+pids and cpu have no honest rlimit equivalent (RLIMIT_NPROC counts every process of the user
+on the host and root ignores it; RLIMIT_CPU is CPU time, not a rate), so without a cgroup the
+runner refuses those limits instead of pretending.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.errors import EnforcementError
+from tether.sandbox.profiles import CgroupFacts, Limits
+
+CPU_PERIOD_US = 100_000
+
+
+@dataclass
+class RunCgroup:
+    """The cgroup directories of one run and the fds the child writes itself into."""
+
+    version: str
+    dirs: dict[str, Path] = field(default_factory=dict)   # controller (or "unified") -> dir
+    procs_fds: list[int] = field(default_factory=list)
+    rlimit_as: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def preexec(self) -> None:
+        """Runs in the forked child before exec: join the cgroup(s), apply rlimits."""
+        for fd in self.procs_fds:
+            os.write(fd, b"0")
+        if self.rlimit_as is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.rlimit_as, self.rlimit_as))
+
+    def close_fds(self) -> None:
+        for fd in self.procs_fds:
+            os.close(fd)
+        self.procs_fds.clear()
+
+    def _read(self, controller: str, name: str) -> str | None:
+        d = self.dirs.get(controller) or self.dirs.get("unified")
+        if d is None:
+            return None
+        try:
+            return (d / name).read_text()
+        except OSError:
+            return None
+
+    def peak_memory(self) -> int | None:
+        text = (self._read("memory", "memory.max_usage_in_bytes") if self.version == "v1"
+                else self._read("unified", "memory.peak"))
+        return int(text) if text and text.strip().isdigit() else None
+
+    def oom_killed(self) -> bool:
+        name = "memory.oom_control" if self.version == "v1" else "memory.events"
+        text = self._read("memory", name) or ""
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip() not in ("", "0"):
+                return True
+        return False
+
+    def pids_peak_hit(self) -> bool:
+        text = self._read("pids", "pids.events") or ""
+        return any(line.startswith("max ") and line.split()[1] != "0"
+                   for line in text.splitlines())
+
+    def kill_all(self) -> None:
+        """Kill every process still in the run's cgroup(s)."""
+        for d in self.dirs.values():
+            if (d / "cgroup.kill").exists():
+                try:
+                    (d / "cgroup.kill").write_text("1")
+                    continue
+                except OSError:
+                    pass
+            for _ in range(50):
+                try:
+                    pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+                except OSError:
+                    break
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.002)
+
+    def remove(self) -> None:
+        self.close_fds()
+        for d in self.dirs.values():
+            for attempt in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    # processes still exiting; the pid namespace teardown is quick
+                    if attempt == 20:
+                        self.kill_all()
+                    time.sleep(0.005)
+
+
+def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
+           *, measure: bool = True) -> RunCgroup:
+    """Make the run's cgroup(s) and write the limits; raise EnforcementError if one can't be."""
+    if limits.pids and not facts.pids:
+        raise EnforcementError("the pids limit cannot be enforced here (no writable pids cgroup)",
+                               hint="run `tether sandbox probe`; or drop --pids / use a "
+                                    "profile without it")
+    if limits.cpus and not facts.cpu:
+        raise EnforcementError("the cpu limit cannot be enforced here (no writable cpu cgroup)",
+                               hint="run `tether sandbox probe`; or drop --cpus")
+    name = "tether-" + uuid.uuid4().hex[:12]
+    cg = RunCgroup(version=facts.version)
+    try:
+        if facts.version == "v2":
+            _make_v2(cg, base_dirs["unified"] / name, limits, facts)
+        elif facts.version == "v1":
+            _make_v1(cg, base_dirs, name, limits, facts, measure)
+        if limits.memory_bytes and not facts.memory:
+            cg.rlimit_as = limits.memory_bytes
+            cg.notes.append("memory limit enforced with RLIMIT_AS per process (no memory "
+                            "cgroup): a run may use more in total across processes")
+    except OSError as exc:
+        cg.remove()
+        raise EnforcementError(f"cannot set up the run's cgroup: {exc}",
+                               hint="run `tether sandbox probe`") from exc
+    return cg
+
+
+def _open_procs(cg: RunCgroup, key: str, d: Path) -> None:
+    d.mkdir()
+    cg.dirs[key] = d
+    cg.procs_fds.append(os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+
+
+def _make_v2(cg: RunCgroup, d: Path, limits: Limits, facts: CgroupFacts) -> None:
+    _open_procs(cg, "unified", d)
+    if limits.memory_bytes and facts.memory:
+        (d / "memory.max").write_text(str(limits.memory_bytes))
+        if (d / "memory.swap.max").exists():
+            (d / "memory.swap.max").write_text("0")
+    if limits.pids:
+        (d / "pids.max").write_text(str(limits.pids))
+    if limits.cpus:
+        (d / "cpu.max").write_text(f"{int(limits.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+
+
+def _make_v1(cg: RunCgroup, base_dirs: dict[str, Path], name: str, limits: Limits,
+             facts: CgroupFacts, measure: bool) -> None:
+    if facts.memory and (limits.memory_bytes or measure):
+        d = base_dirs["memory"] / name
+        _open_procs(cg, "memory", d)
+        if limits.memory_bytes:
+            (d / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+            # without this the run could push pages to swap and keep going
+            memsw = d / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                memsw.write_text(str(limits.memory_bytes))
+    if limits.pids:
+        d = base_dirs["pids"] / name
+        _open_procs(cg, "pids", d)
+        (d / "pids.max").write_text(str(limits.pids))
+    if limits.cpus:
+        d = base_dirs["cpu"] / name
+        _open_procs(cg, "cpu", d)
+        (d / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (d / "cpu.cfs_quota_us").write_text(str(int(limits.cpus * CPU_PERIOD_US)))

@@ -1,0 +1,433 @@
+"""Sandbox profiles as data, and the pure mapping profile + flags -> SandboxSpec -> bwrap argv.
+
+Nothing here touches the system: host facts come in as a `HostFacts` value (made by
+`tether.sandbox.probe`), configuration as an already-parsed `[sandbox]` table. That keeps
+every decision about *what* is isolated testable table-driven, and the runner a thin shell.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path, PurePosixPath
+
+from tether.errors import ConfigError, UsageError
+
+
+class NetworkMode(str, Enum):
+    """What the sandbox may reach. Named by what it allows; there is no "unset"."""
+
+    NONE = "none"            # a fresh network namespace with only loopback
+    ALLOWLIST = "allowlist"  # no network, except named domains through the host proxy
+    FULL = "full"            # the host's network namespace
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: Path
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    profile: str
+    command: tuple[str, ...]
+    workdir: Path                 # the host workspace directory (bound at the same path)
+    cwd: str                      # working directory inside the sandbox
+    network: NetworkMode
+    allow_domains: tuple[str, ...]
+    mounts: tuple[Mount, ...]
+    env: tuple[tuple[str, str], ...]   # the complete environment of the command
+    limits: Limits
+    rootfs: Path | None = None         # a separate distribution's root instead of the host's
+    writable_layer: Path | None = None  # a persistent dir mounted as the sandbox's home
+    landlock: bool = False             # apply Landlock inside (needs the in-sandbox helper)
+    hostname: str = "sandbox"
+    # host resolver map for the allowlist proxy (tests, split-horizon setups): name -> ip
+    resolve: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    network: NetworkMode
+    workspace_writable: bool
+    landlock: bool
+    # host environment variables passed through when set (besides explicit --env)
+    pass_env: tuple[str, ...]
+    limits: Limits
+
+
+_BASE_ENV = ("LANG", "LC_ALL", "TERM", "TZ")
+
+PROFILES: dict[str, Profile] = {
+    p.name: p for p in (
+        Profile("restrictive", "no network, workspace read-only, nothing from home",
+                NetworkMode.NONE, workspace_writable=False, landlock=True,
+                pass_env=(), limits=Limits(memory_bytes=2 << 30, pids=256)),
+        Profile("moderate", "network, workspace writable, nothing from home",
+                NetworkMode.FULL, workspace_writable=True, landlock=False,
+                pass_env=_BASE_ENV, limits=Limits(pids=1024)),
+        Profile("permissive", "network, current directory writable, chosen env passed",
+                NetworkMode.FULL, workspace_writable=True, landlock=False,
+                pass_env=(*_BASE_ENV, "PATH_EXTRA", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                          "PIP_INDEX_URL", "npm_config_registry"),
+                limits=Limits()),
+    )
+}
+DEFAULT_PROFILE = "moderate"
+
+SANDBOX_HOME = "/home/sandbox"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROXY_PORT = 3128              # HTTP/CONNECT proxy inside the sandbox's network namespace
+SOCKS_PORT = 1080
+PROXY_SOCKET = "/run/tether/proxy.sock"
+HELPER_DIR = "/run/tether"
+
+# /etc entries a program needs to run; everything else in /etc (shadow, ssh host keys,
+# ssl/private, pip.conf/npmrc with index tokens, machine-id) stays out. passwd/group/hostname
+# are generated so the sandbox does not learn the host's accounts.
+ETC_ALLOW = (
+    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
+    "environment", "fonts", "gai.conf", "host.conf", "inputrc", "java-17-openjdk",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "locale.alias", "localtime", "magic",
+    "magic.mime", "mime.types", "nsswitch.conf", "os-release", "profile", "protocols",
+    "python3", "python3.11", "rpc", "services", "ssl/certs", "ssl/openssl.cnf", "timezone",
+    "xdg",
+)
+ETC_NETWORK = ("resolv.conf", "hosts")   # only with the host network
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
+_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    version: str = "none"          # "v2", "v1" or "none"
+    memory: bool = False           # a writable controller tether can put a run under
+    pids: bool = False
+    cpu: bool = False
+    memory_peak: bool = False      # v2 memory.peak / v1 memory.max_usage_in_bytes
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What this host can enforce; made by `probe`, consumed by the pure argv builder."""
+
+    bwrap: str | None = None
+    bwrap_version: str | None = None
+    userns: bool = False
+    seccomp: bool = False
+    arch: str = "x86_64"
+    landlock_abi: int = 0
+    cgroup: CgroupFacts = field(default_factory=CgroupFacts)
+    # (path, symlink target or None) for each of SYSTEM_DIRS that exists on the host
+    system_dirs: tuple[tuple[str, str | None], ...] = ()
+    etc_entries: tuple[str, ...] = ()     # ETC_ALLOW + ETC_NETWORK entries present
+    helper_python: str | None = None      # a python3 usable inside the sandbox
+    problems: tuple[str, ...] = ()
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'512M', '1G', '1.5GiB', 1048576 -> bytes (binary units)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"invalid size {text!r}", hint="use a number with K, M, G or T, e.g. 1G")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    value = int(float(m.group(1)) * mult)
+    if value <= 0:
+        raise UsageError(f"invalid size {text!r}", hint="the size must be positive")
+    return value
+
+
+def parse_mount(text: str, base: Path) -> Mount:
+    """'SRC[:DST][:ro|rw]' with SRC relative to `base`; DST defaults to the absolute SRC."""
+    parts = text.split(":")
+    read_only = False
+    if len(parts) > 1 and parts[-1] in ("ro", "rw"):
+        read_only = parts.pop() == "ro"
+    if not parts[0] or len(parts) > 2:
+        raise UsageError(f"invalid mount {text!r}", hint="use SRC[:DST][:ro]")
+    source = Path(parts[0]) if parts[0].startswith("/") else base / parts[0]
+    target = Path(parts[1]) if len(parts) == 2 else source
+    if not target.is_absolute():
+        raise UsageError(f"mount target {str(target)!r} is not absolute",
+                         hint="write the destination inside the sandbox as /path")
+    return Mount(Path(_normpath(str(source))), Path(_normpath(str(target))), read_only)
+
+
+def parse_env(items: Iterable[str], host_env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """'K=V' sets a value; a bare 'K' passes the host's value (and is skipped when unset)."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not _ENV_NAME.match(name):
+            raise UsageError(f"invalid environment variable name {name!r}",
+                             hint="use --env NAME=VALUE or --env NAME")
+        if eq:
+            out.append((name, value))
+        elif name in host_env:
+            out.append((name, host_env[name]))
+    return tuple(out)
+
+
+def check_domain(domain: str) -> str:
+    d = domain.strip().lower().rstrip(".")
+    if not _DOMAIN.match(d) or len(d) > 253:
+        raise UsageError(f"invalid domain {domain!r}",
+                         hint="use a host name such as pypi.org or *.example.com")
+    return d
+
+
+def domain_allowed(host: str, allow: Sequence[str]) -> bool:
+    """Exact names match themselves; '*.example.com' matches subdomains, not the apex."""
+    h = host.lower().rstrip(".")
+    for pattern in allow:
+        if pattern.startswith("*."):
+            if h.endswith(pattern[1:]) and h != pattern[2:]:
+                return True
+        elif h == pattern:
+            return True
+    return False
+
+
+def _normpath(p: str) -> str:
+    parts: list[str] = []
+    for part in PurePosixPath(p).parts[1:]:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part != ".":
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _config_value(config: Mapping[str, object], key: str, kind: type | tuple[type, ...]):
+    value = config.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"tether.toml [sandbox] {key} has the wrong type",
+                          hint=f"expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+_CONFIG_KEYS = {"profile", "network", "allow_domains", "mounts", "env", "memory", "cpus",
+                "pids", "timeout", "rootfs", "landlock"}
+
+
+def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
+                 cwd: str | None = None, network: NetworkMode | str | None = None,
+                 allow_domains: Sequence[str] = (), mounts: Sequence[Mount | str] = (),
+                 env: Sequence[str] = (), host_env: Mapping[str, str] | None = None,
+                 memory: str | int | None = None, cpus: float | None = None,
+                 pids: int | None = None, timeout: float | None = None,
+                 rootfs: Path | None = None, writable_layer: Path | None = None,
+                 landlock: bool | None = None, config: Mapping[str, object] | None = None,
+                 toolchain_mounts: Sequence[Mount] = (), path_prefix: Sequence[str] = (),
+                 resolve: Mapping[str, str] | None = None) -> SandboxSpec:
+    """Profile data, then the tether.toml [sandbox] table, then flags (last wins)."""
+    config = dict(config or {})
+    unknown = set(config) - _CONFIG_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in tether.toml [sandbox]: {', '.join(sorted(unknown))}",
+                          hint=f"known keys: {', '.join(sorted(_CONFIG_KEYS))}")
+    host_env = host_env or {}
+    name = profile or _config_value(config, "profile", str) or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise UsageError(f"unknown sandbox profile {name!r}",
+                         hint=f"choose one of: {', '.join(PROFILES)}")
+    if not command:
+        raise UsageError("no command to run", hint="tether sandbox run -- CMD ...")
+    base = PROFILES[name]
+    workdir = Path(_normpath(str(workdir)))
+
+    net_value = network or _config_value(config, "network", str) or base.network
+    try:
+        net = NetworkMode(net_value)
+    except ValueError:
+        raise UsageError(f"unknown network mode {net_value!r}",
+                         hint="use none, allowlist or full") from None
+    domains = tuple(check_domain(d) for d in
+                    (*(_config_value(config, "allow_domains", list) or ()), *allow_domains))
+    if domains:
+        if network is not None and NetworkMode(network) is NetworkMode.NONE:
+            if allow_domains:
+                raise UsageError("--no-network and --allow-domain contradict each other",
+                                 hint="drop one of them")
+            domains = ()          # the flag wins over domains from tether.toml
+        else:
+            net = NetworkMode.ALLOWLIST   # naming domains narrows any network to them
+    if net is NetworkMode.ALLOWLIST and not domains:
+        raise UsageError("network mode allowlist needs at least one --allow-domain",
+                         hint="or use --no-network")
+
+    cfg_mounts = [parse_mount(m, workdir) for m in (_config_value(config, "mounts", list) or ())]
+    flag_mounts = [m if isinstance(m, Mount) else parse_mount(m, workdir) for m in mounts]
+    work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
+    all_mounts = (*toolchain_mounts, work_mount, *cfg_mounts, *flag_mounts)
+    for m in all_mounts:
+        if m.target == Path("/") or str(m.target).startswith(("/proc", "/dev", HELPER_DIR)):
+            raise UsageError(f"cannot mount over {m.target}",
+                             hint="choose another destination inside the sandbox")
+
+    limits = Limits(
+        memory_bytes=parse_size(memory if memory is not None
+                                else _config_value(config, "memory", (str, int)))
+        or base.limits.memory_bytes,
+        cpus=_positive("cpus", cpus if cpus is not None
+                       else _config_value(config, "cpus", (int, float))) or base.limits.cpus,
+        pids=_positive("pids", pids if pids is not None
+                       else _config_value(config, "pids", int)) or base.limits.pids,
+        timeout_s=_positive("timeout", timeout if timeout is not None
+                            else _config_value(config, "timeout", (int, float)))
+        or base.limits.timeout_s,
+    )
+
+    environ: dict[str, str] = {"HOME": SANDBOX_HOME, "USER": "sandbox", "LOGNAME": "sandbox",
+                               "PATH": ":".join((*path_prefix, SANDBOX_PATH)),
+                               "TMPDIR": "/tmp"}
+    for key in base.pass_env:
+        if key in host_env:
+            environ[key] = host_env[key]
+    cfg_env = _config_value(config, "env", (list, dict)) or ()
+    if isinstance(cfg_env, dict):
+        cfg_env = [f"{k}={v}" for k, v in cfg_env.items()]
+    environ.update(parse_env([*cfg_env, *env], host_env))
+    if net is NetworkMode.ALLOWLIST:
+        proxy = f"http://127.0.0.1:{PROXY_PORT}"
+        for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            environ[key] = proxy
+        environ["ALL_PROXY"] = environ["all_proxy"] = f"socks5h://127.0.0.1:{SOCKS_PORT}"
+        environ["NO_PROXY"] = environ["no_proxy"] = "localhost,127.0.0.1"
+
+    cfg_rootfs = _config_value(config, "rootfs", str)
+    use_landlock = landlock if landlock is not None else _config_value(config, "landlock", bool)
+    return SandboxSpec(
+        profile=name, command=tuple(command), workdir=workdir,
+        cwd=cwd or str(workdir), network=net, allow_domains=domains,
+        mounts=tuple(all_mounts), env=tuple(sorted(environ.items())), limits=limits,
+        rootfs=rootfs or (Path(cfg_rootfs) if cfg_rootfs else None),
+        writable_layer=writable_layer,
+        landlock=base.landlock if use_landlock is None else use_landlock,
+        resolve=tuple(sorted((resolve or {}).items())),
+    )
+
+
+def _positive(name: str, value):
+    if value is not None and value <= 0:
+        raise UsageError(f"--{name} must be positive, got {value}")
+    return value
+
+
+def needs_helper(spec: SandboxSpec) -> bool:
+    """The in-sandbox helper runs first when Landlock or the proxy forwarder is needed."""
+    return spec.landlock or spec.network is NetworkMode.ALLOWLIST
+
+
+def required_features(spec: SandboxSpec) -> list[str]:
+    """Every protection the spec asks for, by name; the runner refuses if one is missing."""
+    need = ["bwrap", "userns", "seccomp"]
+    if spec.landlock:
+        need.append("landlock")
+    if needs_helper(spec):
+        need.append("helper_python")
+    if spec.limits.memory_bytes:
+        need.append("memory")
+    if spec.limits.pids:
+        need.append("pids")
+    if spec.limits.cpus:
+        need.append("cpu")
+    return need
+
+
+def missing_features(spec: SandboxSpec, host: HostFacts) -> list[str]:
+    have = {
+        "bwrap": host.bwrap is not None, "userns": host.userns, "seccomp": host.seccomp,
+        "landlock": host.landlock_abi >= 1, "helper_python": host.helper_python is not None,
+        # memory falls back to RLIMIT_AS (per process; reported as such); pids and cpu have
+        # no honest rlimit equivalent (RLIMIT_NPROC is per user and root ignores it).
+        "memory": True, "pids": host.cgroup.pids, "cpu": host.cgroup.cpu,
+    }
+    return [f for f in required_features(spec) if not have[f]]
+
+
+def sandbox_environ(spec: SandboxSpec) -> dict[str, str]:
+    """The environment bwrap starts with and passes on unchanged.
+
+    Values are handed over in bwrap's own environment instead of `--setenv K V`, because argv
+    is world-readable in /proc/PID/cmdline and env values may be secrets.
+    """
+    return dict(spec.env)
+
+
+def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = None,
+               etc_dir: str | None = None, helper: Sequence[str] = (),
+               proxy_socket: str | None = None, info_fd: int | None = None,
+               helper_file: str | None = None) -> list[str]:
+    """The complete bwrap command line for `spec` on `host` (pure).
+
+    etc_dir: a host directory holding the generated passwd, group and hostname files.
+    helper: argv of the in-sandbox helper to run before the command (see needs_helper),
+        whose script `helper_file` is bound read-only at HELPER_DIR/helper.py.
+    proxy_socket: the host path of the allowlist proxy's unix socket.
+    """
+    a: list[str] = [host.bwrap or "bwrap", "--unshare-all"]
+    if spec.network is NetworkMode.FULL:
+        a.append("--share-net")
+    a += ["--die-with-parent", "--new-session", "--cap-drop", "ALL",
+          "--hostname", spec.hostname]
+    if spec.rootfs is not None:
+        root = str(spec.rootfs)
+        for d in SYSTEM_DIRS:
+            a += ["--ro-bind-try", root + d, d]
+        a += ["--ro-bind", root + "/etc", "/etc"]
+    else:
+        for path, target in host.system_dirs:
+            if target is not None:
+                a += ["--symlink", target, path]
+            else:
+                a += ["--ro-bind", path, path]
+        entries = [e for e in host.etc_entries
+                   if e not in ETC_NETWORK or spec.network is NetworkMode.FULL]
+        for e in entries:
+            a += ["--ro-bind", "/etc/" + e, "/etc/" + e]
+    if etc_dir is not None:
+        for name in ("passwd", "group", "hostname"):
+            a += ["--ro-bind", f"{etc_dir}/{name}", f"/etc/{name}"]
+    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+          "--tmpfs", "/var/tmp", "--dir", "/var"]
+    if spec.writable_layer is not None:
+        a += ["--bind", str(spec.writable_layer), SANDBOX_HOME]
+    else:
+        a += ["--tmpfs", SANDBOX_HOME]
+    for m in spec.mounts:
+        a += ["--ro-bind" if m.read_only else "--bind", str(m.source), str(m.target)]
+    if helper_file is not None:
+        a += ["--ro-bind", helper_file, HELPER_DIR + "/helper.py"]
+    if proxy_socket is not None:
+        a += ["--bind", proxy_socket, PROXY_SOCKET]
+    if seccomp_fd is not None:
+        a += ["--seccomp", str(seccomp_fd)]
+    if info_fd is not None:
+        a += ["--info-fd", str(info_fd)]
+    a += ["--chdir", spec.cwd, "--"]
+    return [*a, *helper, *spec.command]
+
+
+def with_command(spec: SandboxSpec, command: Sequence[str]) -> SandboxSpec:
+    return replace(spec, command=tuple(command))

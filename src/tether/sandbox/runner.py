@@ -1,0 +1,323 @@
+"""Run one command in a bubblewrap sandbox: the thin I/O shell around `profiles.bwrap_argv`.
+
+The run path is kept to a few milliseconds over raw bwrap: host facts are probed once per
+process, the seccomp filter is compiled once, and nothing heavy is imported here. The
+timeout kills bwrap, whose sandbox init dies with it (`--die-with-parent`), and the kernel
+then kills every process in the sandbox's pid namespace; the run's cgroup is emptied too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import selectors
+import signal as _signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tether.errors import EnforcementError, UsageError
+from tether.sandbox import limits as _limits
+from tether.sandbox import probe as _probe
+from tether.sandbox.profiles import (
+    HostFacts,
+    NetworkMode,
+    SandboxSpec,
+    bwrap_argv,
+    missing_features,
+    needs_helper,
+    sandbox_environ,
+)
+
+OnOutput = Callable[[str, bytes], None]
+_HINTS = {
+    "bwrap": "install bubblewrap (apt-get install bubblewrap)",
+    "userns": "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)",
+    "seccomp": "a kernel with seccomp filters is needed",
+    "landlock": "use a kernel with Landlock, or pass landlock = false (the mount namespace "
+                "still confines files)",
+    "helper_python": "install python3 in /usr/bin (the in-sandbox helper needs it)",
+    "pids": "no writable pids cgroup: drop --pids or run where cgroups are delegated",
+    "cpu": "no writable cpu cgroup: drop --cpus or run where cgroups are delegated",
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    duration_s: float
+    peak_memory_bytes: int | None
+    timed_out: bool
+    signal: int | None
+    oom_killed: bool = False
+    notes: tuple[str, ...] = ()     # how limits were enforced when it is weaker than asked
+    kept: Path | None = None        # the run's home directory when --keep was given
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stdout"] = self.stdout.decode(errors="replace")
+        d["stderr"] = self.stderr.decode(errors="replace")
+        d["kept"] = str(self.kept) if self.kept else None
+        d["notes"] = list(self.notes)
+        return d
+
+
+def probe() -> HostFacts:
+    """What this host can enforce (cached for the process)."""
+    return _probe.probe()
+
+
+def check_enforceable(spec: SandboxSpec, host: HostFacts) -> None:
+    missing = missing_features(spec, host)
+    if missing:
+        raise EnforcementError(
+            f"profile {spec.profile!r} cannot be enforced here: missing "
+            + ", ".join(missing),
+            hint="; ".join(_HINTS.get(m, m) for m in missing)
+            + " (see `tether sandbox probe`)")
+
+
+_etc_cache: dict[int, str] = {}
+
+
+def _etc_dir() -> str:
+    """Generated passwd/group/hostname, so the sandbox does not learn the host's accounts."""
+    uid, gid = os.getuid(), os.getgid()
+    cached = _etc_cache.get(uid)
+    if cached is not None:
+        return cached
+    from tether import paths
+
+    d = paths.cache_dir() / "sandbox" / f"etc-{uid}-{gid}"
+    files = {
+        "passwd": (f"root:x:0:0:root:/home/sandbox:/bin/sh\n" if uid == 0 else
+                   f"root:x:0:0:root:/root:/bin/sh\n"
+                   f"sandbox:x:{uid}:{gid}:sandbox:/home/sandbox:/bin/sh\n")
+        + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": ("root:x:0:\n" if gid == 0 else f"root:x:0:\nsandbox:x:{gid}:\n")
+        + "nogroup:x:65534:\n",
+        "hostname": "sandbox\n",
+    }
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        p = d / name
+        if not p.exists() or p.read_text() != text:
+            paths.atomic_write(p, text.encode(), mode=0o644)
+    _etc_cache[uid] = str(d)
+    return str(d)
+
+
+def _check_paths(spec: SandboxSpec) -> None:
+    for m in spec.mounts:
+        if not m.source.exists():
+            raise UsageError(f"mount source {m.source} does not exist",
+                             hint="create it first or fix the --mount path")
+    if spec.rootfs is not None and not (spec.rootfs / "usr").is_dir():
+        raise UsageError(f"--rootfs {spec.rootfs} does not look like a root filesystem",
+                         hint="it needs at least usr/ (e.g. made by debootstrap)")
+
+
+class _Prepared:
+    """Everything one run holds open; close() releases it all."""
+
+    def __init__(self) -> None:
+        self.argv: list[str] = []
+        self.env: dict[str, str] = {}
+        self.pass_fds: list[int] = []
+        self.cgroup: _limits.RunCgroup | None = None
+        self.proxy = None
+        self.kept: Path | None = None
+
+    def close(self) -> None:
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds.clear()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool) -> _Prepared:
+    from tether.sandbox import seccomp
+
+    check_enforceable(spec, host)
+    _check_paths(spec)
+    p = _Prepared()
+    try:
+        if keep and spec.writable_layer is None:
+            import tempfile
+
+            from tether import paths
+
+            runs = paths.ensure_dir(paths.state_dir() / "sandbox" / "kept", 0o700)
+            spec = replace(spec, writable_layer=Path(tempfile.mkdtemp(dir=runs)))
+            p.kept = spec.writable_layer
+        filtered = spec.network is not NetworkMode.FULL
+        from tether.sandbox import landlock
+
+        helper: list[str] = []
+        proxy_socket = None
+        if needs_helper(spec):
+            if spec.network is NetworkMode.ALLOWLIST:
+                from tether.sandbox import netproxy
+
+                p.proxy = netproxy.start_proxy(spec.allow_domains, dict(spec.resolve))
+                proxy_socket = p.proxy.socket_path
+            helper = landlock.helper_argv(spec, host)
+            # the helper keeps AF_UNIX for the forwarder and stacks the socket rule itself
+            filtered = filtered and spec.network is not NetworkMode.ALLOWLIST
+        rfd, wfd = os.pipe()
+        p.pass_fds.append(rfd)
+        os.write(wfd, seccomp.cached_filter(host.arch, filtered))
+        os.close(wfd)
+        p.cgroup = _limits.create(spec.limits, host.cgroup, _cgroup_dirs(host))
+        p.argv = bwrap_argv(spec, host, seccomp_fd=rfd, etc_dir=_etc_dir(), helper=helper,
+                            proxy_socket=proxy_socket,
+                            helper_file=landlock.HELPER_FILE if helper else None)
+        p.env = sandbox_environ(spec)
+    except BaseException:
+        p.close()
+        raise
+    return p
+
+
+_cg_dirs: dict[str, Path] | None = None
+
+
+def _cgroup_dirs(host: HostFacts) -> dict[str, Path]:
+    global _cg_dirs
+    if _cg_dirs is None:
+        _cg_dirs = _probe.cgroup_dirs() if host.cgroup.version != "none" else {}
+    return _cg_dirs
+
+
+def run(spec: SandboxSpec, *, stdin: bytes | None = None, on_output: OnOutput | None = None,
+        keep: bool = False) -> RunResult:
+    """Run `spec.command` in a fresh sandbox and wait for it (and everything it started)."""
+    host = probe()
+    prepared = _prepare(spec, host, keep)
+    try:
+        return _execute(prepared, spec, stdin, on_output)
+    finally:
+        prepared.close()
+
+
+async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
+                    on_output: OnOutput | None = None, keep: bool = False) -> RunResult:
+    """`run` without blocking the event loop; on_output is called on the loop's thread."""
+    loop = asyncio.get_running_loop()
+    relay = None
+    if on_output is not None:
+        def relay(stream: str, data: bytes) -> None:
+            loop.call_soon_threadsafe(on_output, stream, data)
+    return await asyncio.to_thread(run, spec, stdin=stdin, on_output=relay, keep=keep)
+
+
+def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
+             on_output: OnOutput | None) -> RunResult:
+    cg = p.cgroup
+    preexec = cg.preexec if cg is not None and (cg.procs_fds or cg.rlimit_as) else None
+    start = time.perf_counter()
+    try:
+        proc = subprocess.Popen(
+            p.argv, env=p.env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=p.pass_fds,
+            preexec_fn=preexec)
+    except OSError as exc:
+        raise EnforcementError(f"cannot start bwrap: {exc}",
+                               hint="run `tether sandbox probe`") from exc
+    for fd in p.pass_fds:   # bwrap has its copy; ours would only keep the pipe alive
+        os.close(fd)
+    p.pass_fds.clear()
+    deadline = start + spec.limits.timeout_s if spec.limits.timeout_s else None
+    out, err, timed_out, status, rusage = _pump(proc, stdin, deadline, on_output, cg)
+    duration = time.perf_counter() - start
+    exit_code = os.waitstatus_to_exitcode(status)
+    sig = None
+    if exit_code < 0:
+        sig, exit_code = -exit_code, 128 - exit_code
+    elif exit_code > 128:
+        sig = exit_code - 128   # bwrap reports a signalled command as 128+N
+    peak = cg.peak_memory() if cg is not None else None
+    if peak is None and rusage is not None:
+        peak = rusage.ru_maxrss * 1024
+    return RunResult(exit_code=exit_code, stdout=out, stderr=err, duration_s=duration,
+                     peak_memory_bytes=peak, timed_out=timed_out, signal=sig,
+                     oom_killed=bool(cg and cg.oom_killed()),
+                     notes=tuple(cg.notes) if cg else (), kept=p.kept)
+
+
+def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
+          on_output: OnOutput | None, cg: _limits.RunCgroup | None):
+    """Copy stdin in and stdout/stderr out until bwrap exits; kill it at the deadline."""
+    sel = selectors.DefaultSelector()
+    bufs: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    for name in ("stdout", "stderr"):
+        f = getattr(proc, name)
+        os.set_blocking(f.fileno(), False)
+        sel.register(f.fileno(), selectors.EVENT_READ, name)
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    pending = memoryview(stdin) if stdin else None
+    if pending is not None:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+    timed_out = exited = False
+    try:
+        open_streams = 2
+        while open_streams or not exited:
+            timeout = None if deadline is None else max(deadline - time.perf_counter(), 0)
+            if timed_out:
+                timeout = None
+            events = sel.select(timeout)
+            if not events and deadline is not None and not timed_out:
+                timed_out = True
+                _kill(proc, cg)
+                continue
+            for key, _ in events:
+                name = key.data
+                if name == "exit":
+                    exited = True
+                    sel.unregister(pidfd)
+                elif name == "stdin":
+                    try:
+                        n = os.write(key.fd, pending[:65536])
+                    except BrokenPipeError:
+                        n = len(pending)
+                    pending = pending[n:]
+                    if not pending:
+                        sel.unregister(key.fd)
+                        proc.stdin.close()
+                else:
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fd)
+                        open_streams -= 1
+                    else:
+                        bufs[name].append(data)
+                        if on_output is not None:
+                            on_output(name, data)
+    finally:
+        sel.close()
+        os.close(pidfd)
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return b"".join(bufs["stdout"]), b"".join(bufs["stderr"]), timed_out, status, rusage
+
+
+def _kill(proc: subprocess.Popen, cg: _limits.RunCgroup | None) -> None:
+    try:
+        os.kill(proc.pid, _signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if cg is not None:
+        cg.kill_all()
