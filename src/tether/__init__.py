@@ -15,6 +15,22 @@ from tether.errors import TetherError
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "run_checks": "tether.doctor",
+    "KeyInfo": "tether.ssh.keys",
+    "generate_key": "tether.ssh.keys",
+    "list_keys": "tether.ssh.keys",
+    "get_key": "tether.ssh.keys",
+    "delete_key": "tether.ssh.keys",
+    "fingerprint_of_public_key": "tether.ssh.keys",
+    "ManagedBlock": "tether.ssh.config",
+    "upsert_block": "tether.ssh.config",
+    "remove_block": "tether.ssh.config",
+    "list_blocks": "tether.ssh.config",
+    "add_known_host": "tether.ssh.known_hosts",
+    "remove_known_host": "tether.ssh.known_hosts",
+    "set_git_identity": "tether.git_identity",
+    "get_git_identity": "tether.git_identity",
+    "login_forge": "tether.forges",
+    "setup_forge": "tether.forges",
 }
 
 __all__ = ["TetherError", "__version__", *sorted(_LAZY)]

@@ -21,6 +21,8 @@ from tether._version import __version__
 # callback becomes a plain command (`tether up`), otherwise a group (`tether keys ...`).
 LAZY_COMMANDS: dict[str, str] = {
     "doctor": "tether.cli.doctor:app",
+    "keys": "tether.cli.keys:app",
+    "git": "tether.cli.git:app",
 }
 
 # One table maps errors to exit codes (documented in docs/cli.md); the most specific class
