@@ -15,6 +15,14 @@ from tether.errors import TetherError
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "run_checks": "tether.doctor",
+    "up": "tether.host.api",
+    "down": "tether.host.api",
+    "host_status": "tether.host.api",
+    "pair_code": "tether.host.api",
+    "HostHandle": "tether.host.api",
+    "connect": "tether.link.pairing",
+    "ConnectionString": "tether.link.connstring",
+    "HostProfile": "tether.link.profiles",
     "KeyInfo": "tether.ssh.keys",
     "generate_key": "tether.ssh.keys",
     "list_keys": "tether.ssh.keys",

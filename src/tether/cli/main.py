@@ -21,6 +21,12 @@ from tether._version import __version__
 # callback becomes a plain command (`tether up`), otherwise a group (`tether keys ...`).
 LAZY_COMMANDS: dict[str, str] = {
     "doctor": "tether.cli.doctor:app",
+    "up": "tether.cli.up:app",
+    "down": "tether.cli.down:app",
+    "host": "tether.cli.host:app",
+    "connect": "tether.cli.connect:app",
+    "hosts": "tether.cli.hosts:app",
+    "proxy": "tether.cli.proxy:app",
     "keys": "tether.cli.keys:app",
     "git": "tether.cli.git:app",
 }

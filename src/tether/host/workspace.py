@@ -1,0 +1,289 @@
+"""`tether up`: sshd + gateway + tunnel as one workspace, in the foreground or detached.
+
+`Workspace` owns the three parts. The gateway runs on its own asyncio loop in a thread, so
+the same object serves the CLI (the main thread waits for Ctrl-C / SIGTERM) and a notebook
+cell (whose own loop is already running). Only one workspace runs per state dir: an
+exclusive ``flock`` on ``up.lock`` held for the workspace's life says so, and ``run.json``
+says where it is (for `tether host status`, `tether down`, `tether host pair-code`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import pwd
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether import paths
+from tether.errors import LockedError, TetherError
+from tether.gateway.state import DEFAULT_CODE_TTL_S, HostState, host_dir
+from tether.host import platform as plat
+from tether.link.connstring import ConnectionString
+
+log = logging.getLogger("tether.host")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    directory: Path = field(default_factory=Path.cwd)
+    tunnel: str = "local"
+    port: int | None = None  # gateway port (0/None: a free one)
+    public_url: str | None = None
+    proxy_upstream: str | None = None
+    code_ttl_s: int = DEFAULT_CODE_TTL_S
+    state_dir: Path | None = None  # default: <state>/host
+    supervise_interval_s: float = 1.0
+    pair_limit_per_client: int = 10
+    pair_limit_overall: int = 60
+
+
+def login_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def connect_command(text: str, name: str = "NAME") -> str:
+    return f"tether connect {text} --name {name}"
+
+
+class Workspace:
+    """A running (or startable) workspace: sshd, the gateway and the tunnel."""
+
+    def __init__(self, options: UpOptions, announce=None) -> None:
+        self.options = options
+        self.dir = options.state_dir or host_dir()
+        self.state = HostState(self.dir)
+        self.announce = announce or (lambda message: log.info("%s", message))
+        self.platform = plat.detect()
+        self.sshd = None
+        self.supervisor = None
+        self.url: str | None = None
+        self.local_url: str | None = None
+        self.gateway_port = 0
+        self.started_at = 0
+        self._lock_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gateway_thread: threading.Thread | None = None
+        self._gateway_stop: asyncio.Event | None = None
+        self._gateway_error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+
+    # -- start --------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        paths.ensure_dir(self.dir)
+        fd = os.open(self.dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            run = self.state.read_run() or {}
+            raise LockedError(f"a workspace is already running here (pid {run.get('pid')}, "
+                              f"{run.get('url')})",
+                              "stop it with `tether down`, or see `tether host status`"
+                              ) from exc
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        """Start sshd, the gateway and the tunnel; on any failure stop what started."""
+        from tether.ssh import sshd as sshd_mod
+
+        self._acquire()
+        try:
+            if self.platform.remote_shell_policy:
+                self.announce(f"{self.platform.name}: {self.platform.remote_shell_policy}")
+            sshd_path = sshd_mod.ensure_sshd(self.platform, announce=self.announce)
+            env = sshd_mod.session_env(dict(os.environ), self.platform.kind,
+                                       self.options.directory.resolve())
+            self.sshd = sshd_mod.Sshd(self.dir, session_env=env)
+            self.sshd.start(sshd_path)
+            self._start_gateway()
+            self._start_tunnel()
+            self.started_at = int(time.time())
+            self._write_run()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_gateway(self) -> None:
+        from tether.gateway.app import GatewaySettings, create_app
+        from tether.gateway.server import bind
+        from tether.ssh.sshd import host_public_key
+
+        try:
+            sock = bind(self.options.port or 0)
+        except OSError as exc:
+            from tether.errors import UsageError
+
+            raise UsageError(f"cannot listen on port {self.options.port}: {exc.strerror}",
+                             "pick another --port, or leave it out for a free one") from exc
+        self.gateway_port = sock.getsockname()[1]
+        self.local_url = f"http://127.0.0.1:{self.gateway_port}"
+        assert self.sshd is not None
+        settings = GatewaySettings(
+            state_dir=self.dir, sshd_port=self.sshd.port,
+            workspace_id=self.state.workspace_id(),
+            host_public_key=host_public_key(self.sshd.host_key), user=login_user(),
+            proxy_upstream=self.options.proxy_upstream,
+            pair_limit_per_client=self.options.pair_limit_per_client,
+            pair_limit_overall=self.options.pair_limit_overall,
+            trust_forwarded_for=self.options.tunnel != "local")
+        app = create_app(settings)
+        ready = threading.Event()
+
+        async def serve() -> None:
+            from tether.gateway.server import serve_gateway
+
+            self._gateway_stop = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+            async with serve_gateway(app, sock):
+                ready.set()
+                await self._gateway_stop.wait()
+
+        def run() -> None:
+            try:
+                asyncio.run(serve())
+            except BaseException as exc:  # surfaced by start() / status
+                self._gateway_error = exc
+            finally:
+                ready.set()
+                sock.close()
+
+        self._gateway_thread = threading.Thread(target=run, name="tether-gateway", daemon=True)
+        self._gateway_thread.start()
+        ready.wait(15)
+        if self._gateway_error is not None or not self._gateway_thread.is_alive():
+            from tether.errors import ConnectError
+
+            raise ConnectError(f"the gateway failed to start: {self._gateway_error!r}")
+
+    def _start_tunnel(self) -> None:
+        from tether.tunnels import TunnelSupervisor, open_tunnel
+
+        tunnel = open_tunnel(self.options.tunnel, self.gateway_port,
+                             public_url=self.options.public_url)
+        self.supervisor = TunnelSupervisor(tunnel, self._on_url, self._on_tunnel_error,
+                                           interval_s=self.options.supervise_interval_s)
+        self.supervisor.start()
+
+    def _on_url(self, url: str) -> None:
+        first = self.url is None
+        self.url = url
+        if not first:
+            self._write_run()
+            text = self.new_connection_string()
+            self.announce(f"the {self.options.tunnel} tunnel was restarted; new URL: {url}\n"
+                          f"paired laptops update with: {connect_command(text)}")
+
+    def _on_tunnel_error(self, exc: TetherError) -> None:
+        self.announce(f"warning: restarting the tunnel failed: {exc.message}")
+
+    def _write_run(self) -> None:
+        from tether.ssh.keys import fingerprint_of_public_key
+        from tether.ssh.sshd import host_public_key
+
+        assert self.sshd is not None and self.sshd.proc is not None
+        self.state.write_run({
+            "pid": os.getpid(), "started_at": self.started_at,
+            "directory": str(self.options.directory.resolve()),
+            "url": self.url, "local_url": self.local_url, "tunnel": self.options.tunnel,
+            "gateway_port": self.gateway_port, "sshd_port": self.sshd.port,
+            "sshd_pid": self.sshd.proc.pid, "workspace_id": self.state.workspace_id(),
+            "host_key_fingerprint": fingerprint_of_public_key(
+                host_public_key(self.sshd.host_key)),
+            "tunnel_restarts": self.supervisor.restarts if self.supervisor else 0,
+            "platform": self.platform.kind.value, "user": login_user(),
+        })
+
+    # -- while running ------------------------------------------------------------------
+
+    def new_connection_string(self, ttl_s: int | None = None) -> str:
+        return issue_connection_string(self.state, ttl_s or self.options.code_ttl_s)
+
+    def is_healthy(self) -> bool:
+        return (self.sshd is not None and self.sshd.is_alive()
+                and self._gateway_thread is not None and self._gateway_thread.is_alive())
+
+    def wait(self, poll_s: float = 0.5) -> None:
+        """Block until ``stop()`` is called or a part dies (then stop the rest and raise)."""
+        from tether.errors import ConnectError
+
+        while not self._stopped.is_set():
+            if self._stop_requested.wait(poll_s):
+                self.stop()
+                return
+            if self._stopped.is_set():
+                return
+            if not self.is_healthy():
+                what = "sshd" if not (self.sshd and self.sshd.is_alive()) else "the gateway"
+                self.stop()
+                raise ConnectError(f"{what} stopped unexpectedly; the workspace is down",
+                                   f"see {self.dir / 'sshd.log'} and start it again")
+
+    def request_stop(self) -> None:
+        """Ask ``wait()`` to stop everything (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def stop(self) -> None:
+        """Stop the tunnel, the gateway and sshd (its whole process group). Idempotent."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
+        if self._loop is not None and self._gateway_stop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._gateway_stop.set)
+            except RuntimeError:  # loop already closed
+                pass
+        if self._gateway_thread is not None:
+            self._gateway_thread.join(10)
+            self._gateway_thread = None
+        if self.sshd is not None:
+            self.sshd.stop()
+            self.sshd = None
+        if self._lock_fd is not None:
+            self.state.clear_run(os.getpid())
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self._stopped.set()
+
+
+def issue_connection_string(state: HostState, ttl_s: int = DEFAULT_CODE_TTL_S) -> str:
+    """A fresh one-time code for the running workspace, as a connection string."""
+    from tether.errors import NotFoundError
+
+    run = running_info(state)
+    if run is None:
+        raise NotFoundError("no workspace is running here", "start one with `tether up`")
+    code, expires = state.issue_code(ttl_s)
+    return ConnectionString(run["url"], run["workspace_id"], code, expires,
+                            run["host_key_fingerprint"]).encode()
+
+
+def running_info(state: HostState | None = None) -> dict | None:
+    """run.json of the running workspace, or None (a stale file from a crash is ignored)."""
+    state = state or HostState()
+    run = state.read_run()
+    if not run:
+        return None
+    if lock_is_free(state.dir):
+        return None
+    return run
+
+
+def lock_is_free(directory: Path) -> bool:
+    path = directory / "up.lock"
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
