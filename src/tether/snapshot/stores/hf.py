@@ -1,0 +1,403 @@
+"""``hf://datasets/OWNER/NAME[/PREFIX]``: a repository in a private Hugging Face dataset repo.
+
+Each store key is one file in the repo (``packs/ab/<id>`` stays ``packs/ab/<id>``, so packs
+are already sharded into folders of at most 256 per level and no folder nears the Hub's
+10k-entries-per-folder guidance). Writes are git commits, which are expensive and rate
+limited, so puts are *batched*: ``put`` spools the bytes to a local temp dir and ``flush``
+commits them in put order, several commits for a big push, each bounded by
+``commit_bytes`` and ``commit_files``. The repository writes the snapshot object last and
+flushes, so the snapshot always lands in the last commit: a push killed between commits
+leaves packs without a snapshot (garbage ``prune`` removes), never a snapshot without packs.
+A commit is atomic on the Hub: all its files appear together or none do.
+
+Reads go to the resolve endpoint (``/datasets/OWNER/NAME/resolve/REV/PATH``) with HTTP
+ranges for ``get_range``; this store object also sees its own not-yet-flushed puts and
+deletes. The repo is created private on the first flush if it does not exist.
+
+Options (URL query or keywords): ``endpoint`` (else ``HF_ENDPOINT``, else huggingface.co),
+``revision`` (branch, default ``main``), ``commit_bytes``, ``commit_files``.
+Token, first match: tether secret ``store:hf:token``, then what huggingface_hub finds itself
+(``HF_TOKEN``, the token saved by ``hf auth login``). Never argv.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from tether import secrets
+from tether.errors import (
+    AuthError,
+    ConnectError,
+    LocalIOError,
+    NotFoundError,
+    PeerError,
+    RateLimitedError,
+    TetherError,
+    UsageError,
+)
+from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
+
+MiB = 1024 * 1024
+# The Hub refuses single files above 50 GB.
+CAPABILITIES = StoreCapabilities(atomic_put=True, consistent_list=True, batched=True,
+                                 max_object_size=50 * 1000 * 1000 * 1000)
+_OPTIONS = {"endpoint", "revision", "commit_bytes", "commit_files"}
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class HfLocation:
+    repo_id: str      # "OWNER/NAME"
+    prefix: str       # "" or "sub/dir/"
+    options: dict[str, str]
+
+
+def parse_url(url: str) -> HfLocation:
+    """``hf://datasets/alice/ws/sub?revision=main`` -> HfLocation. Pure."""
+    parts = urlsplit(url)
+    if parts.scheme != "hf":
+        raise UsageError(f"not a Hugging Face store URL: {url!r}", "use hf://datasets/OWNER/NAME")
+    segments = [s for s in (parts.netloc + unquote(parts.path)).split("/") if s]
+    if len(segments) < 3 or segments[0] != "datasets":
+        raise UsageError(f"not a Hugging Face dataset URL: {url!r}",
+                         "use hf://datasets/OWNER/NAME (snapshots live in dataset repos)")
+    owner, name = segments[1], segments[2]
+    for part in (owner, name):
+        if not part or set(part) - _NAME_OK or part[0] in "-." or part.endswith((".", "-")) \
+                or ".." in part or "--" in part or len(part) > 96:
+            raise UsageError(f"invalid Hugging Face repo id {owner}/{name!r}",
+                             "names are letters, digits, '-', '_' and '.', at most 96 long, "
+                             "not starting or ending with '-' or '.'")
+    prefix = "/".join(segments[3:])
+    if prefix:
+        check_key(prefix)
+        prefix += "/"
+    options: dict[str, str] = {}
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if key not in _OPTIONS:
+            raise UsageError(f"unknown hf store option {key!r}", f"known: {', '.join(sorted(_OPTIONS))}")
+        options[key] = values[-1]
+    return HfLocation(f"{owner}/{name}", prefix, options)
+
+
+def open(url: str, **options: Any) -> HfStore:  # noqa: A001
+    loc = parse_url(url)
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise UsageError(f"unknown hf store option(s): {', '.join(sorted(unknown))}",
+                         f"known: {', '.join(sorted(_OPTIONS))}")
+    merged = {**loc.options, **{k: v for k, v in options.items() if v is not None}}
+    return HfStore(loc.repo_id, loc.prefix, **merged)
+
+
+def plan_commits(sizes: list[tuple[str, int]], max_bytes: int, max_files: int
+                 ) -> list[list[str]]:
+    """Split (key, size) in put order into batches of at most ``max_files`` keys and
+    ``max_bytes`` bytes (a single bigger object gets a batch of its own). Pure."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for key, size in sizes:
+        if current and (len(current) >= max_files or used + size > max_bytes):
+            batches.append(current)
+            current, used = [], 0
+        current.append(key)
+        used += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class HfStore:
+    capabilities = CAPABILITIES
+
+    def __init__(self, repo_id: str, prefix: str = "", *, endpoint: str | None = None,
+                 revision: str = "main", commit_bytes: int | str = 512 * MiB,
+                 commit_files: int | str = 200) -> None:
+        from huggingface_hub import HfApi
+
+        self.repo_id = repo_id
+        self.prefix = prefix
+        self.revision = revision
+        self.url = f"hf://datasets/{repo_id}" + (f"/{prefix.rstrip('/')}" if prefix else "")
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT")
+                         or "https://huggingface.co").rstrip("/")
+        self.commit_bytes = int(commit_bytes)
+        self.commit_files = int(commit_files)
+        if self.commit_bytes < 1 or self.commit_files < 1:
+            raise UsageError("commit_bytes and commit_files must be positive")
+        self._token = secrets.get_secret("store:hf:token") or None
+        self._api = HfApi(endpoint=self.endpoint, token=self._token)
+        self._lock = threading.Lock()          # guards _pending and the spool
+        self._commit_lock = threading.Lock()   # one commit sequence at a time
+        self._spool: Path | None = None
+        self._pending: dict[str, Path | None] = {}   # key -> spooled file, None = delete
+        self._repo_ready = False
+        self.commits_made = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _spool_file(self, key: str) -> Path:
+        if self._spool is None:
+            self._spool = Path(tempfile.mkdtemp(prefix="tether-hf-spool-"))
+        return self._spool / f"{len(self._pending)}-{key.replace('/', '~')}"
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = self._api._build_hf_headers(token=self._token)
+        headers.update(extra or {})
+        return headers
+
+    def _resolve_url(self, key: str) -> str:
+        from huggingface_hub import hf_hub_url
+        return hf_hub_url(self.repo_id, self._path(key), repo_type="dataset",
+                          revision=self.revision, endpoint=self.endpoint)
+
+    def _request(self, method: str, key: str, headers: dict[str, str] | None = None) -> Any:
+        import httpx2
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+        try:
+            response = get_session().request(
+                method, self._resolve_url(key), headers=self._headers(headers),
+                follow_redirects=True, timeout=httpx2.Timeout(60.0, connect=10.0))
+            if response.status_code == 416:
+                return response
+            hf_raise_for_status(response)
+            return response
+        except Exception as exc:
+            raise _translate(exc, f"{method.lower()} {key}", self) from exc
+
+    # -- Store -----------------------------------------------------------------------------
+    def put(self, key: str, data: bytes) -> None:
+        self._path(key)
+        with self._lock:
+            target = self._spool_file(key)
+            try:
+                target.write_bytes(data)
+            except OSError as exc:
+                raise LocalIOError(f"could not spool {key}: {exc.strerror}") from exc
+            self._set_pending(key, target)
+        self._maybe_commit()
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._path(key)
+        with self._lock:
+            target = self._spool_file(key)
+            try:  # the caller may delete its file once put_file returns: keep our own copy
+                shutil.copyfile(path, target)
+            except OSError as exc:
+                raise LocalIOError(f"could not spool {path}: {exc.strerror}") from exc
+            self._set_pending(key, target)
+        self._maybe_commit()
+
+    def _set_pending(self, key: str, target: Path | None) -> None:
+        old = self._pending.pop(key, None)   # re-insert: a re-put moves to the end of the order
+        if old is not None and old != target:
+            old.unlink(missing_ok=True)
+        self._pending[key] = target
+
+    def get(self, key: str) -> bytes:
+        check_key(key)
+        with self._lock:
+            if key in self._pending:
+                return self._pending_bytes(key)
+        return self._request("GET", key).content
+
+    def _pending_bytes(self, key: str) -> bytes:
+        spooled = self._pending[key]
+        if spooled is None:
+            raise NotFoundError(f"{key} not found in {self.url} (deleted, not yet flushed)")
+        return spooled.read_bytes()
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        check_key(key)
+        with self._lock:
+            if key in self._pending:
+                data = self._pending_bytes(key)
+                start = max(0, len(data) + offset) if offset < 0 else offset
+                return data[start:start + max(0, length)]
+        if length <= 0:
+            if not self.exists(key):
+                raise NotFoundError(f"{key} not found in {self.url}")
+            return b""
+        spec = f"bytes=-{-offset}" if offset < 0 else f"bytes={offset}-{offset + length - 1}"
+        response = self._request("GET", key, {"Range": spec})
+        if response.status_code == 416:
+            return b""
+        data = response.content
+        if response.status_code == 200:  # a server that ignores Range sends everything
+            start = max(0, len(data) + offset) if offset < 0 else offset
+            data = data[start:]
+        return data[:length]
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        with self._lock:
+            if key in self._pending:
+                return self._pending[key] is not None
+        try:
+            self._request("HEAD", key)
+        except NotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        check_prefix(prefix)
+        keys = set(self._remote_list(prefix))
+        with self._lock:
+            for key, spooled in self._pending.items():
+                if key.startswith(prefix):
+                    if spooled is None:
+                        keys.discard(key)
+                    else:
+                        keys.add(key)
+        return sorted(keys)
+
+    def _remote_list(self, prefix: str) -> list[str]:
+        from huggingface_hub.hf_api import RepoFile
+        full = self.prefix + prefix
+        folder = full.rsplit("/", 1)[0] if "/" in full else ""
+        try:
+            entries = self._api.list_repo_tree(self.repo_id, path_in_repo=folder or None,
+                                               recursive=True, repo_type="dataset",
+                                               revision=self.revision)
+            paths = [e.path for e in entries if isinstance(e, RepoFile)]
+        except Exception as exc:
+            err = _translate(exc, f"list {prefix or '/'}", self)
+            if isinstance(err, NotFoundError):  # no repo or no such folder yet: empty
+                return []
+            raise err from exc
+        return [p[len(self.prefix):] for p in paths if p.startswith(full)]
+
+    def delete(self, key: str) -> None:
+        self._path(key)
+        with self._lock:
+            self._set_pending(key, None)
+        self._maybe_commit()
+
+    def flush(self) -> None:
+        self._commit_pending(everything=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._spool is not None:
+                shutil.rmtree(self._spool, ignore_errors=True)
+                self._spool = None
+            self._pending.clear()
+
+    # -- commits ---------------------------------------------------------------------------
+    def _maybe_commit(self) -> None:
+        with self._lock:
+            sizes = self._pending_sizes()
+        if len(sizes) >= self.commit_files or sum(s for _, s in sizes) >= self.commit_bytes:
+            self._commit_pending(everything=False)
+
+    def _pending_sizes(self) -> list[tuple[str, int]]:
+        return [(k, p.stat().st_size if p is not None else 0) for k, p in self._pending.items()]
+
+    def _commit_pending(self, everything: bool) -> None:
+        """Commit pending operations in put order; without ``everything``, only full batches
+        (the tail waits for more puts or ``flush``)."""
+        with self._commit_lock:
+            self._commit_pending_locked(everything)
+
+    def _commit_pending_locked(self, everything: bool) -> None:
+        with self._lock:
+            batches = plan_commits(self._pending_sizes(), self.commit_bytes, self.commit_files)
+            snapshot = {k: self._pending[k] for batch in batches for k in batch}
+        if not batches:
+            return
+        if not everything:
+            batches = batches[:-1]
+        self._ensure_repo()
+        for batch in batches:
+            self._commit_batch([(k, snapshot[k]) for k in batch])
+            with self._lock:
+                for key in batch:
+                    # A newer put or delete of the same key stays pending.
+                    if self._pending.get(key, "gone") is snapshot[key]:
+                        del self._pending[key]
+                        if snapshot[key] is not None:
+                            snapshot[key].unlink(missing_ok=True)
+
+    def _ensure_repo(self) -> None:
+        if self._repo_ready:
+            return
+        try:
+            self._api.create_repo(self.repo_id, repo_type="dataset", private=True,
+                                  exist_ok=True)
+        except Exception as exc:
+            raise _translate(exc, f"create {self.repo_id}", self) from exc
+        self._repo_ready = True
+
+    def _commit_batch(self, ops: list[tuple[str, Path | None]]) -> None:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        deletes = [k for k, p in ops if p is None]
+        # Deleting an absent path fails the whole commit on the Hub: drop those first, so
+        # delete stays idempotent (and a retried flush after a lost answer still commits).
+        present = set(self._remote_list("")) if deletes else set()
+        operations: list[Any] = [
+            CommitOperationAdd(path_in_repo=self._path(k), path_or_fileobj=str(p))
+            for k, p in ops if p is not None]
+        operations += [CommitOperationDelete(path_in_repo=self._path(k))
+                       for k in deletes if k in present]
+        if not operations:
+            return
+        adds = len(operations) - sum(1 for k in deletes if k in present)
+        message = f"tether: {adds} object(s) added, {len(operations) - adds} deleted"
+        try:
+            self._api.create_commit(self.repo_id, operations=operations,
+                                    commit_message=message, repo_type="dataset",
+                                    revision=self.revision)
+        except Exception as exc:
+            raise _translate(exc, f"commit to {self.repo_id}", self) from exc
+        self.commits_made += 1
+
+
+def _translate(exc: BaseException, what: str, store: HfStore | None = None) -> TetherError:
+    """Map huggingface_hub / httpx2 exceptions to the tether error tree."""
+    import httpx2
+    from huggingface_hub import errors as hfe
+
+    if isinstance(exc, TetherError):
+        return exc
+    token_hint = "set HF_TOKEN, run `hf auth login`, or store the tether secret store:hf:token"
+    if isinstance(exc, hfe.LocalTokenNotFoundError):
+        return AuthError(f"{what}: no Hugging Face token", token_hint)
+    if isinstance(exc, hfe.HfHubHTTPError):
+        response = exc.response
+        status = response.status_code if response is not None else 0
+        if status == 429:
+            retry_after = response.headers.get("Retry-After") if response is not None else None
+            return RateLimitedError(f"{what}: the Hub asks to slow down (429)",
+                                    retry_after=_seconds(retry_after))
+        if status in (401, 403) or isinstance(exc, hfe.GatedRepoError):
+            return AuthError(f"{what}: the Hub refused the credentials ({status})", token_hint)
+        if status == 404 or isinstance(exc, (hfe.RepositoryNotFoundError,
+                                             hfe.RemoteEntryNotFoundError,
+                                             hfe.RevisionNotFoundError)):
+            return NotFoundError(f"{what}: not found on {store.url if store else 'the Hub'}")
+        if status == 412:
+            return PeerError(f"{what}: another commit landed meanwhile (412)")
+        return PeerError(f"{what}: Hub error {status}: {exc.server_message or exc}")
+    if isinstance(exc, httpx2.TransportError):
+        return ConnectError(f"{what}: {exc}", "check the network and HF_ENDPOINT")
+    if isinstance(exc, OSError):
+        return LocalIOError(f"{what}: {exc}")
+    return PeerError(f"{what}: unexpected {type(exc).__name__}: {exc}")
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
