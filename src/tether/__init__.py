@@ -15,6 +15,18 @@ from tether.errors import TetherError
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "run_checks": "tether.doctor",
+    "exec": "tether.link.api",
+    "exec_async": "tether.link.api",
+    "copy": "tether.link.api",
+    "copy_async": "tether.link.api",
+    "forward": "tether.link.api",
+    "forward_async": "tether.link.api",
+    "status": "tether.link.api",
+    "status_async": "tether.link.api",
+    "ExecResult": "tether.link.api",
+    "CopyResult": "tether.link.api",
+    "HostStatus": "tether.link.api",
+    "Forwarding": "tether.link.api",
     "up": "tether.host.api",
     "down": "tether.host.api",
     "host_status": "tether.host.api",

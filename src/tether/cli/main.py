@@ -27,6 +27,11 @@ LAZY_COMMANDS: dict[str, str] = {
     "connect": "tether.cli.connect:app",
     "hosts": "tether.cli.hosts:app",
     "proxy": "tether.cli.proxy:app",
+    "exec": "tether.cli.exec:app",
+    "shell": "tether.cli.shell:app",
+    "forward": "tether.cli.forward:app",
+    "cp": "tether.cli.cp:app",
+    "status": "tether.cli.status:app",
     "keys": "tether.cli.keys:app",
     "git": "tether.cli.git:app",
 }
@@ -117,8 +122,15 @@ def report_error(exc: errors.TetherError) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn errors into one line and an exit code."""
-    command = typer.main.get_command(app)
     try:
+        if argv is None and sys.argv[1:2] == ["exec"]:
+            # `tether exec` fast path: no Typer app is built (docs/link-daemon.md).
+            from tether.cli.exec import fast_main
+
+            rv = fast_main(sys.argv[2:])
+            if rv is not None:
+                sys.exit(rv)
+        command = typer.main.get_command(app)
         rv = command.main(args=argv, prog_name="tether", standalone_mode=False)
     except errors.TetherError as exc:
         if _debug():

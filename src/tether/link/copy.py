@@ -1,0 +1,346 @@
+"""`tether cp`: files and trees between the laptop and a workspace, over SFTP.
+
+Locations are ``NAME:path`` (remote; an empty path is the remote home) or a local path (a
+local path containing ':' can be written ``./a:b``). Like scp, several sources go into an
+existing directory, and directories need ``recursive``.
+
+Every file lands atomically on the receiving side: it is written under a hidden temporary
+name next to its target (``.NAME.tether-part-XXXXXXXX``) and renamed over the target only when
+complete, so a dropped link never leaves a half-written file under the real name. The local
+temporary is removed on failure; a remote one cannot be when the link is gone, and its name
+says what it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import re
+import secrets as _secrets
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether import errors
+
+_REMOTE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(.*)$", re.S)
+PARALLEL_FILES = 4  # small files: several in flight hide the per-file round trips
+
+
+@dataclass(frozen=True)
+class Location:
+    host: str | None  # None: local
+    path: str
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """What one `cp` does: a direction, the files with sizes, the directories to create."""
+
+    host: str
+    upload: bool
+    files: tuple[tuple[str, str, int, int], ...]  # (src, dst, size, mode)
+    dirs: tuple[str, ...]  # destination directories to create, parents first
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f[2] for f in self.files)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    host: str
+    direction: str  # "upload" | "download"
+    files: int
+    bytes: int
+    duration_s: float
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        return self.bytes / self.duration_s if self.duration_s > 0 else 0.0
+
+
+# -- pure -----------------------------------------------------------------------------------
+
+
+def parse_location(text: str) -> Location:
+    """``NAME:path`` -> remote; anything else (``/x``, ``./a:b``, ``file``) -> local."""
+    if not text:
+        raise errors.UsageError("empty path", "use a local path or NAME:path")
+    if text.startswith(("/", ".", "~")):
+        return Location(None, text)
+    m = _REMOTE_RE.match(text)
+    if m:
+        return Location(m.group(1), m.group(2) or ".")
+    return Location(None, text)
+
+
+def split_direction(sources: Sequence[str], dest: str) -> tuple[str, bool, list[str], str]:
+    """(host, upload?, source paths, dest path); UsageError for mixed or remote-to-remote."""
+    if not sources:
+        raise errors.UsageError("nothing to copy", "tether cp SRC... DST")
+    src = [parse_location(s) for s in sources]
+    dst = parse_location(dest)
+    hosts = {s.host for s in src}
+    if len(hosts) > 1:
+        raise errors.UsageError("sources mix local paths and hosts (or several hosts)",
+                                "copy from one place per command")
+    src_host = hosts.pop()
+    if src_host is not None and dst.host is not None:
+        raise errors.UsageError("both sides are remote",
+                                "copy to the laptop first, then on to the other host")
+    if src_host is None and dst.host is None:
+        raise errors.UsageError("both sides are local", "name a host: NAME:path")
+    if src_host is None:
+        return dst.host, True, [s.path for s in src], dst.path  # type: ignore[return-value]
+    return src_host, False, [s.path for s in src], dst.path
+
+
+def temp_name(path: str, *, join: Callable[..., str] = posixpath.join,
+              split: Callable[[str], tuple[str, str]] = posixpath.split) -> str:
+    head, tail = split(path)
+    return join(head, f".{tail}.tether-part-{_secrets.token_hex(4)}")
+
+
+# -- walking both sides ---------------------------------------------------------------------
+
+
+class _LocalFS:
+    join = staticmethod(os.path.join)
+    basename = staticmethod(os.path.basename)
+
+    async def stat(self, path: str) -> os.stat_result | None:
+        try:
+            return os.stat(os.path.expanduser(path))
+        except FileNotFoundError:
+            return None
+
+    async def walk(self, root: str) -> list[tuple[str, bool, int, int]]:
+        """(relative path, is_dir, size, mode) under root, parents before children."""
+        out = []
+        root = os.path.expanduser(root)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, root)
+            for d in dirnames:
+                out.append((os.path.normpath(os.path.join(rel, d)), True, 0, 0o755))
+            for f in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, f))
+                if stat.S_ISREG(st.st_mode):
+                    out.append((os.path.normpath(os.path.join(rel, f)), False, st.st_size,
+                                stat.S_IMODE(st.st_mode)))
+        return out
+
+
+class _RemoteFS:
+    join = staticmethod(posixpath.join)
+    basename = staticmethod(posixpath.basename)
+
+    def __init__(self, sftp: Any) -> None:
+        self.sftp = sftp
+
+    async def stat(self, path: str) -> Any:
+        import asyncssh
+
+        try:
+            return await self.sftp.stat(path)
+        except asyncssh.SFTPNoSuchFile:
+            return None
+
+    async def walk(self, root: str) -> list[tuple[str, bool, int, int]]:
+        out: list[tuple[str, bool, int, int]] = []
+
+        async def visit(rel: str) -> None:
+            entries = sorted(await self.sftp.readdir(posixpath.join(root, rel)),
+                             key=lambda e: e.filename)
+            for e in entries:
+                name = e.filename if isinstance(e.filename, str) else e.filename.decode()
+                if name in (".", ".."):
+                    continue
+                child = posixpath.normpath(posixpath.join(rel, name))
+                kind = e.attrs.type
+                import asyncssh
+
+                if kind == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                    out.append((child, True, 0, 0o755))
+                    await visit(child)
+                elif kind == asyncssh.FILEXFER_TYPE_REGULAR:
+                    out.append((child, False, e.attrs.size or 0,
+                                stat.S_IMODE(e.attrs.permissions or 0o644)))
+
+        await visit(".")
+        return out
+
+
+def _is_dir(st: Any) -> bool:
+    mode = getattr(st, "st_mode", None)
+    if mode is None:
+        mode = getattr(st, "permissions", 0) or 0
+    return stat.S_ISDIR(mode)
+
+
+async def make_plan(host: str, upload: bool, sources: list[str], dest: str, src_fs: Any,
+                    dst_fs: Any, recursive: bool) -> CopyPlan:
+    dst_st = await dst_fs.stat(dest)
+    into_dir = dst_st is not None and _is_dir(dst_st)
+    if len(sources) > 1 and not into_dir:
+        raise errors.UsageError(f"{dest} is not an existing directory",
+                                "several sources need an existing target directory")
+    files: list[tuple[str, str, int, int]] = []
+    dirs: list[str] = []
+    for src in sources:
+        st = await src_fs.stat(src)
+        if st is None:
+            where = f"{host}:{src}" if not upload else src
+            raise errors.NotFoundError(f"{where} does not exist")
+        target = dst_fs.join(dest, src_fs.basename(src.rstrip("/")) or ".") if into_dir \
+            else dest
+        if _is_dir(st):
+            if not recursive:
+                raise errors.UsageError(f"{src} is a directory", "add -r to copy directories")
+            dirs.append(target)
+            for rel, is_dir, size, mode in await src_fs.walk(src):
+                to = dst_fs.join(target, *rel.split(os.sep if upload else "/"))
+                if is_dir:
+                    dirs.append(to)
+                else:
+                    files.append((src_fs.join(src, rel), to, size, mode))
+        else:
+            size = getattr(st, "st_size", None)
+            if size is None:
+                size = getattr(st, "size", 0) or 0
+            mode = getattr(st, "st_mode", None) or getattr(st, "permissions", 0o644) or 0o644
+            files.append((src, target, size, stat.S_IMODE(mode)))
+    return CopyPlan(host, upload, tuple(files), tuple(dirs))
+
+
+# -- transfer -------------------------------------------------------------------------------
+
+
+async def _upload_one(sftp: Any, src: str, dst: str, mode: int,
+                      progress: Callable[[int], None]) -> None:
+    tmp = temp_name(dst)
+    last = 0
+
+    def on_progress(_s: bytes, _d: bytes, done: int, _total: int) -> None:
+        nonlocal last
+        progress(done - last)
+        last = done
+
+    try:
+        await sftp.put(os.path.expanduser(src), tmp, progress_handler=on_progress)
+        await sftp.chmod(tmp, mode)
+        await sftp.posix_rename(tmp, dst)
+    except BaseException:
+        await _remove_remote_quietly(sftp, tmp)
+        raise
+
+
+async def _remove_remote_quietly(sftp: Any, path: str) -> None:
+    import asyncssh
+
+    try:
+        await asyncio.shield(sftp.remove(path))
+    except (asyncssh.Error, OSError, asyncio.CancelledError):
+        pass  # the link is gone; the hidden temp name says what the leftover is
+
+
+async def _download_one(sftp: Any, src: str, dst: str, mode: int,
+                        progress: Callable[[int], None]) -> None:
+    dst = os.path.expanduser(dst)
+    tmp = temp_name(dst, join=os.path.join, split=os.path.split)
+    last = 0
+
+    def on_progress(_s: bytes, _d: bytes, done: int, _total: int) -> None:
+        nonlocal last
+        progress(done - last)
+        last = done
+
+    try:
+        await sftp.get(src, tmp, progress_handler=on_progress)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -> None:
+    """Create the directories, then move the files, a few at a time."""
+    for d in plan.dirs:
+        if plan.upload:
+            import asyncssh
+
+            try:
+                await sftp.mkdir(d)
+            except asyncssh.SFTPFailure:
+                if not await sftp.isdir(d):
+                    raise
+        else:
+            os.makedirs(os.path.expanduser(d), exist_ok=True)
+    one = _upload_one if plan.upload else _download_one
+    sem = asyncio.Semaphore(PARALLEL_FILES)
+
+    async def move(src: str, dst: str, mode: int) -> None:
+        async with sem:
+            await one(sftp, src, dst, mode, progress)
+
+    async with asyncio.TaskGroup() as tg:
+        for src, dst, _size, mode in plan.files:
+            tg.create_task(move(src, dst, mode))
+
+
+def translate(exc: BaseException, plan_host: str) -> errors.TetherError | None:
+    """asyncssh/OS errors of a copy -> TetherError (None: not ours to translate)."""
+    import asyncssh
+
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = translate(sub, plan_host)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, errors.TetherError):
+        return exc
+    if isinstance(exc, asyncssh.SFTPNoSuchFile):
+        return errors.NotFoundError(f"{plan_host}: {exc.reason}")
+    if isinstance(exc, asyncssh.SFTPPermissionDenied):
+        return errors.PermissionDeniedError(f"{plan_host}: permission denied: {exc.reason}")
+    if isinstance(exc, (asyncssh.SFTPConnectionLost, asyncssh.ConnectionLost,
+                        asyncssh.SFTPNoConnection, asyncssh.DisconnectError, ConnectionError,
+                        BrokenPipeError)):
+        return errors.ConnectError(
+            f"the link to {plan_host!r} dropped during the copy",
+            "nothing half-written was left under the target names; run the copy again")
+    if isinstance(exc, asyncssh.SFTPError):
+        return errors.PeerError(f"{plan_host}: {exc.reason}")
+    if isinstance(exc, OSError):
+        return errors.LocalIOError(f"{exc.filename or 'local file'}: {exc.strerror or exc}")
+    return None
+
+
+async def copy_on(conn: Any, plan_args: tuple[str, bool, list[str], str], *, recursive: bool,
+                  on_plan: Callable[[CopyPlan], Callable[[int], None]] | None = None,
+                  ) -> CopyResult:
+    """Plan and run one copy over ``conn``; ``on_plan(plan)`` returns a progress callback."""
+    import time
+
+    host, upload, sources, dest = plan_args
+    began = time.monotonic()
+    try:
+        async with conn.start_sftp_client() as sftp:
+            local, remote = _LocalFS(), _RemoteFS(sftp)
+            src_fs, dst_fs = (local, remote) if upload else (remote, local)
+            plan = await make_plan(host, upload, sources, dest, src_fs, dst_fs, recursive)
+            progress = on_plan(plan) if on_plan else (lambda n: None)
+            await run_plan(sftp, plan, progress)
+    except BaseException as exc:  # noqa: BLE001 - translated or re-raised unchanged
+        err = translate(exc, host)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+    return CopyResult(host, "upload" if upload else "download", len(plan.files),
+                      plan.total_bytes, time.monotonic() - began)
