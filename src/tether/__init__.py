@@ -51,6 +51,13 @@ _LAZY: dict[str, str] = {
     "get_git_identity": "tether.git_identity",
     "login_forge": "tether.forges",
     "setup_forge": "tether.forges",
+    "RemoteKernelSpec": "tether.kernels.specs",
+    "add_kernel": "tether.kernels.specs",
+    "edit_kernel": "tether.kernels.specs",
+    "delete_kernel": "tether.kernels.specs",
+    "list_kernels": "tether.kernels.specs",
+    "attach_kernel": "tether.kernels.attach",
+    "TetherSSHProvisioner": "tether.kernels.provisioner",
 }
 
 __all__ = ["TetherError", "__version__", *sorted(_LAZY)]

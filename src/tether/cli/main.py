@@ -34,6 +34,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "status": "tether.cli.status:app",
     "keys": "tether.cli.keys:app",
     "git": "tether.cli.git:app",
+    "kernel": "tether.cli.kernel:app",
 }
 
 # One table maps errors to exit codes (documented in docs/cli.md); the most specific class
