@@ -114,9 +114,12 @@ def validate_public_key(line: str) -> str:
     Rejects options (``command=...``), newlines and anything whose blob does not name its own
     type, so nothing but one key can reach authorized_keys.
     """
-    if not isinstance(line, str) or "\n" in line or "\r" in line or len(line) > 16384:
+    if not isinstance(line, str) or len(line) > 16384:
         raise ValueError("public_key must be one OpenSSH public key line")
-    parts = line.strip().split()
+    line = line.strip()
+    if "\n" in line or "\r" in line:
+        raise ValueError("public_key must be one OpenSSH public key line")
+    parts = line.split()
     if len(parts) < 2 or parts[0] not in PUBLIC_KEY_TYPES:
         raise ValueError("public_key is not an OpenSSH public key of a supported type")
     try:
