@@ -53,8 +53,9 @@ def connect_command(text: str, name: str = "NAME") -> str:
 class Workspace:
     """A running (or startable) workspace: sshd, the gateway and the tunnel."""
 
-    def __init__(self, options: UpOptions, announce=None) -> None:
+    def __init__(self, options: UpOptions, announce=None, tunnel=None) -> None:
         self.options = options
+        self._tunnel = tunnel  # a ready Tunnel object instead of options.tunnel's kind
         self.dir = options.state_dir or host_dir()
         self.state = HostState(self.dir)
         self.announce = announce or (lambda message: log.info("%s", message))
@@ -165,8 +166,10 @@ class Workspace:
     def _start_tunnel(self) -> None:
         from tether.tunnels import TunnelSupervisor, open_tunnel
 
-        tunnel = open_tunnel(self.options.tunnel, self.gateway_port,
-                             public_url=self.options.public_url)
+        tunnel = self._tunnel or open_tunnel(self.options.tunnel, self.gateway_port,
+                                             public_url=self.options.public_url)
+        if hasattr(tunnel, "local_port"):
+            tunnel.local_port = self.gateway_port
         self.supervisor = TunnelSupervisor(tunnel, self._on_url, self._on_tunnel_error,
                                            interval_s=self.options.supervise_interval_s)
         self.supervisor.start()
