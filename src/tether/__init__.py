@@ -15,6 +15,15 @@ from tether.errors import TetherError
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "run_checks": "tether.doctor",
+    "snapshot_push": "tether.snapshot",
+    "snapshot_pull": "tether.snapshot",
+    "snapshot_list": "tether.snapshot",
+    "snapshot_diff": "tether.snapshot",
+    "snapshot_verify": "tether.snapshot",
+    "snapshot_prune": "tether.snapshot",
+    "snapshot_forget": "tether.snapshot",
+    "sandbox_run": "tether.sandbox.runner",
+    "sandbox_probe": "tether.sandbox.probe",
     "exec": "tether.link.api",
     "exec_async": "tether.link.api",
     "copy": "tether.link.api",

@@ -21,6 +21,7 @@ from tether._version import __version__
 # callback becomes a plain command (`tether up`), otherwise a group (`tether keys ...`).
 LAZY_COMMANDS: dict[str, str] = {
     "doctor": "tether.cli.doctor:app",
+    "snapshot": "tether.cli.snapshot:app",
     "up": "tether.cli.up:app",
     "down": "tether.cli.down:app",
     "host": "tether.cli.host:app",
@@ -35,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "keys": "tether.cli.keys:app",
     "git": "tether.cli.git:app",
     "kernel": "tether.cli.kernel:app",
+    "sandbox": "tether.cli.sandbox:app",
 }
 
 # One table maps errors to exit codes (documented in docs/cli.md); the most specific class

@@ -17,9 +17,7 @@ It does up to three things, in this order:
 import ctypes
 import json
 import os
-import socket
 import sys
-import threading
 
 PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 4, 22, 2
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
@@ -39,6 +37,8 @@ def fail(message):
 
 
 def pump(src, dst):
+    import socket
+
     try:
         while True:
             data = src.recv(65536)
@@ -56,6 +56,9 @@ def pump(src, dst):
 
 
 def serve(listener, unix_path):
+    import socket
+    import threading
+
     while True:
         conn, _ = listener.accept()
         up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -70,6 +73,9 @@ def serve(listener, unix_path):
 
 
 def start_forwarder(ports, unix_path):
+    import socket
+    import threading
+
     listeners = []
     for port in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -113,7 +113,7 @@ class RunCgroup:
 
 
 def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
-           *, measure: bool = True) -> RunCgroup:
+           *, measure: bool = False) -> RunCgroup:
     """Make the run's cgroup(s) and write the limits; raise EnforcementError if one can't be."""
     if limits.pids and not facts.pids:
         raise EnforcementError("the pids limit cannot be enforced here (no writable pids cgroup)",

@@ -189,3 +189,45 @@ def _v2_controllers(d: Path) -> set[str]:
     except OSError:
         return enabled
     return enabled | wanted
+
+
+def report(host: HostFacts) -> dict:
+    """What is enforced here, per mechanism and per profile (for `tether sandbox probe`)."""
+    from tether.sandbox.profiles import PROFILES, missing_features, resolve_spec
+
+    cg = host.cgroup
+    mechanisms = {
+        "bubblewrap": host.bwrap_version or "missing",
+        "namespaces": ("user, mount, pid, ipc, uts, cgroup, net (--unshare-all)"
+                       if host.userns else "unavailable"),
+        "seccomp": ("raw BPF filter: ptrace, process_vm_*, kexec, mount family, bpf, "
+                    "perf_event_open, keyring, io_uring, namespace creation denied; "
+                    "non-inet sockets denied when the network is filtered"
+                    if host.seccomp else "unavailable"),
+        "landlock": (f"ABI {host.landlock_abi}: writes confined to writable mounts, /tmp, "
+                     "home, /dev" + ("; abstract unix sockets and signals scoped"
+                                     if host.landlock_abi >= 6 else "")
+                     + " (profiles with landlock = true: restrictive; elsewhere the mount "
+                       "namespace alone confines files)"
+                     if host.landlock_abi else "unavailable (mount namespace confines files)"),
+        "cgroup": (f"{cg.version}: " + ", ".join(
+            n for n, ok in (("memory", cg.memory), ("pids", cg.pids), ("cpu", cg.cpu)) if ok)
+            if cg.version != "none" else "none: memory via RLIMIT_AS only; pids/cpu refused"),
+        "network_allowlist": ("HTTP/CONNECT(+SNI)/SOCKS5 proxy on a bound unix socket"
+                              if host.helper_python else "unavailable (no /usr/bin/python3)"),
+        "timeout": "SIGKILL of bwrap; the pid namespace dies with it",
+    }
+    profiles = {}
+    for name in PROFILES:
+        spec = resolve_spec(name, ["true"], workdir=Path("/workspace"))
+        missing = missing_features(spec, host)
+        profiles[name] = {"enforceable": not missing, "missing": missing,
+                          "network": spec.network.value, "landlock": spec.landlock,
+                          "limits": {k: v for k, v in vars(spec.limits).items() if v}}
+    return {"arch": host.arch, "mechanisms": mechanisms, "profiles": profiles,
+            "problems": list(host.problems)}
+
+
+def sandbox_probe() -> dict:
+    """The public API of `tether sandbox probe --json`."""
+    return report(probe())

@@ -375,13 +375,20 @@ def sandbox_environ(spec: SandboxSpec) -> dict[str, str]:
     return dict(spec.env)
 
 
+def etc_entries(spec: SandboxSpec, host: HostFacts) -> tuple[str, ...]:
+    """The host /etc entries the sandbox sees: resolver files only with the host network."""
+    return tuple(e for e in host.etc_entries
+                 if e not in ETC_NETWORK or spec.network is NetworkMode.FULL)
+
+
 def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = None,
                etc_dir: str | None = None, helper: Sequence[str] = (),
                proxy_socket: str | None = None, info_fd: int | None = None,
                helper_file: str | None = None) -> list[str]:
     """The complete bwrap command line for `spec` on `host` (pure).
 
-    etc_dir: a host directory holding the generated passwd, group and hostname files.
+    etc_dir: a host directory holding copies of `etc_entries(spec, host)` plus generated
+        passwd, group and hostname (bound as /etc; with a rootfs only the generated files).
     helper: argv of the in-sandbox helper to run before the command (see needs_helper),
         whose script `helper_file` is bound read-only at HELPER_DIR/helper.py.
     proxy_socket: the host path of the allowlist proxy's unix socket.
@@ -402,13 +409,13 @@ def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = N
                 a += ["--symlink", target, path]
             else:
                 a += ["--ro-bind", path, path]
-        entries = [e for e in host.etc_entries
-                   if e not in ETC_NETWORK or spec.network is NetworkMode.FULL]
-        for e in entries:
-            a += ["--ro-bind", "/etc/" + e, "/etc/" + e]
-    if etc_dir is not None:
-        for name in ("passwd", "group", "hostname"):
-            a += ["--ro-bind", f"{etc_dir}/{name}", f"/etc/{name}"]
+        if etc_dir is not None:
+            # one prepared copy of the allowed entries: one mount instead of ~35 (each costs
+            # ~0.15 ms of bwrap's start-up)
+            a += ["--ro-bind", etc_dir, "/etc"]
+        else:
+            for e in etc_entries(spec, host):
+                a += ["--ro-bind", "/etc/" + e, "/etc/" + e]
     a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
           "--tmpfs", "/var/tmp", "--dir", "/var"]
     if spec.writable_layer is not None:

@@ -26,6 +26,7 @@ from tether.sandbox.profiles import (
     NetworkMode,
     SandboxSpec,
     bwrap_argv,
+    etc_entries,
     missing_features,
     needs_helper,
     sandbox_environ,
@@ -81,34 +82,76 @@ def check_enforceable(spec: SandboxSpec, host: HostFacts) -> None:
             + " (see `tether sandbox probe`)")
 
 
-_etc_cache: dict[int, str] = {}
+_etc_cache: dict[tuple, str] = {}
 
 
-def _etc_dir() -> str:
-    """Generated passwd/group/hostname, so the sandbox does not learn the host's accounts."""
+def _etc_signature(entries: tuple[str, ...]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for e in entries:
+        try:
+            st = os.stat("/etc/" + e)
+        except OSError:
+            continue
+        h.update(f"{e}:{st.st_mtime_ns}:{st.st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _etc_dir(entries: tuple[str, ...]) -> str:
+    """A prepared /etc: copies of the allowed entries plus generated passwd/group/hostname.
+
+    Built once per content signature (mtime+size of each entry) and reused; a process
+    computes the signature once, so a long-running service picks up /etc changes on restart.
+    """
     uid, gid = os.getuid(), os.getgid()
-    cached = _etc_cache.get(uid)
+    key = (uid, gid, entries)
+    cached = _etc_cache.get(key)
     if cached is not None:
         return cached
     from tether import paths
 
-    d = paths.cache_dir() / "sandbox" / f"etc-{uid}-{gid}"
+    root = paths.ensure_dir(paths.cache_dir() / "sandbox", 0o700)
+    d = root / f"etc-{uid}-{gid}-{_etc_signature(entries)}"
+    if not d.is_dir():
+        _build_etc(d, entries, uid, gid)
+    _etc_cache[key] = str(d)
+    return str(d)
+
+
+def _build_etc(d: Path, entries: tuple[str, ...], uid: int, gid: int) -> None:
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=".etc-"))
+    for e in entries:
+        src, dst = Path("/etc") / e, tmp / e
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink() and os.readlink(src).startswith("/usr/"):
+            os.symlink(os.readlink(src), dst)    # resolves inside: /usr is bound
+        elif src.is_dir():
+            shutil.copytree(src, dst, symlinks=True)
+        elif src.is_file():
+            shutil.copy2(src, dst)   # follows links (resolv.conf -> /run/... would dangle)
     files = {
-        "passwd": (f"root:x:0:0:root:/home/sandbox:/bin/sh\n" if uid == 0 else
-                   f"root:x:0:0:root:/root:/bin/sh\n"
+        "passwd": ("root:x:0:0:root:/home/sandbox:/bin/sh\n" if uid == 0 else
+                   "root:x:0:0:root:/root:/bin/sh\n"
                    f"sandbox:x:{uid}:{gid}:sandbox:/home/sandbox:/bin/sh\n")
         + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         "group": ("root:x:0:\n" if gid == 0 else f"root:x:0:\nsandbox:x:{gid}:\n")
         + "nogroup:x:65534:\n",
         "hostname": "sandbox\n",
     }
-    d.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        p = d / name
-        if not p.exists() or p.read_text() != text:
-            paths.atomic_write(p, text.encode(), mode=0o644)
-    _etc_cache[uid] = str(d)
-    return str(d)
+        (tmp / name).write_text(text)
+        (tmp / name).chmod(0o644)
+    tmp.chmod(0o755)
+    try:
+        tmp.rename(d)
+    except OSError:
+        if not d.is_dir():     # another process won the race otherwise
+            raise
+        shutil.rmtree(tmp)
 
 
 def _check_paths(spec: SandboxSpec) -> None:
@@ -176,7 +219,7 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool) -> _Prepared:
         os.write(wfd, seccomp.cached_filter(host.arch, filtered))
         os.close(wfd)
         p.cgroup = _limits.create(spec.limits, host.cgroup, _cgroup_dirs(host))
-        p.argv = bwrap_argv(spec, host, seccomp_fd=rfd, etc_dir=_etc_dir(), helper=helper,
+        p.argv = bwrap_argv(spec, host, seccomp_fd=rfd, etc_dir=_etc_dir(etc_entries(spec, host)), helper=helper,
                             proxy_socket=proxy_socket,
                             helper_file=landlock.HELPER_FILE if helper else None)
         p.env = sandbox_environ(spec)
@@ -249,7 +292,14 @@ def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
     return RunResult(exit_code=exit_code, stdout=out, stderr=err, duration_s=duration,
                      peak_memory_bytes=peak, timed_out=timed_out, signal=sig,
                      oom_killed=bool(cg and cg.oom_killed()),
-                     notes=tuple(cg.notes) if cg else (), kept=p.kept)
+                     notes=_notes(p), kept=p.kept)
+
+
+def _notes(p: _Prepared) -> tuple[str, ...]:
+    notes = list(p.cgroup.notes) if p.cgroup is not None else []
+    if p.proxy is not None and p.proxy.refused:
+        notes.append("proxy refused: " + ", ".join(p.proxy.refused))
+    return tuple(notes)
 
 
 def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
@@ -321,3 +371,64 @@ def _kill(proc: subprocess.Popen, cg: _limits.RunCgroup | None) -> None:
         pass
     if cg is not None:
         cg.kill_all()
+
+
+def find_project_config(start: Path) -> tuple[Path | None, dict]:
+    """The nearest tether.toml at or above `start` and its [sandbox] table."""
+    for d in (start, *start.parents):
+        f = d / "tether.toml"
+        if f.is_file():
+            try:
+                import tomllib
+            except ModuleNotFoundError:   # Python 3.10
+                import tomli as tomllib
+            try:
+                data = tomllib.loads(f.read_text())
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                from tether.errors import ConfigError
+
+                raise ConfigError(f"{f}: {exc}", hint="fix the TOML syntax") from exc
+            table = data.get("sandbox", {})
+            if not isinstance(table, dict):
+                from tether.errors import ConfigError
+
+                raise ConfigError(f"{f}: [sandbox] must be a table")
+            return f, table
+    return None, {}
+
+
+def build_spec(command: list[str], *, profile: str | None = None, workdir: Path | None = None,
+               no_network: bool = False, allow_domains: tuple[str, ...] = (),
+               mounts: tuple[str, ...] = (), env: tuple[str, ...] = (),
+               memory: str | None = None, cpus: float | None = None, pids: int | None = None,
+               timeout: float | None = None, rootfs: Path | None = None,
+               landlock: bool | None = None, bind_toolchains: bool = True) -> SandboxSpec:
+    """Flags + tether.toml + detected runtimes -> SandboxSpec (what `sandbox run` resolves)."""
+    from tether.sandbox import profiles, runtimes
+
+    cwd = Path.cwd()
+    workdir = (workdir or cwd).resolve()
+    if not workdir.is_dir():
+        raise UsageError(f"workspace {workdir} is not a directory")
+    _, config = find_project_config(workdir)
+    tool_mounts: list = []
+    path_prefix: list[str] = []
+    if bind_toolchains and rootfs is None:
+        try:
+            names = os.listdir(workdir)
+        except OSError:
+            names = []
+        tool_mounts, path_prefix = runtimes.toolchain_mounts(runtimes.detect(command, names))
+    inside_cwd = str(cwd) if cwd == workdir or workdir in cwd.parents else str(workdir)
+    return profiles.resolve_spec(
+        profile, command, workdir=workdir, cwd=inside_cwd,
+        network=NetworkMode.NONE if no_network else None, allow_domains=allow_domains,
+        mounts=mounts, env=env, host_env=os.environ, memory=memory, cpus=cpus, pids=pids,
+        timeout=timeout, rootfs=rootfs.resolve() if rootfs else None, landlock=landlock,
+        config=config, toolchain_mounts=tool_mounts, path_prefix=path_prefix)
+
+
+def sandbox_run(command: list[str], *, stdin: bytes | None = None,
+                on_output: OnOutput | None = None, keep: bool = False, **flags) -> RunResult:
+    """The one call behind `tether sandbox run`: build the spec (see build_spec) and run it."""
+    return run(build_spec(command, **flags), stdin=stdin, on_output=on_output, keep=keep)

@@ -1,0 +1,84 @@
+"""`tether sandbox`: run commands in isolation (run, probe; named sandboxes add more)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tether.cli.output import JsonOption, Output
+
+app = typer.Typer(help="Run untrusted code in bubblewrap sandboxes.", no_args_is_help=True)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    command: Annotated[list[str], typer.Argument(help="The command, after --.")],
+    profile: Annotated[Optional[str], typer.Option(
+        help="restrictive, moderate (default) or permissive.")] = None,
+    no_network: Annotated[bool, typer.Option("--no-network", help="No network at all.")] = False,
+    allow_domain: Annotated[Optional[list[str]], typer.Option(
+        "--allow-domain", help="Allow only this domain (repeatable) through the proxy.")] = None,
+    mount: Annotated[Optional[list[str]], typer.Option(
+        help="SRC[:DST][:ro] (repeatable).")] = None,
+    env: Annotated[Optional[list[str]], typer.Option(
+        help="K=V, or K to pass the host's value (repeatable).")] = None,
+    memory: Annotated[Optional[str], typer.Option(help="Memory limit, e.g. 1G.")] = None,
+    cpus: Annotated[Optional[float], typer.Option(help="CPU limit in cores.")] = None,
+    pids: Annotated[Optional[int], typer.Option(help="Process limit.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds; kills everything.")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the sandbox home directory.")] = False,
+    rootfs: Annotated[Optional[Path], typer.Option(help="A separate root filesystem.")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="The workspace (default: current directory).")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Run CMD in a fresh sandbox; exits with CMD's exit code."""
+    from tether.sandbox.runner import sandbox_run
+
+    out = Output(json)
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+
+    def stream(name: str, data: bytes) -> None:
+        target = sys.stdout if name == "stdout" else sys.stderr
+        target.buffer.write(data)
+        target.flush()
+
+    result = sandbox_run(
+        list(command), profile=profile, workdir=workdir, no_network=no_network,
+        allow_domains=tuple(allow_domain or ()), mounts=tuple(mount or ()),
+        env=tuple(env or ()), memory=memory, cpus=cpus, pids=pids, timeout=timeout,
+        rootfs=rootfs, keep=keep, stdin=stdin, on_output=None if json else stream)
+    out.result(result.to_dict(), lambda o: None)
+    for note in result.notes:
+        out.warn(note)
+    if result.timed_out:
+        out.warn(f"timed out after {timeout}s: the sandbox was killed")
+    if result.kept:
+        out.info(f"kept the sandbox home at {result.kept}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def probe(json: JsonOption = False) -> None:
+    """Show what this host can enforce (namespaces, seccomp, Landlock, cgroups) per profile."""
+    from tether.sandbox.probe import probe as do_probe
+    from tether.sandbox.probe import report
+
+    out = Output(json)
+    data = report(do_probe())
+
+    def human(o: Output) -> None:
+        o.table(["mechanism", "enforced"], list(data["mechanisms"].items()))
+        o.out.print()
+        o.table(["profile", "enforceable", "network", "landlock", "limits"],
+                [(n, "yes" if p["enforceable"] else "NO: missing " + ", ".join(p["missing"]),
+                  p["network"], "yes" if p["landlock"] else "no",
+                  ", ".join(f"{k}={v}" for k, v in p["limits"].items()) or "-")
+                 for n, p in data["profiles"].items()])
+        for problem in data["problems"]:
+            o.out.print(f"problem: {problem}", markup=False)
+
+    out.result(data, human)
