@@ -1,0 +1,451 @@
+"""Named sandboxes: a sandbox with a name and a writable layer that outlive the CLI.
+
+Design (docs/sandbox-api.md, "Named sandboxes"): bubblewrap 0.8 has no overlay mounts, so a
+sandbox's writable layer is two private host directories bound read-write into every process
+of the sandbox: ``home/`` as ``/home/sandbox`` and ``workspace/`` as ``/workspace`` (the working
+directory). Everything else is what the profile gives any run: read-only system, fresh
+``/tmp``, its network and limits.
+
+Every ``exec`` is a fresh bwrap over that layer (files persist between execs and across CLI
+restarts; processes do not). ``start`` runs the sandbox's main command, if it has one, under a
+small detached supervisor (``python -m tether.sandbox.named NAME``) that writes its output to
+``main.log`` and its end to ``exit.json``; ``stop`` ends it. State lives in
+``paths.state_dir()/sandboxes/NAME/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tether import paths
+from tether.errors import (AlreadyExistsError, InUseError, LocalIOError, NotFoundError,
+                           ProtocolError, TetherError, UsageError)
+from tether.sandbox import _safefs
+from tether.sandbox.schemas import NAME_PATTERN, RunOptions, SandboxInfo
+
+FORMAT_VERSION = 1
+WORKSPACE = "/workspace"
+HOME = "/home/sandbox"
+_NAME = re.compile(NAME_PATTERN)
+STOP_GRACE_S = 5.0
+
+
+def root_dir() -> Path:
+    return paths.state_dir() / "sandboxes"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UsageError(f"invalid sandbox name {name!r}",
+                         "use lowercase letters, digits, '-', '_' or '.' (max 63), e.g. dev-1")
+    return name
+
+
+@dataclass(frozen=True)
+class NamedSandbox:
+    name: str
+    dir: Path
+    created_at: float
+    command: tuple[str, ...] | None
+    options: RunOptions
+    mounts: tuple[str, ...]
+
+    @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    @property
+    def workspace(self) -> Path:
+        return self.dir / "workspace"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "main.log"
+
+    def status(self) -> tuple[str, int | None, int | None]:
+        """(status, supervisor pid, exit code of the main command)."""
+        pid = _running_pid(self.dir / "run.json")
+        if pid is not None:
+            return "running", pid, None
+        ended = _read_json(self.dir / "exit.json")
+        if ended is not None:
+            return "exited", None, ended.get("exit_code")
+        return "stopped", None, None
+
+    def to_schema(self) -> SandboxInfo:
+        status, pid, code = self.status()
+        return SandboxInfo(name=self.name, status=status, created_at=self.created_at,
+                           command=list(self.command) if self.command else None,
+                           options=self.options, pid=pid, exit_code=code)
+
+    def to_json(self) -> dict:
+        return {"v": FORMAT_VERSION, "name": self.name, "created_at": self.created_at,
+                "command": list(self.command) if self.command else None,
+                "options": self.options.model_dump(), "mounts": list(self.mounts)}
+
+
+# -- state on disk -------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LocalIOError(f"could not read {path}: {exc}",
+                           "the sandbox state is damaged; 'tether sandbox rm --force' it") from exc
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _running_pid(run_file: Path) -> int | None:
+    """The supervisor's pid if it still runs (pid reuse is caught by its start time)."""
+    data = _read_json(run_file)
+    if not data:
+        return None
+    pid = int(data["pid"])
+    return pid if _proc_start_ticks(pid) == data.get("start_ticks") else None
+
+
+def _load(name: str) -> NamedSandbox:
+    check_name(name)
+    sdir = root_dir() / name
+    data = _read_json(sdir / "sandbox.json")
+    if data is None:
+        raise NotFoundError(f"no sandbox named {name!r}", "see 'tether sandbox ls'")
+    if data.get("v") != FORMAT_VERSION:
+        raise ProtocolError(f"sandbox {name!r} has state version {data.get('v')!r}",
+                            "it was made by another tether version")
+    return NamedSandbox(name=name, dir=sdir, created_at=float(data["created_at"]),
+                        command=tuple(data["command"]) if data.get("command") else None,
+                        options=RunOptions(**data["options"]),
+                        mounts=tuple(data.get("mounts") or ()))
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Serialise lifecycle changes of one sandbox across processes."""
+    lock_dir = paths.ensure_dir(root_dir() / ".locks")
+    fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+def create(name: str, options: RunOptions | None = None, *, command: Sequence[str] | None = None,
+           mounts: Sequence[str] = (), workdir: Path | None = None) -> NamedSandbox:
+    """Make the sandbox's state (nothing runs yet); options are checked by resolving them."""
+    from tether.sandbox.service import build_spec
+
+    check_name(name)
+    options = options or RunOptions()
+    base = Path(workdir or Path.cwd())
+    parsed = _parse_mounts(mounts, base)
+    with _locked(name):
+        sdir = root_dir() / name
+        if (sdir / "sandbox.json").exists():
+            raise AlreadyExistsError(f"a sandbox named {name!r} exists already",
+                                     f"use it, or 'tether sandbox rm {name}' first")
+        build_spec(options, list(command or ["true"]), workdir=base, mounts=parsed)
+        box = NamedSandbox(name=name, dir=sdir, created_at=time.time(),
+                           command=tuple(command) if command else None, options=options,
+                           mounts=tuple(_mount_text(m) for m in parsed))
+        paths.ensure_dir(sdir)
+        paths.ensure_dir(box.home, 0o755)
+        paths.ensure_dir(box.workspace, 0o755)
+        paths.atomic_write(sdir / "sandbox.json", json.dumps(box.to_json(), indent=1))
+    return box
+
+
+def _parse_mounts(mounts: Sequence[str], base: Path):
+    from tether.sandbox.profiles import parse_mount
+
+    return [parse_mount(m, base) for m in mounts]
+
+
+def _mount_text(m) -> str:
+    return f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"
+
+
+def get(name: str) -> NamedSandbox:
+    return _load(name)
+
+
+def list_sandboxes() -> list[NamedSandbox]:
+    root = root_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not (entry / "sandbox.json").is_file():
+            continue
+        with contextlib.suppress(TetherError):  # one damaged sandbox must not hide the rest
+            out.append(_load(entry.name))
+    return out
+
+
+def remove(name: str, *, force: bool = False) -> None:
+    box = _load(name)
+    if box.status()[0] == "running":
+        if not force:
+            raise InUseError(f"sandbox {name!r} is running",
+                             f"'tether sandbox stop {name}' first, or rm --force")
+        stop(name)
+    with _locked(name):
+        try:
+            shutil.rmtree(box.dir)
+        except OSError as exc:
+            raise LocalIOError(f"could not remove {box.dir}: {exc.strerror}") from exc
+
+
+def spec_for(box: NamedSandbox, command: Sequence[str], *, timeout: float | None = None,
+             cwd: str | None = None):
+    """The spec of one process of ``box``: its options over its own writable layer."""
+    from dataclasses import replace
+
+    from tether.sandbox.profiles import Mount
+    from tether.sandbox.service import build_spec
+
+    options = box.options if timeout is None else box.options.model_copy(
+        update={"timeout": timeout})
+    extra = [*_parse_mounts(box.mounts, box.workspace),
+             Mount(box.workspace, Path(WORKSPACE), read_only=False)]
+    spec = build_spec(options, command, workdir=box.workspace, mounts=extra,
+                      writable_layer=box.home, cwd=cwd or WORKSPACE)
+    # resolve_spec binds the workdir at its own host path too; the sandbox needs it only at
+    # /workspace, and the host path would tell the code inside where tether keeps its state
+    mounts = tuple(m for m in spec.mounts if m.target != box.workspace)
+    return replace(spec, mounts=mounts)
+
+
+async def exec_async(name: str, command: Sequence[str], *, stdin: bytes | None = None,
+                     timeout: float | None = None, via: str = "cli", client: str | None = None,
+                     on_output=None):
+    """Run ``command`` in a fresh process over the sandbox's layer; audited."""
+    from tether.sandbox.service import run_spec
+
+    box = _load(name)
+    spec = spec_for(box, command, timeout=timeout)
+    return await run_spec(spec, stdin=stdin, on_output=on_output, via=via, client=client,
+                          sandbox=name)
+
+
+def exec_sync(name: str, command: Sequence[str], **kw):
+    return asyncio.run(exec_async(name, command, **kw))
+
+
+def start(name: str) -> NamedSandbox:
+    """Start the main command under a detached supervisor; returns once it runs."""
+    with _locked(name):
+        box = _load(name)
+        if box.command is None:
+            raise UsageError(f"sandbox {name!r} has no main command to start",
+                             f"run commands with 'tether sandbox exec {name} -- CMD', or create "
+                             "it with a command: tether sandbox create NAME -- CMD")
+        if box.status()[0] == "running":
+            return box
+        with contextlib.suppress(FileNotFoundError):
+            (box.dir / "exit.json").unlink()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether.sandbox.named", name], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=open(box.dir / "supervisor.log", "ab"),
+            start_new_session=True, env=os.environ.copy())
+        ticks = _proc_start_ticks(proc.pid)
+        paths.atomic_write(box.dir / "run.json",
+                           json.dumps({"pid": proc.pid, "start_ticks": ticks,
+                                       "started_at": time.time()}))
+    return box
+
+
+def stop(name: str, *, grace_s: float = STOP_GRACE_S) -> NamedSandbox:
+    """End the main command (SIGTERM to the supervisor, SIGKILL after ``grace_s``)."""
+    with _locked(name):
+        box = _load(name)
+        pid = _running_pid(box.dir / "run.json")
+        if pid is not None:
+            _terminate(pid, grace_s)
+        with contextlib.suppress(FileNotFoundError):
+            (box.dir / "run.json").unlink()
+    return box
+
+
+def _terminate(pid: int, grace_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if _proc_start_ticks(pid) is None or _is_zombie(pid):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def logs(name: str) -> bytes:
+    box = _load(name)
+    try:
+        return box.log_path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def layer_path(box: NamedSandbox, path: str) -> tuple[Path, str]:
+    """(layer directory, relative path) for a path as the sandbox sees it.
+
+    Only the writable layer is reachable: /workspace/... (or a relative path) and
+    /home/sandbox/... (or ~/...). Anything else is not the sandbox's own state.
+    """
+    if path == "~" or path.startswith("~/"):
+        path = HOME + path[1:]
+    if not path.startswith("/"):
+        return box.workspace, path
+    pure = PurePosixPath(path)
+    for prefix, root in ((WORKSPACE, box.workspace), (HOME, box.home)):
+        if pure == PurePosixPath(prefix) or PurePosixPath(prefix) in pure.parents:
+            return root, str(pure.relative_to(prefix))
+    raise UsageError(f"{path} is not in the sandbox's writable layer",
+                     f"use a path under {WORKSPACE} or {HOME}")
+
+
+def read_file(name: str, path: str) -> bytes:
+    root, rel = layer_path(_load(name), path)
+    return _safefs.read_file(root, rel)
+
+
+def write_file(name: str, path: str, data: bytes) -> None:
+    root, rel = layer_path(_load(name), path)
+    _safefs.write_file(root, rel, data)
+
+
+def parse_location(text: str) -> tuple[str | None, str]:
+    """'NAME:path' -> (NAME, path); a host path (no colon before the first '/') -> (None, path)."""
+    head, sep, tail = text.partition(":")
+    if sep and head and "/" not in head and _NAME.match(head):
+        return head, tail or "."
+    return None, text
+
+
+def copy(src: str, dst: str) -> int:
+    """``tether sandbox cp``: exactly one side is ``NAME:path``; returns files copied."""
+    (s_name, s_path), (d_name, d_path) = parse_location(src), parse_location(dst)
+    if (s_name is None) == (d_name is None):
+        raise UsageError("cp needs exactly one side written as NAME:path",
+                         "tether sandbox cp ./file dev:/workspace/  or  dev:/workspace/out .")
+    if s_name is not None:
+        return _copy_out(_load(s_name), s_path, Path(d_path))
+    return _copy_in(Path(s_path), _load(d_name), d_path)
+
+
+def _copy_out(box: NamedSandbox, inner: str, host: Path) -> int:
+    root, rel = layer_path(box, inner)
+    kind = _safefs.kind_of(root, rel)
+    if kind == "missing":
+        raise NotFoundError(f"{inner} does not exist in sandbox {box.name!r}")
+    if kind == "file":
+        target = host / PurePosixPath(inner).name if host.is_dir() else host
+        _write_host(target, _safefs.read_file(root, rel))
+        return 1
+    dest = host / PurePosixPath(inner).name if host.is_dir() else host
+    count = 0
+    for relpath, data in _safefs.walk_files(root, rel):
+        _write_host(dest / relpath, data)
+        count += 1
+    return count
+
+
+def _write_host(target: Path, data: bytes) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    except OSError as exc:
+        raise LocalIOError(f"could not write {target}: {exc.strerror}") from exc
+
+
+def _copy_in(host: Path, box: NamedSandbox, inner: str) -> int:
+    if not host.exists():
+        raise NotFoundError(f"{host} does not exist")
+    root, rel = layer_path(box, inner)
+    into_dir = inner.endswith("/") or _safefs.kind_of(root, rel) == "dir"
+    base = f"{rel}/{host.name}" if into_dir else rel
+    if host.is_file():
+        _safefs.write_file(root, base, host.read_bytes(), host.stat().st_mode & 0o777)
+        return 1
+    count = 0
+    for file in sorted(p for p in host.rglob("*") if p.is_file() and not p.is_symlink()):
+        _safefs.write_file(root, f"{base}/{file.relative_to(host).as_posix()}",
+                           file.read_bytes(), file.stat().st_mode & 0o777)
+        count += 1
+    return count
+
+
+# -- the supervisor of a started sandbox ---------------------------------------------------
+
+
+async def _supervise(name: str) -> int:
+    from tether.sandbox.service import run_spec
+
+    box = _load(name)
+    spec = spec_for(box, box.command or ())
+    log = open(box.log_path, "ab", buffering=0)
+
+    def on_output(_stream: str, data: bytes) -> None:
+        log.write(data)
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    ended: dict = {"ended_at": None, "exit_code": None, "stopped": False}
+    try:
+        result = await run_spec(spec, on_output=on_output, via="start", sandbox=name)
+        ended.update(exit_code=result.exit_code, timed_out=result.timed_out)
+    except asyncio.CancelledError:
+        ended["stopped"] = True
+    except TetherError as exc:
+        log.write(f"tether: {exc.message}\n".encode())
+        ended["error"] = exc.message
+    finally:
+        log.close()
+        ended["ended_at"] = time.time()
+        if not ended["stopped"]:
+            paths.atomic_write(box.dir / "exit.json", json.dumps(ended))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(_supervise(sys.argv[1])))

@@ -1,0 +1,137 @@
+"""One door for every front end (HTTP API, MCP server, CLI) into sandboxed runs.
+
+``build_spec`` turns wire-level ``RunOptions`` into a ``SandboxSpec`` (profiles.resolve_spec
+does the deciding); ``Service`` runs specs, through the warm pool when one is configured, and
+writes the audit record of every run, so no front end can forget it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tether.sandbox import audit
+from tether.sandbox.schemas import RunOptions, RunRequest
+
+OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
+
+
+def build_spec(options: RunOptions, command: Sequence[str], *, workdir: Path,
+               mounts: Sequence[Any] = (), writable_layer: Path | None = None,
+               cwd: str | None = None):
+    """The ``SandboxSpec`` for ``options`` + ``command`` (raises UsageError on bad options)."""
+    from tether.sandbox import profiles
+
+    return profiles.resolve_spec(
+        options.profile, list(command), workdir=workdir, cwd=cwd, network=options.network,
+        allow_domains=options.allow_domains, mounts=list(mounts),
+        env=[f"{k}={v}" for k, v in options.env.items()], host_env=os.environ,
+        memory=options.memory, cpus=options.cpus, pids=options.pids, timeout=options.timeout,
+        writable_layer=writable_layer, config=_project_config(workdir))
+
+
+def _project_config(workdir: Path) -> dict | None:
+    """The tether.toml [sandbox] table of the project, via the core's loader when it has one."""
+    from tether.sandbox import profiles
+
+    loader = getattr(profiles, "load_project_config", None)
+    return loader(workdir) if loader is not None else None
+
+
+async def call_output(cb: OutputCallback | None, stream: str, data: bytes) -> None:
+    if cb is not None:
+        res = cb(stream, data)
+        if inspect.isawaitable(res):
+            await res
+
+
+def thread_relay(cb: OutputCallback | None, loop: asyncio.AbstractEventLoop):
+    """A blocking ``on_output`` for a runner thread that hands chunks to ``cb`` on ``loop``.
+
+    The thread waits until ``cb`` has taken the chunk, so a slow consumer (an SSE client)
+    slows the reading of the sandbox's pipes instead of growing a buffer. Once the consumer
+    is gone (cancelled), later chunks are dropped; the run itself ends on its own or at its
+    timeout.
+    """
+    if cb is None:
+        return None
+    gone = False
+
+    def relay(stream: str, data: bytes) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(call_output(cb, stream, data), loop).result()
+        except (concurrent.futures.CancelledError, RuntimeError):
+            gone = True
+
+    return relay
+
+
+async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallback | None = None,
+                   via: str, client: str | None = None, sandbox: str | None = None,
+                   pool=None):
+    """Run ``spec`` (pooled if ``pool`` has a warm sandbox for it) and audit the run."""
+    from tether.errors import TetherError
+    from tether.sandbox import runner
+
+    started = time.monotonic()
+    try:
+        if pool is not None:
+            result = await pool.run_async(spec, stdin=stdin, on_output=on_output)
+        else:
+            relay = thread_relay(on_output, asyncio.get_running_loop())
+            result = await asyncio.to_thread(runner.run, spec, stdin=stdin, on_output=relay)
+    except TetherError as exc:
+        audit.record_run(via=via, command=spec.command, profile=spec.profile,
+                         network=spec.network, exit_code=None,
+                         duration_s=time.monotonic() - started, sandbox=sandbox, client=client,
+                         error=exc.message)
+        raise
+    audit.record_result(spec, result, via=via, sandbox=sandbox, client=client)
+    return result
+
+
+class Service:
+    """What the API and the MCP server run commands through (one per app, no globals)."""
+
+    def __init__(self, *, workdir: Path, pool_size: int = 0) -> None:
+        self.workdir = Path(workdir)
+        self.pool_size = pool_size
+        self.pool = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app=None) -> AsyncIterator[None]:
+        if self.pool_size <= 0:
+            yield
+            return
+        from tether.sandbox.pool import WarmPool
+
+        async with WarmPool(size=self.pool_size) as pool:
+            self.pool = pool
+            try:
+                yield
+            finally:
+                self.pool = None
+
+    def prepare(self, req: RunRequest):
+        options = RunOptions(**req.model_dump(include=set(RunOptions.model_fields)))
+        return build_spec(options, req.command, workdir=self.workdir)
+
+    async def run_prepared(self, spec, stdin: bytes | None, *, via: str,
+                           client: str | None = None, on_output: OutputCallback | None = None):
+        return await run_spec(spec, stdin=stdin, on_output=on_output, via=via, client=client,
+                              pool=self.pool)
+
+    async def run(self, req: RunRequest, *, via: str, client: str | None = None,
+                  on_output: OutputCallback | None = None):
+        return await self.run_prepared(self.prepare(req), req.stdin_bytes(), via=via,
+                                       client=client, on_output=on_output)
