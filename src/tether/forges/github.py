@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from tether.errors import PermissionDeniedError
 from tether.forges.base import (SPECS, Credentials, ForgeClient, ForgeUser, Provider,
                                 RemoteKey, remote_key)
 
@@ -38,15 +39,25 @@ class GitHubClient(ForgeClient):
         return None
 
     def missing_scope(self, response) -> str | None:
-        accepted = response.headers.get("X-Accepted-OAuth-Scopes", "").strip()
-        if accepted:
-            have = response.headers.get("X-OAuth-Scopes", "").strip() or "none"
-            wanted = " or ".join(s.strip() for s in accepted.split(",") if s.strip())
-            return f"{wanted} (the token has: {have})"
+        accepted = _scopes(response.headers.get("X-Accepted-OAuth-Scopes", ""))
+        have = _scopes(response.headers.get("X-OAuth-Scopes", ""))
+        if accepted and not accepted & have:
+            wanted = " or ".join(sorted(accepted))
+            return f"{wanted} (the token has: {', '.join(sorted(have)) or 'none'})"
         permissions = response.headers.get("X-Accepted-GitHub-Permissions", "").strip()
-        if permissions:
+        if permissions and response.status_code == 403:
             return f"permission {permissions}"
         return None
+
+    def error_for(self, response, what: str) -> Exception:
+        # A classic token without the scope gets 404, not 403, on /user/keys (GitHub hides
+        # what it will not show); the accepted-scopes header tells the two 404s apart.
+        if response.status_code == 404:
+            scope = self.missing_scope(response)
+            if scope:
+                return PermissionDeniedError(f"the GitHub token lacks the scope {scope} ({what})",
+                                             self.spec.token_help)
+        return super().error_for(response, what)
 
     def whoami(self) -> ForgeUser:
         data = self.json(self.request("GET", "/user", what="reading your user"))
@@ -72,3 +83,7 @@ class GitHubClient(ForgeClient):
 
     def delete_key(self, key_id: str) -> None:
         self.request("DELETE", f"/user/keys/{key_id}", what=f"deleting SSH key {key_id}")
+
+
+def _scopes(header: str) -> set[str]:
+    return {s.strip() for s in header.split(",") if s.strip()}
