@@ -58,6 +58,7 @@ class Repository:
         self.config = config
         self._index: Index | None = None
         self._tree_cache: dict[bytes, list[fmt.Entry]] = {}
+        self._segments: dict[tuple[bytes, int], bytes] = {}
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -138,10 +139,19 @@ class Repository:
         return loc
 
     def read_segment(self, pack: bytes, entry: fmt.BlobEntry) -> bytes:
+        key = (pack, entry.seg_offset)
+        seg = self._segments.get(key)
+        if seg is not None:
+            return seg
         frame = self.store.get_range(fmt.pack_key(pack), entry.seg_offset, entry.seg_length)
         if len(frame) != entry.seg_length:
             raise IntegrityError(f"pack {pack.hex()[:12]} is truncated")
-        return fmt.decode_segment(frame)
+        seg = fmt.decode_segment(frame)
+        # Trees sit together in tree packs: a few cached segments serve a whole tree walk.
+        if len(self._segments) >= 8:
+            self._segments.pop(next(iter(self._segments)))
+        self._segments[key] = seg
+        return seg
 
     def read_blob(self, blob: bytes) -> bytes:
         loc = self.locate(blob)

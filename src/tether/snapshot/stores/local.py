@@ -24,31 +24,27 @@ CAPABILITIES = StoreCapabilities(atomic_put=True, consistent_list=True, batched=
                                  max_object_size=None)
 
 
-def open(url: str, *, durable: bool = True, create: bool = True) -> LocalStore:  # noqa: A001
-    """Open ``file:///abs/path``; the folder is created unless ``create`` is false."""
+def open(url: str, *, durable: bool = True) -> LocalStore:  # noqa: A001
+    """Open ``file:///abs/path``; the folder is created by the first put, not by opening."""
     parts = urlsplit(url)
     if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
         raise UsageError(f"not a local store URL: {url!r}", "use file:///absolute/path")
     path = Path(unquote(parts.path))
     if not path.is_absolute():
         raise UsageError(f"store path must be absolute: {url!r}", "use file:///absolute/path")
-    return LocalStore(path, durable=durable, create=create)
+    return LocalStore(path, durable=durable)
 
 
 class LocalStore:
     capabilities = CAPABILITIES
 
-    def __init__(self, root: Path, *, durable: bool = True, create: bool = True) -> None:
+    def __init__(self, root: Path, *, durable: bool = True) -> None:
         self.root = root
         self.url = "file://" + str(root)
         self.durable = durable
         self._dirs: set[Path] = set()
         self._dirty: list[Path] = []
         self._lock = threading.Lock()
-        if create:
-            self._mkdir(root)
-        elif not root.is_dir():
-            raise NotFoundError(f"no store at {root}", "check the path, or push to create it")
 
     # -- helpers ---------------------------------------------------------------------------
     def _path(self, key: str) -> Path:

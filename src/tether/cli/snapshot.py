@@ -1,0 +1,151 @@
+"""`tether snapshot ...`: push, pull, ls, diff, verify, prune, forget."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tether.cli.output import JsonOption, Output
+
+app = typer.Typer(help="Keep folders (code, virtualenvs, settings) in a store: incremental, "
+                  "verified, safe to restore.", no_args_is_help=True)
+
+StoreArg = Annotated[str, typer.Argument(
+    help="Store URL: file:///path, s3://bucket/prefix, hf://datasets/OWNER/NAME, "
+         "kaggle://OWNER/SLUG.")]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+@app.command()
+def push(path: Annotated[Path, typer.Argument(help="Folder to snapshot.")], store: StoreArg,
+         tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag the snapshot "
+                                                           "(repeatable).")] = None,
+         json: JsonOption = False) -> None:
+    """Snapshot PATH into STORE; only new content is uploaded."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    with out.progress(f"push {path}", None) as advance:
+        r = api.push(store, path, tags=tuple(tag or ()), progress=advance)
+    for s in r.skipped:
+        out.warn(f"skipped {s}")
+    out.result(dataclasses.asdict(r),
+               f"snapshot {r.snapshot_id[:12]}: {r.files} files, {_size(r.bytes)}; "
+               f"read {r.files_read} files, uploaded {_size(r.bytes_uploaded)} "
+               f"in {r.duration_s:.2f}s")
+
+
+@app.command()
+def pull(source: Annotated[str, typer.Argument(
+            help="STORE[@ID|TAG]: the store URL, optionally @ a snapshot id prefix or tag "
+                 "(default: the newest).")],
+         path: Annotated[Optional[Path], typer.Argument(
+             help="Where to restore (default: the path the snapshot was taken from).")] = None,
+         replace: Annotated[bool, typer.Option("--replace", help="Swap out a non-empty "
+                                               "destination (atomically).")] = False,
+         rebuild_venv: Annotated[bool, typer.Option("--rebuild-venv", help="Recreate "
+                                 "virtualenvs whose interpreter differs, from the recorded "
+                                 "package list.")] = False,
+         json: JsonOption = False) -> None:
+    """Restore a snapshot: checked first, staged next to PATH, swapped in atomically."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    with out.progress("pull", None) as advance:
+        r = api.pull(source, path, replace=replace, rebuild_venv=rebuild_venv,
+                     progress=advance)
+    for w in r.warnings:
+        out.warn(w)
+    out.result(dataclasses.asdict(r), f"restored {r.snapshot_id[:12]} to {r.path}: "
+               f"{r.files} files, {_size(r.bytes)} in {r.duration_s:.2f}s")
+
+
+@app.command("ls")
+def ls(store: StoreArg, json: JsonOption = False) -> None:
+    """List the snapshots in STORE, oldest first."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    snaps = api.list_snapshots(store)
+    out.result([dataclasses.asdict(s) for s in snaps],
+               lambda o: o.table(["id", "time", "host", "path", "tags", "files", "size"],
+                                 [(s.id[:12], s.time, s.hostname, s.path, ",".join(s.tags),
+                                   s.files, _size(s.bytes)) for s in snaps])
+               if snaps else o.out.print("no snapshots"))
+
+
+@app.command()
+def diff(store: StoreArg, a: Annotated[str, typer.Argument(help="Older snapshot (id/tag).")],
+         b: Annotated[str, typer.Argument(help="Newer snapshot (id/tag).")],
+         json: JsonOption = False) -> None:
+    """Show what changed between snapshots A and B (+ added, - removed, M modified)."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    changes = api.diff(store, a, b)
+    out.result([dataclasses.asdict(c) for c in changes],
+               lambda o: [o.out.print(f"{c.status} {c.path}", markup=False) for c in changes]
+               if changes else o.out.print("no differences"))
+
+
+@app.command()
+def verify(store: StoreArg,
+           data: Annotated[bool, typer.Option("--data", help="Also read every pack and check "
+                                              "every blob against its hash.")] = False,
+           json: JsonOption = False) -> None:
+    """Check the repository's structure (and with --data, all content)."""
+    from tether.errors import IntegrityError
+    from tether.snapshot import api
+
+    out = Output(json)
+    with out.progress("verify", None) as advance:
+        r = api.verify(store, data=data, progress=advance)
+    doc = dataclasses.asdict(r) | {"ok": r.ok}
+
+    def human(o: Output) -> None:
+        for p in r.problems:
+            o.out.print(f"problem: {p}", markup=False)
+        o.out.print(f"{r.snapshots} snapshots, {r.packs} packs"
+                    + (f", {r.blobs_checked} blobs ({_size(r.bytes_checked)}) read" if data
+                       else "") + (": ok" if r.ok else f": {len(r.problems)} problems"))
+
+    out.result(doc, human)
+    if not r.ok:
+        raise IntegrityError(f"verify found {len(r.problems)} problems in {store}",
+                             "restore an older snapshot, or push again to re-upload content")
+
+
+@app.command()
+def prune(store: StoreArg,
+          keep_last: Annotated[Optional[int], typer.Option("--keep-last", min=1,
+                               help="Forget all but the newest N snapshots first.")] = None,
+          json: JsonOption = False) -> None:
+    """Delete packs no snapshot uses (never while a push holds the repository)."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    r = api.prune(store, keep_last=keep_last)
+    out.result(dataclasses.asdict(r), f"forgot {len(r.forgotten)} snapshots, deleted "
+               f"{r.packs_deleted} packs ({_size(r.bytes_freed)}), kept {r.packs_kept}")
+
+
+@app.command()
+def forget(store: StoreArg, snapshot: Annotated[str, typer.Argument(help="Snapshot id "
+                                                                    "prefix or tag.")],
+           json: JsonOption = False) -> None:
+    """Remove one snapshot (its data goes at the next prune)."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    sid = api.forget(store, snapshot)
+    out.result({"forgotten": sid}, f"forgot snapshot {sid[:12]}")

@@ -1,0 +1,318 @@
+"""The snapshot operations the CLI and the Python API share: one function per command.
+
+Each takes a store (a URL or an open ``Store``) and returns a typed result; problems found by
+``verify`` are data in the result, not an exception halfway through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.errors import IntegrityError, ProtocolError, TetherError, UsageError
+from tether.snapshot import format as fmt
+from tether.snapshot import venvs
+from tether.snapshot.backup import PushResult
+from tether.snapshot.backup import push as _push
+from tether.snapshot.repo import LOCK_STALE_S, Repository
+from tether.snapshot.restore import PullResult
+from tether.snapshot.restore import pull as _pull
+from tether.snapshot.stores.base import Store, open_store
+
+StoreLike = str | Store
+
+
+@contextlib.contextmanager
+def _opened(store: StoreLike) -> Iterator[Store]:
+    if isinstance(store, str):
+        s = open_store(store)
+        try:
+            yield s
+        finally:
+            s.close()
+    else:
+        yield store
+
+
+def split_ref(text: str) -> tuple[str, str | None]:
+    """``STORE[@ID|TAG]`` -> (store url, ref or None). The ref never contains "/"."""
+    url, sep, ref = text.rpartition("@")
+    if sep and url and "/" not in ref and "://" in url:
+        return url, ref or None
+    return text, None
+
+
+def push(store: StoreLike, path: str | Path, *, tags: tuple[str, ...] | list[str] = (),
+         progress: Callable[[int], None] | None = None) -> PushResult:
+    """Snapshot folder ``path`` into ``store``; only new content is uploaded."""
+    with _opened(store) as s:
+        return _push(s, Path(path), tags=tuple(tags), progress=progress)
+
+
+def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = None,
+         replace: bool = False, rebuild_venv: bool = False,
+         progress: Callable[[int], None] | None = None) -> PullResult:
+    """Restore snapshot ``ref`` (id prefix, tag; default the newest) to ``path``.
+
+    ``path`` defaults to where the snapshot was taken (virtualenvs only work there).
+    Virtualenvs that no longer match their interpreter produce warnings; with
+    ``rebuild_venv`` they are recreated from the recorded package list.
+    """
+    if isinstance(store, str) and ref is None:
+        store, ref = split_ref(store)
+    with _opened(store) as s:
+        result, plan = _pull(s, ref, Path(path) if path is not None else None,
+                             replace=replace, progress=progress)
+    original = Path(plan.snapshot.path)
+    dest = Path(result.path)
+    for v in plan.snapshot.venvs:
+        at = dest / v.path if v.path else dest
+        problem = venvs.check(v, at, original / v.path if v.path else original)
+        if problem is None:
+            continue
+        if rebuild_venv:
+            venvs.rebuild(v, at)
+            result.warnings.append(f"rebuilt virtualenv {at} ({problem.message})")
+        else:
+            result.warnings.append(f"{problem.message}; pull with --rebuild-venv to recreate "
+                                   "it from the recorded package list")
+    return result
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: str
+    time: str
+    hostname: str
+    path: str
+    tags: list[str]
+    files: int
+    bytes: int
+    venvs: list[str]
+
+
+def list_snapshots(store: StoreLike) -> list[SnapshotInfo]:
+    with _opened(store) as s:
+        repo = Repository.open(s)
+        return [SnapshotInfo(sid, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                 time.localtime(sn.time_ns / 1e9)),
+                             sn.hostname, sn.path, list(sn.tags), sn.files, sn.bytes,
+                             [v.path or "." for v in sn.venvs])
+                for sid, sn in repo.snapshots()]
+
+
+@dataclass(frozen=True)
+class Change:
+    status: str   # "+" added, "-" removed, "M" content changed, "T" type changed, "m" metadata
+    path: str
+
+
+def diff_trees(read_tree: Callable[[bytes], list[fmt.Entry]], a: bytes, b: bytes,
+               prefix: str = "") -> list[Change]:
+    """Pure: what differs between two trees; identical subtrees (same id) are skipped."""
+    if a == b:
+        return []
+    old = {e.name: e for e in read_tree(a)}
+    new = {e.name: e for e in read_tree(b)}
+    out: list[Change] = []
+    for name in sorted(old.keys() | new.keys()):
+        path = prefix + name
+        x, y = old.get(name), new.get(name)
+        if x is None or y is None:
+            out.append(Change("+" if x is None else "-", path))
+        elif x.type != y.type:
+            out.append(Change("T", path))
+        elif x.type == fmt.DIR:
+            if x.mode != y.mode:
+                out.append(Change("m", path + "/"))
+            out.extend(diff_trees(read_tree, x.ref, y.ref, path + "/"))  # type: ignore[arg-type]
+        elif x.ref != y.ref:
+            out.append(Change("M", path))
+        elif x.mode != y.mode or x.mtime_ns != y.mtime_ns:
+            out.append(Change("m", path))
+    return out
+
+
+def diff(store: StoreLike, a: str, b: str) -> list[Change]:
+    with _opened(store) as s:
+        repo = Repository.open(s)
+        ta, tb = repo.find_snapshot(a)[1].tree, repo.find_snapshot(b)[1].tree
+        return diff_trees(repo.read_tree, ta, tb)
+
+
+@dataclass
+class VerifyResult:
+    snapshots: int = 0
+    packs: int = 0
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _walk_snapshot(repo: Repository, sid: str, snap: fmt.Snapshot, used: set[bytes],
+                   problems: list[str]) -> None:
+    blobs = repo.index().blobs
+    stack = [(snap.tree, "/")]
+    while stack:
+        tree, rel = stack.pop()
+        if tree in used:
+            continue
+        used.add(tree)
+        try:
+            entries = repo.read_tree(tree)
+        except TetherError as exc:
+            problems.append(f"snapshot {sid[:12]}: tree of {rel}: {exc.message}")
+            continue
+        for e in entries:
+            if e.type == fmt.DIR:
+                stack.append((e.ref, f"{rel}{e.name}/"))  # type: ignore[arg-type]
+            elif e.type == fmt.FILE:
+                for blob in e.ref:  # type: ignore[union-attr]
+                    used.add(blob)  # type: ignore[arg-type]
+                    if blob not in blobs:
+                        problems.append(f"snapshot {sid[:12]}: {rel}{e.name}: content "
+                                        f"{blob.hex()[:12]} is in no pack")  # type: ignore[union-attr]
+                        break
+
+
+def check_pack(repo: Repository, pack_id: bytes) -> tuple[int, int, list[str]]:
+    """Read a whole pack: its hash, header and every blob. -> (blobs, bytes, problems)."""
+    data = repo.store.get(fmt.pack_key(pack_id))
+    name = pack_id.hex()[:12]
+    if fmt.blob_id(data) != pack_id:
+        return 0, len(data), [f"pack {name}: content does not match its name (corrupt)"]
+    try:
+        entries = fmt.split_pack(data)
+    except (IntegrityError, ProtocolError) as exc:
+        return 0, len(data), [f"pack {name}: {exc.message}"]
+    segs: dict[int, bytes] = {}
+    problems: list[str] = []
+    for e in entries:
+        try:
+            if e.seg_offset not in segs:
+                segs = {e.seg_offset: fmt.decode_segment(
+                    data[e.seg_offset:e.seg_offset + e.seg_length])}
+            blob = segs[e.seg_offset][e.offset:e.offset + e.length]
+        except IntegrityError as exc:
+            problems.append(f"pack {name}: {exc.message}")
+            break
+        if fmt.blob_id(blob) != e.id:
+            problems.append(f"pack {name}: blob {e.id.hex()[:12]} does not match its id")
+    return len(entries), len(data), problems
+
+
+def verify(store: StoreLike, *, data: bool = False,
+           progress: Callable[[int], None] | None = None) -> VerifyResult:
+    """Check structure (every snapshot's trees and content are indexed, packs present);
+    with ``data``, also read every pack and check every blob against its id."""
+    res = VerifyResult()
+    with _opened(store) as s:
+        repo = Repository.open(s)
+        idx = repo.index()
+        present = {fmt.pack_id_of_key(k) for k in s.list("packs/")}
+        for pack in sorted(idx.packs - present):
+            res.problems.append(f"pack {pack.hex()[:12]} is named by the index but missing")
+        try:
+            snaps = repo.snapshots()
+        except TetherError as exc:
+            res.problems.append(f"snapshot list: {exc.message}")
+            snaps = []
+        res.snapshots = len(snaps)
+        used: set[bytes] = set()
+        for sid, snap in snaps:
+            _walk_snapshot(repo, sid, snap, used, res.problems)
+        if data:
+            for pack in sorted(idx.packs & present):
+                n, size, problems = check_pack(repo, pack)
+                res.packs += 1
+                res.blobs_checked += n
+                res.bytes_checked += size
+                res.problems += problems
+                if progress:
+                    progress(size)
+        else:
+            res.packs = len(idx.packs & present)
+    return res
+
+
+@dataclass
+class PruneResult:
+    forgotten: list[str] = field(default_factory=list)
+    packs_deleted: int = 0
+    bytes_freed: int = 0
+    packs_kept: int = 0
+
+
+def forget(store: StoreLike, ref: str) -> str:
+    """Remove one snapshot object; its data stays until ``prune``."""
+    with _opened(store) as s:
+        repo = Repository.open(s)
+        sid, _ = repo.find_snapshot(ref)
+        s.delete(f"snapshots/{sid}")
+        s.flush()
+        return sid
+
+
+def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
+    """Forget all but the newest ``keep_last`` snapshots, then delete every pack no
+    remaining snapshot uses. Holds the exclusive lock, so no push is writing meanwhile."""
+    if keep_last is not None and keep_last < 1:
+        raise UsageError("--keep-last must be at least 1")
+    res = PruneResult()
+    with _opened(store) as s:
+        repo = Repository.open(s)
+        with repo.lock("prune"):
+            snaps = repo.snapshots()
+            if keep_last is not None and len(snaps) > keep_last:
+                for sid, _ in snaps[:-keep_last]:
+                    s.delete(f"snapshots/{sid}")
+                    res.forgotten.append(sid)
+                snaps = snaps[-keep_last:]
+            repo.adopt_orphans()
+            idx = repo.index()
+            used: set[bytes] = set()
+            problems: list[str] = []
+            for sid, snap in snaps:
+                _walk_snapshot(repo, sid, snap, used, problems)
+            if problems:
+                raise IntegrityError(f"prune stopped: {problems[0]}",
+                                     "run `tether snapshot verify` first; nothing was deleted")
+            keep: dict[bytes, list[fmt.BlobEntry]] = {}
+            drop: list[bytes] = []
+            by_pack: dict[bytes, list[fmt.BlobEntry]] = {p: [] for p in idx.packs}
+            for blob, loc in idx.blobs.items():
+                by_pack[loc.pack].append(loc.entry)
+            for pack, entries in by_pack.items():
+                if any(e.id in used for e in entries):
+                    keep[pack] = entries
+                else:
+                    drop.append(pack)
+            old_keys = sorted(idx.index_keys)
+            new_key = repo.write_index(keep)
+            s.flush()  # the new index is durable before anything it replaces goes away
+            for key in old_keys:
+                if key != new_key:
+                    s.delete(key)
+            for pack in drop:
+                res.bytes_freed += sum(e.seg_length for e in by_pack[pack])
+                s.delete(fmt.pack_key(pack))
+            res.packs_deleted, res.packs_kept = len(drop), len(keep)
+            now = time.time()
+            for key in s.list("locks/"):
+                with contextlib.suppress(TetherError):
+                    if now - fmt.decode_lock(s.get(key)).time > LOCK_STALE_S:
+                        s.delete(key)
+            s.flush()
+    return res
+
+
+__all__ = ["Change", "PruneResult", "PullResult", "PushResult", "SnapshotInfo", "VerifyResult",
+           "diff", "diff_trees", "forget", "list_snapshots", "prune", "pull", "push",
+           "split_ref", "verify"]

@@ -1,0 +1,336 @@
+"""Pull: check everything, write into a sibling staging dir, then swap it in atomically.
+
+Order (docs/snapshot-format.md, "Restore"):
+1. plan: walk every tree of the snapshot and validate it (names are single components, no
+   duplicates, no devices or FIFOs, content sizes match the index, every pack is present,
+   total size fits the free space) before anything is written;
+2. write into ``.<name>.tether-restore-<random>`` next to the destination (mode 0700, made
+   by us, holding no symlink until the end, so no path inside it can lead elsewhere):
+   directories, then files with O_CREAT|O_EXCL|O_NOFOLLOW, every blob checked against its
+   BLAKE3 id, setuid/setgid/sticky bits stripped; then symlinks (never followed), then
+   directory modes and times, deepest first;
+3. swap: rename onto a missing destination, or RENAME_EXCHANGE with an existing one and
+   remove the old tree. On any error before the swap the staging dir is removed and the
+   destination was never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.errors import IntegrityError, LocalIOError, NotFoundError, UsageError
+from tether.snapshot import format as fmt
+from tether.snapshot.repo import Repository
+from tether.snapshot.stores.base import Store
+
+MAX_DEPTH = 512
+SPACE_MARGIN = 1.02
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class _File:
+    rel: str
+    mode: int
+    mtime_ns: int
+    size: int
+    ids: tuple[bytes, ...]
+    remaining: int = 0
+    fd: int = -1
+
+
+@dataclass
+class Plan:
+    snapshot_id: str
+    snapshot: fmt.Snapshot
+    dirs: list[tuple[str, int, int]] = field(default_factory=list)   # rel, mode, mtime_ns
+    files: list[_File] = field(default_factory=list)
+    links: list[tuple[str, str, int]] = field(default_factory=list)  # rel, target, mtime_ns
+    total: int = 0
+
+
+@dataclass
+class PullResult:
+    snapshot_id: str
+    path: str
+    files: int
+    dirs: int
+    links: int
+    bytes: int
+    duration_s: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
+    """Walk and validate every tree of ``snap``; nothing is written."""
+    p = Plan(sid, snap)
+    blobs = repo.index().blobs
+    present = {fmt.pack_id_of_key(k) for k in repo.store.list("packs/")}
+
+    def need(blob: bytes, rel: str) -> int:
+        loc = blobs.get(blob)
+        if loc is None or loc.pack not in present:
+            raise NotFoundError(f"snapshot {sid[:12]} is missing data for {rel or '/'}: "
+                                f"{'pack ' + loc.pack.hex()[:12] if loc else 'blob ' + blob.hex()[:12]}"
+                                " is not in the store",
+                                "restore another snapshot; `tether snapshot verify` lists "
+                                "what is damaged")
+        return loc.entry.length
+
+    def walk(tree: bytes, rel: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise IntegrityError(f"snapshot {sid[:12]}: directories nested deeper than "
+                                 f"{MAX_DEPTH} at {rel}")
+        need(tree, rel)
+        for e in repo.read_tree(tree):
+            path = f"{rel}/{e.name}" if rel else e.name
+            if e.type == fmt.DIR:
+                p.dirs.append((path, e.mode & 0o777, e.mtime_ns))
+                walk(e.ref, path, depth + 1)  # type: ignore[arg-type]
+            elif e.type == fmt.FILE:
+                ids = e.ref  # type: ignore[assignment]
+                actual = sum(need(i, path) for i in ids)  # type: ignore[union-attr]
+                if actual != e.size:
+                    raise IntegrityError(f"snapshot {sid[:12]}: {path} claims {e.size} bytes "
+                                         f"but its content has {actual}",
+                                         "the repository is corrupt or was tampered with")
+                p.files.append(_File(path, e.mode & 0o777, e.mtime_ns, e.size, ids))  # type: ignore[arg-type]
+                p.total += e.size
+            else:
+                p.links.append((path, e.ref, e.mtime_ns))  # type: ignore[arg-type]
+
+    walk(snap.tree, "", 0)
+    return p
+
+
+def check_space(p: Plan, where: Path) -> None:
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    need = int(p.total * SPACE_MARGIN) + 4096 * (len(p.files) + len(p.dirs))
+    if need > free:
+        raise LocalIOError(f"restoring snapshot {p.snapshot_id[:12]} needs {need} bytes but "
+                           f"{where} has {free} free", "free some space or pull elsewhere")
+    if st.f_favail and len(p.files) + len(p.dirs) + len(p.links) > st.f_favail:
+        raise LocalIOError(f"restoring needs more inodes than {where} has free")
+
+
+class _Writer:
+    def __init__(self, stage_fd: int, p: Plan, blobs: dict) -> None:
+        self.fd = stage_fd
+        self.p = p
+        # blob -> every (file, offset) it fills; a blob may serve many files, or one file twice
+        self.targets: dict[bytes, list[tuple[_File, int]]] = defaultdict(list)
+        for f in p.files:
+            off = 0
+            f.remaining = len(f.ids)
+            for blob in f.ids:
+                self.targets[blob].append((f, off))
+                off += blobs[blob].entry.length
+        self.written = 0
+
+    def create_tree(self) -> None:
+        for rel, _mode, _mtime in self.p.dirs:
+            os.mkdir(rel, 0o700, dir_fd=self.fd)
+        for f in self.p.files:
+            if not f.ids:
+                self._finish(f, os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd))
+
+    def _finish(self, f: _File, fd: int) -> None:
+        try:
+            os.fchmod(fd, f.mode)
+            os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def write_blob(self, blob: bytes, data: memoryview, progress: Callable[[int], None]) -> None:
+        for f, off in self.targets.pop(blob, ()):
+            if len(f.ids) == 1:
+                fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
+                _write_all(fd, data)
+                self._finish(f, fd)
+            else:
+                if f.fd < 0:
+                    f.fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
+                _pwrite_all(f.fd, data, off)
+                f.remaining -= 1
+                if f.remaining == 0:
+                    fd, f.fd = f.fd, -1
+                    self._finish(f, fd)
+            self.written += len(data)
+            progress(len(data))
+
+    def finish_links_and_dirs(self) -> None:
+        for rel, target, mtime in self.p.links:
+            os.symlink(target, rel, dir_fd=self.fd)
+            os.utime(rel, ns=(mtime, mtime), dir_fd=self.fd, follow_symlinks=False)
+        for rel, mode, mtime in reversed(self.p.dirs):
+            os.chmod(rel, mode, dir_fd=self.fd, follow_symlinks=True)
+            os.utime(rel, ns=(mtime, mtime), dir_fd=self.fd)
+
+    def close(self) -> None:
+        for f in self.p.files:
+            if f.fd >= 0:
+                os.close(f.fd)
+                f.fd = -1
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, off)
+        data, off = data[n:], off + n
+
+
+def _segments_by_pack(repo: Repository, needed: set[bytes]) -> dict[bytes, dict]:
+    """pack -> {segment offset: (segment length, [entries])}, in pack order."""
+    out: dict[bytes, dict[int, tuple[int, list[fmt.BlobEntry]]]] = defaultdict(dict)
+    blobs = repo.index().blobs
+    for blob in needed:
+        loc = blobs[blob]
+        segs = out[loc.pack]
+        seg = segs.setdefault(loc.entry.seg_offset, (loc.entry.seg_length, []))
+        seg[1].append(loc.entry)
+    return out
+
+
+def _decode_checked(pack: bytes, frame: bytes, entries: list[fmt.BlobEntry]):
+    seg = fmt.decode_segment(frame)
+    view = memoryview(seg)
+    out = []
+    for e in entries:
+        data = view[e.offset:e.offset + e.length]
+        if len(data) != e.length or fmt.blob_id(data) != e.id:
+            raise IntegrityError(f"pack {pack.hex()[:12]} is corrupt: blob {e.id.hex()[:12]} "
+                                 "does not match its id",
+                                 "run `tether snapshot verify --data`; restore another snapshot")
+        out.append((e.id, data))
+    return out
+
+
+def write_data(repo: Repository, w: _Writer, progress: Callable[[int], None],
+               threads: int) -> None:
+    needed = set(w.targets)
+    by_pack = _segments_by_pack(repo, needed)
+    with ThreadPoolExecutor(threads) as pool:
+        for pack in sorted(by_pack):
+            segs = by_pack[pack]
+            key = fmt.pack_key(pack)
+            wanted = sum(length for length, _ in segs.values())
+            # one big read beats many ranges unless only a sliver of the pack is needed
+            whole = repo.store.get(key) if wanted > (4 << 20) or len(segs) > 4 else None
+            jobs = []
+            for off in sorted(segs):
+                length, entries = segs[off]
+                frame = whole[off:off + length] if whole is not None else \
+                    repo.store.get_range(key, off, length)
+                if len(frame) != length:
+                    raise IntegrityError(f"pack {pack.hex()[:12]} is truncated")
+                jobs.append(pool.submit(_decode_checked, pack, frame, entries))
+            for job in jobs:
+                for blob, data in job.result():
+                    w.write_blob(blob, data, progress)
+
+
+def _stage_dir(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.tether-restore-{secrets.token_hex(4)}")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: fall back to two renames
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
+
+
+def swap_in(stage: Path, dest: Path) -> None:
+    if not os.path.lexists(dest):
+        os.rename(stage, dest)
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        raise UsageError(f"{dest} exists and is not a directory", "pull into a directory")
+    if _exchange(stage, dest):
+        shutil.rmtree(stage)
+        return
+    old = dest.with_name(f".{dest.name}.tether-old-{secrets.token_hex(4)}")
+    os.rename(dest, old)
+    os.rename(stage, dest)
+    shutil.rmtree(old)
+
+
+def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = False,
+         progress: Callable[[int], None] | None = None, threads: int | None = None,
+         on_plan: Callable[[Plan], None] | None = None) -> tuple[PullResult, Plan]:
+    """Restore snapshot ``ref`` (id prefix, tag or latest) of ``store`` to ``path``."""
+    started = time.perf_counter()
+    repo = Repository.open(store)
+    sid, snap = repo.find_snapshot(ref)
+    dest = Path(os.path.abspath(path if path is not None else snap.path))
+    if os.path.lexists(dest):
+        if dest.is_symlink() or not dest.is_dir():
+            raise UsageError(f"{dest} exists and is not a directory", "pull into a directory")
+        if any(os.scandir(dest)) and not replace:
+            raise UsageError(f"{dest} is not empty",
+                             "pass --replace to swap it for the snapshot, or pull elsewhere")
+    p = plan(repo, sid, snap)
+    if on_plan:
+        on_plan(p)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    check_space(p, dest.parent)
+    stage = _stage_dir(dest)
+    os.mkdir(stage, 0o700)
+    try:
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        w = _Writer(fd, p, repo.index().blobs)
+        try:
+            w.create_tree()
+            write_data(repo, w, progress or (lambda n: None), threads or 2)
+            w.finish_links_and_dirs()
+        finally:
+            w.close()
+            os.close(fd)
+        os.chmod(stage, 0o755)
+        swap_in(stage, dest)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _rmtree_stage(stage)
+        if isinstance(exc, OSError):
+            raise LocalIOError(f"restore into {dest} failed: {exc}",
+                               "the destination was left as it was") from exc
+        raise
+    return PullResult(sid, str(dest), len(p.files), len(p.dirs), len(p.links), p.total,
+                      time.perf_counter() - started), p
+
+
+def _rmtree_stage(stage: Path) -> None:
+    # Directory modes may forbid deleting children: open them up first (never via symlinks).
+    for root, dirs, _files in os.walk(stage):
+        for d in dirs:
+            full = os.path.join(root, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o700)
+    shutil.rmtree(stage)
+
