@@ -87,14 +87,22 @@ def _check_value(key: str, value: str) -> None:
                          "values must be non-empty, one line, without double quotes")
 
 
-def _quote(value: str) -> str:
+# OpenSSH reads these as the raw rest of the line (a shell command): quotes would reach the
+# shell and break the command (`"/x/tether proxy NAME": No such file or directory`).
+_RAW_OPTIONS = frozenset({"proxycommand", "localcommand", "remotecommand",
+                          "knownhostscommand"})
+
+
+def _quote(value: str, key: str = "") -> str:
+    if key.lower() in _RAW_OPTIONS:
+        return value
     return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def render_block(block: ManagedBlock) -> str:
     """The block's text, markers included, ending in a newline."""
     lines = [BEGIN.format(name=block.name), f"Host {block.host}"]
-    lines += [f"{INDENT}{key} {_quote(value)}" for key, value in block.options]
+    lines += [f"{INDENT}{key} {_quote(value, key)}" for key, value in block.options]
     lines.append(END.format(name=block.name))
     return "\n".join(lines) + "\n"
 
