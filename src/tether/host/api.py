@@ -43,7 +43,7 @@ class HostHandle:
 
     def pair_code(self, ttl_s: int = DEFAULT_CODE_TTL_S) -> str:
         """A new one-time connection string (for another laptop)."""
-        return pair_code(ttl_s, state_dir=self.info.get("state_dir"))
+        return pair_code(ttl_s, state_dir=self.info.get("state_dir"))["connection_string"]
 
     def status(self) -> dict:
         return host_status(state_dir=self.info.get("state_dir"))
