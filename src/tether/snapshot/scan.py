@@ -42,7 +42,7 @@ class Excluder:
             return cls(None)
         import pathspec
 
-        return cls(pathspec.PathSpec.from_lines("gitwildmatch", text.splitlines()))
+        return cls(pathspec.PathSpec.from_lines("gitignore", text.splitlines()))
 
     def skip(self, name: str, rel: str, is_dir: bool) -> bool:
         if name in DEFAULT_EXCLUDE_NAMES or name.endswith(DEFAULT_EXCLUDE_SUFFIXES):
@@ -89,7 +89,7 @@ class StatCache:
         return None
 
     def remember(self, rel: str, st: os.stat_result, ids: list[str]) -> None:
-        if self.started_ns - st.st_mtime_ns > RACY_NS and self.started_ns - st.st_ctime_ns > RACY_NS:
+        if self.started_ns - st.st_mtime_ns > RACY_NS:
             self.new[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, ids]
 
     def save(self) -> None:

@@ -1,0 +1,166 @@
+"""push then pull gives back the same tree; excludes, stat cache, tags, diff, ls."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from snapfix import BIG, PAST_NS, describe, make_tree, set_times  # noqa: E402
+
+from tether.errors import NotFoundError, UsageError  # noqa: E402
+from tether.snapshot import api  # noqa: E402
+from tether.snapshot.repo import Repository  # noqa: E402
+from tether.snapshot.stores import open_store  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def store_url(tmp_path, isolated):
+    return f"file://{tmp_path}/repo"
+
+
+def test_round_trip_preserves_everything(tmp_path, store_url):
+    src = make_tree(tmp_path / "src")
+    os.chmod(src / "exec.sh", 0o4755)   # setuid: stored, but stripped on restore
+    set_times(src)
+    r = api.push(store_url, src)
+    assert r.files == 10 and r.bytes > BIG
+    out = tmp_path / "out"
+    pulled = api.pull(store_url, out)
+    assert pulled.files == 10 and pulled.links == 4
+    want = describe(src)
+    want["exec.sh"] = ("f", 0o755) + want["exec.sh"][2:]
+    assert describe(out) == want
+    assert os.readlink(out / "abs_link") == "/usr/bin/python3"
+    assert (out / "empty_dir").is_dir() and not any((out / "empty_dir").iterdir())
+    assert (out / "big.bin").stat().st_size == BIG
+
+
+def test_large_files_are_chunked_and_deduplicated(tmp_path, store_url):
+    src = make_tree(tmp_path / "src")
+    first = api.push(store_url, src)
+    # append to the big file: FastCDC keeps the unchanged chunks, so little is new
+    with open(src / "big.bin", "ab") as fh:
+        fh.write(os.urandom(1000))
+    second = api.push(store_url, src)
+    assert second.files_read == 1
+    assert second.bytes_new < 5 * (1 << 20) < first.bytes_new
+
+
+def test_default_excludes_and_tetherignore(tmp_path, store_url):
+    src = tmp_path / "src"
+    (src / "pkg" / "__pycache__").mkdir(parents=True)
+    (src / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"x")
+    (src / "pkg" / "m.py").write_text("x = 1")
+    (src / "pkg" / "old.pyc").write_bytes(b"x")
+    (src / ".cache" / "pip").mkdir(parents=True)
+    (src / ".cache" / "pip" / "blob").write_bytes(b"x")
+    (src / "tagged").mkdir()
+    (src / "tagged" / "CACHEDIR.TAG").write_bytes(
+        b"Signature: 8a477f597d28d172789f06886806bc55\n")
+    (src / "tagged" / "data").write_bytes(b"x")
+    (src / "fake-tag").mkdir()
+    (src / "fake-tag" / "CACHEDIR.TAG").write_bytes(b"not the signature")
+    (src / "build").mkdir()
+    (src / "build" / "out.o").write_bytes(b"x")
+    (src / "debug.log").write_text("x")
+    (src / "keep.txt").write_text("x")
+    (src / ".tetherignore").write_text("*.log\nbuild/\n")
+    api.push(store_url, src)
+    api.pull(store_url, tmp_path / "out")
+    got = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert got == [".tetherignore", "fake-tag", "fake-tag/CACHEDIR.TAG", "keep.txt", "pkg",
+                   "pkg/m.py"]
+
+
+def test_unchanged_files_are_not_read_again(tmp_path, store_url):
+    src = make_tree(tmp_path / "src", big=False)
+    first = api.push(store_url, src)
+    assert first.files_read == first.files
+    second = api.push(store_url, src)
+    assert second.files_read == 0 and second.tree == first.tree
+    assert second.bytes_uploaded < 2000          # lock + snapshot object only
+    (src / "a.txt").write_text("changed")
+    os.utime(src / "a.txt", ns=(PAST_NS + 10**9, PAST_NS + 10**9))
+    third = api.push(store_url, src)
+    assert third.files_read == 1 and third.tree != first.tree
+
+
+def test_recently_modified_files_are_read_again(tmp_path, store_url):
+    """Racy-clean guard: a file changed within the mtime tick of the last push is re-read."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("one")
+    api.push(store_url, src)
+    second = api.push(store_url, src)
+    assert second.files_read == 1
+
+
+def test_tags_ls_and_refs(tmp_path, store_url):
+    src = make_tree(tmp_path / "src", big=False)
+    a = api.push(store_url, src, tags=["base"])
+    (src / "new.txt").write_text("new")
+    b = api.push(store_url, src)
+    snaps = api.list_snapshots(store_url)
+    assert [s.id for s in snaps] == [a.snapshot_id, b.snapshot_id]
+    assert snaps[0].tags == ["base"] and snaps[0].path == str(src)
+    api.pull(f"{store_url}@base", tmp_path / "old")
+    assert not (tmp_path / "old" / "new.txt").exists()
+    api.pull(f"{store_url}@{b.snapshot_id[:10]}", tmp_path / "new")
+    assert (tmp_path / "new" / "new.txt").read_text() == "new"
+    with pytest.raises(NotFoundError, match="no snapshot or tag 'nope'"):
+        api.pull(f"{store_url}@nope", tmp_path / "x")
+    with pytest.raises(UsageError, match="invalid tag"):
+        api.push(store_url, src, tags=["has space"])
+
+
+def test_diff(tmp_path, store_url):
+    src = make_tree(tmp_path / "src", big=False)
+    a = api.push(store_url, src).snapshot_id
+    (src / "a.txt").write_text("changed")
+    (src / "sub" / "deeper" / "x.txt").unlink()
+    (src / "sub" / "added").write_text("n")
+    b = api.push(store_url, src).snapshot_id
+    changes = {(c.status, c.path) for c in api.diff(store_url, a, b)}
+    assert changes == {("M", "a.txt"), ("-", "sub/deeper/x.txt"), ("+", "sub/added")}
+    assert api.diff(store_url, a, a) == []
+
+
+def test_pull_defaults_to_the_original_path_and_refuses_non_empty(tmp_path, store_url):
+    src = make_tree(tmp_path / "src", big=False)
+    api.push(store_url, src)
+    before = describe(src)
+    with pytest.raises(UsageError, match="not empty"):
+        api.pull(store_url)
+    (src / "a.txt").write_text("local edit")
+    (src / "extra").write_text("gone after replace")
+    r = api.pull(store_url, replace=True)
+    assert r.path == str(src)
+    after = describe(src)
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if ".tether-" in p.name]  # no staging left
+
+
+def test_push_of_a_missing_folder_is_a_clear_error(tmp_path, store_url):
+    with pytest.raises(NotFoundError, match="not a directory"):
+        api.push(store_url, tmp_path / "missing")
+
+
+def test_pull_from_an_empty_store_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError, match="no snapshot repository"):
+        api.pull(f"file://{tmp_path}/nothing", tmp_path / "out")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_repository_keys_follow_the_layout(tmp_path, store_url):
+    api.push(store_url, make_tree(tmp_path / "src", big=False))
+    store = open_store(store_url)
+    tops = {k.split("/")[0] for k in store.list()}
+    assert tops == {"config", "packs", "index", "snapshots"}   # the push lock is gone
+    repo = Repository.open(store)
+    assert repo.orphan_packs() == []
