@@ -37,6 +37,9 @@ LAZY_COMMANDS: dict[str, str] = {
     "git": "tether.cli.git:app",
     "kernel": "tether.cli.kernel:app",
     "sandbox": "tether.cli.sandbox:app",
+    "serve": "tether.cli.serve:app",
+    "mcp": "tether.cli.mcp:app",
+    "agents": "tether.cli.agents:app",
 }
 
 # One table maps errors to exit codes (documented in docs/cli.md); the most specific class

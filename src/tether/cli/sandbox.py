@@ -81,4 +81,11 @@ def probe(json: JsonOption = False) -> None:
         for problem in data["problems"]:
             o.out.print(f"problem: {problem}", markup=False)
 
+
+
+# Named sandboxes and the audit log (sandbox-service): create, start, exec, attach, cp, logs,
+# stop, rm, ls, audit.
+from tether.cli.sandbox_named import register as _register_named  # noqa: E402
+
+_register_named(app)
     out.result(data, human)

@@ -295,3 +295,74 @@ async def _stream(start):
         if not task.done():
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def ensure_token(token_file: Path | None = None, *, rotate: bool = False) -> tuple[str, bool]:
+    """The API token and whether it was just generated (then show it once).
+
+    From ``token_file`` if given; else the one kept by tether.secrets; else (or with
+    ``rotate``) a new random one, stored there.
+    """
+    import secrets as pysecrets
+
+    from tether import secrets
+
+    if token_file is not None:
+        return secrets.read_secret(secrets.SecretSource("sandbox API token", file=token_file,
+                                                        prompt=False)), False
+    if not rotate:
+        existing = secrets.get_secret(TOKEN_SECRET_KEY)
+        if existing:
+            return existing, False
+    token = pysecrets.token_urlsafe(32)
+    secrets.set_secret(TOKEN_SECRET_KEY, token)
+    return token, True
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 0, token_file: Path | None = None,
+          rotate_token: bool = False, auth: AuthPolicy = AuthPolicy.TOKEN_REQUIRED,
+          allowed_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY,
+          pool_size: int = 0, workdir: Path | None = None, announce=print) -> None:
+    """``tether serve``: bind, announce the URL (and a new token, once), serve until ^C."""
+    import socket
+
+    import uvicorn
+
+    if auth is AuthPolicy.NONE and not _is_loopback(host):
+        raise errors.UsageError(f"--auth none is refused on {host}",
+                                "without a token, listen on 127.0.0.1 only")
+    token = None
+    if auth is AuthPolicy.TOKEN_REQUIRED:
+        token, generated = ensure_token(token_file, rotate=rotate_token)
+        if generated:
+            announce(f"API token (shown once; kept in tether's secret store): {token}")
+    settings = ApiSettings(token=token, auth=auth, allowed_origins=allowed_origins,
+                           max_body_bytes=max_body_bytes, workdir=Path(workdir or Path.cwd()),
+                           pool_size=pool_size)
+    app = create_app(settings)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise errors.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                "pick another --port (0 picks a free one)") from exc
+    sock.listen(128)
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+    announce(f"serving the sandbox API on http://{shown}:{bound[1]}")
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

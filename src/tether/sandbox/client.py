@@ -324,3 +324,8 @@ class Client:
 
 async def _make_async(base_url: str, token: str | None, **kw: Any) -> AsyncClient:
     return AsyncClient(base_url, token, **kw)  # made on the portal's loop, where it is used
+
+
+# The names under which `tether` itself re-exports the SDK (`tether.SandboxClient`).
+SandboxClient = Client
+AsyncSandboxClient = AsyncClient

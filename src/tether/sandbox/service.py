@@ -26,23 +26,33 @@ OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
 def build_spec(options: RunOptions, command: Sequence[str], *, workdir: Path,
                mounts: Sequence[Any] = (), writable_layer: Path | None = None,
                cwd: str | None = None):
-    """The ``SandboxSpec`` for ``options`` + ``command`` (raises UsageError on bad options)."""
-    from tether.sandbox import profiles
+    """The ``SandboxSpec`` for ``options`` + ``command`` (raises UsageError on bad options).
 
-    return profiles.resolve_spec(
-        options.profile, list(command), workdir=workdir, cwd=cwd, network=options.network,
-        allow_domains=options.allow_domains, mounts=list(mounts),
-        env=[f"{k}={v}" for k, v in options.env.items()], host_env=os.environ,
-        memory=options.memory, cpus=options.cpus, pids=options.pids, timeout=options.timeout,
-        writable_layer=writable_layer, config=_project_config(workdir))
+    The core's ``runner.build_spec`` decides (profile, tether.toml, detected toolchains), the
+    same as for ``tether sandbox run``; a named sandbox then adds its layer and cwd.
+    """
+    from dataclasses import replace
 
+    from tether.sandbox import runner
+    from tether.sandbox.profiles import NetworkMode
 
-def _project_config(workdir: Path) -> dict | None:
-    """The tether.toml [sandbox] table of the project, via the core's loader when it has one."""
-    from tether.sandbox import profiles
+    spec = runner.build_spec(
+        list(command), profile=options.profile, workdir=Path(workdir),
+        no_network=options.network == "none", allow_domains=tuple(options.allow_domains),
+        mounts=tuple(mounts), env=tuple(f"{k}={v}" for k, v in options.env.items()),
+        memory=options.memory, cpus=options.cpus, pids=options.pids, timeout=options.timeout)
+    if options.network == "full" and not options.allow_domains:
+        spec = replace(spec, network=NetworkMode.FULL)
+    if options.network == "allowlist" and spec.network is not NetworkMode.ALLOWLIST:
+        from tether.errors import UsageError
 
-    loader = getattr(profiles, "load_project_config", None)
-    return loader(workdir) if loader is not None else None
+        raise UsageError("network mode allowlist needs at least one allowed domain")
+    changes: dict[str, Any] = {}
+    if writable_layer is not None:
+        changes["writable_layer"] = writable_layer
+    if cwd is not None:
+        changes["cwd"] = cwd
+    return replace(spec, **changes) if changes else spec
 
 
 async def call_output(cb: OutputCallback | None, stream: str, data: bytes) -> None:
