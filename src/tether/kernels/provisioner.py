@@ -71,6 +71,7 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     ports_cached = False
     remote_ports: dict[str, int] | None = None
     _reattach_failed = False
+    _drop_reported = False
 
     # -- the process-like surface ----------------------------------------------------------
     @property
@@ -94,7 +95,8 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 self._reattach_failed = True
                 self.log.warning("tether: link to %s lost and re-attach failed: %s",
                                  self.host, exc)
-        else:
+        elif not self._drop_reported:
+            self._drop_reported = True
             self.log.warning("tether: link to %s lost (kernel %s); %s", self.host,
                              self.kernel_id, self._attach_hint())
         return LINK_LOST
@@ -165,7 +167,8 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         except BaseException:
             await asyncio.to_thread(link.close)
             raise
-        self.link, self.remote_ports, self._reattach_failed = link, started["ports"], False
+        self.link, self.remote_ports = link, started["ports"]
+        self._reattach_failed = self._drop_reported = False
         registry.save_record(registry.KernelRecord(
             kernel_id=self.kernel_id, spec=self.spec_name, host=self.host, python=self.python,
             ssh_config=str(target.config_file or ""), state_dir=self.remote_state_dir,
@@ -206,6 +209,9 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await asyncio.to_thread(link.close)
             raise
         self.link, self.remote_ports = link, attached["ports"]
+        # clients' zmq sockets retry every 100 ms: let them reconnect (and iopub resubscribe)
+        # before anyone is told the kernel is back
+        await asyncio.sleep(0.3)
         self.log.warning("tether: link to %s dropped; re-attached to kernel %s", self.host,
                          self.kernel_id)
 

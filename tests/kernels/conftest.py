@@ -1,0 +1,84 @@
+"""Fixtures for remote-kernel tests: the real sshd as "the remote", reached through an ssh
+config file with a direct alias, a ProxyJump alias and a ProxyCommand alias, and an isolated
+Jupyter data/runtime dir so kernelspecs never touch the real ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kernel_helpers import kernel_pids
+
+from tether.kernels import specs
+
+PY = sys.executable  # the "remote" python: the same interpreter, with ipykernel
+
+
+@dataclass
+class Remote:
+    config: Path          # ssh config with the aliases below
+    alias: str = "rk"     # direct
+    jump: str = "rk-jump"  # ProxyJump through rk
+    proxycmd: str = "rk-pc"  # ProxyCommand ssh -W through rk
+
+
+@pytest.fixture(scope="session")
+def remote(sshd_server, tmp_path_factory) -> Remote:
+    d = tmp_path_factory.mktemp("kernel-ssh")
+    cfg = d / "ssh_config"
+    s = sshd_server
+    common = (f"  HostName 127.0.0.1\n  Port {s.port}\n  User {s.user}\n"
+              f"  IdentityFile {s.client_key}\n  IdentitiesOnly yes\n"
+              f"  UserKnownHostsFile {s.known_hosts}\n  StrictHostKeyChecking yes\n"
+              "  GlobalKnownHostsFile /dev/null\n")
+    cfg.write_text(
+        f"Host rk\n{common}\n"
+        f"Host rk-jump\n{common}  ProxyJump rk\n\n"
+        f"Host rk-pc\n{common}  ProxyCommand ssh -F {cfg} -W %h:%p rk\n")
+    cfg.chmod(0o600)
+    return Remote(cfg)
+
+
+@dataclass
+class KernelEnv:
+    remote: Remote
+    data_dir: Path
+    runtime_dir: Path
+    state_dir: Path  # the remote launcher's state dir (per test)
+
+    def spec(self, name: str = "rk", *, host: str | None = None,
+             interrupt_mode: str = "signal", lifetime: str = "session", grace_s: float = 0,
+             **extra) -> specs.RemoteKernelSpec:
+        """Install a kernelspec without the (slower) health checks; argv cached as add does."""
+        spec = specs.RemoteKernelSpec(
+            name=name, host=host or self.remote.alias, python=PY,
+            ssh_config=str(self.remote.config),
+            interrupt_mode=specs.InterruptMode(interrupt_mode), lifetime=lifetime,
+            grace_s=grace_s, remote_state_dir=str(self.state_dir),
+            remote_argv=(PY, "-m", "ipykernel_launcher", "-f", "{connection_file}"), **extra)
+        return specs.add_kernel(spec, check=False, replace_existing=True).spec
+
+
+@pytest.fixture
+def kenv(isolated, remote, tmp_path, monkeypatch) -> KernelEnv:
+    data = tmp_path / "jupyter-data"
+    runtime = tmp_path / "jupyter-runtime"
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.setenv("TETHER_SSH_CONFIG", str(remote.config))
+    state = tmp_path / "remote-state"
+    yield KernelEnv(remote, data, runtime, state)
+    # whatever a test left behind is a bug, but never leave processes for the next test
+    for pid in kernel_pids(state):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,269 @@
+"""A real ipykernel on the "remote" (localhost through the real sshd fixture), driven by real
+jupyter_client kernel managers through TetherSSHProvisioner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager, KernelManager
+
+from kernel_helpers import remote_record, wait_gone
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def run(kc, code: str, timeout: float = 20) -> dict:
+    """Execute ``code``; return the reply content plus captured stdout."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return {**reply["content"], "stdout": "".join(out)}
+
+
+def interrupt_while_true(km, kc) -> dict:
+    msg_id = kc.execute("while True:\n    pass")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until the loop is really running
+        msg = kc.get_iopub_msg(timeout=10)
+        if (msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "execute_input"):
+            break
+    time.sleep(0.2)
+    km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=10)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
+
+
+def start(km) -> object:
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=30)
+    return kc
+
+
+def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
+    kenv.spec("rk", interrupt_mode="signal")
+    km = KernelManager(kernel_name="tether-rk")
+    kc = start(km)
+    try:
+        rec = remote_record(kenv.state_dir)
+        info = run(kc, "import os; print(os.getpid(), os.environ['TETHER_KERNEL_ID'])")
+        pid, kid = info["stdout"].split()
+        assert int(pid) == rec["kernel_pid"] and kid == km.kernel_id
+        # signal mode: the provisioner's send_signal reaches the REMOTE kernel's group
+        reply = interrupt_while_true(km, kc)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        assert run(kc, "x = 41; x + 1")["status"] == "ok"
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=30)
+        assert run(kc, "print('x' in globals())")["stdout"].strip() == "False"
+        rec2 = remote_record(kenv.state_dir)
+        assert rec2["kernel_pid"] != rec["kernel_pid"]
+        assert _wait_dead(rec["launcher_pid"]) and _wait_dead(rec["kernel_pid"])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    assert not km.is_alive()
+    assert wait_gone(kenv.state_dir) == []
+    assert _wait_dead(rec2["launcher_pid"])
+    assert list(kenv.state_dir.iterdir()) == []  # the remote record is cleaned up too
+
+
+async def test_async_manager_message_interrupt_and_shutdown(kenv):
+    kenv.spec("rk", interrupt_mode="message")
+    km = AsyncKernelManager(kernel_name="tether-rk")
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=30)
+        msg_id = kc.execute("import time\nwhile True:\n    time.sleep(0.01)")
+        await asyncio.sleep(1.0)
+        await km.interrupt_kernel()  # an interrupt_request over the forwarded control port
+        while True:
+            reply = await kc.get_shell_msg(timeout=10)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert await km.is_alive()
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    assert wait_gone(kenv.state_dir) == []
+
+
+def test_session_key_never_on_a_command_line_and_kernel_binds_loopback(kenv):
+    kenv.spec("rk")
+    km = KernelManager(kernel_name="tether-rk")
+    kc = start(km)
+    try:
+        key = km.session.key.decode()
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                assert key not in cmdline, f"session key on the command line of pid {pid}"
+        [conn] = list(kenv.state_dir.glob("*/connection.json"))
+        assert stat.S_IMODE(conn.stat().st_mode) == 0o600
+        assert stat.S_IMODE(conn.parent.stat().st_mode) == 0o700
+        remote = json.loads(conn.read_text())
+        assert remote["key"] == key and remote["ip"] == "127.0.0.1"
+        listening = _listening_addresses()
+        for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+            assert listening.get(remote[name]) == "127.0.0.1", name
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+
+
+@pytest.mark.parametrize("alias", ["jump", "proxycmd"], ids=["ProxyJump", "ProxyCommand"])
+def test_proxy_aliases_are_honoured(kenv, alias):
+    kenv.spec("rk", host=getattr(kenv.remote, alias))
+    km = KernelManager(kernel_name="tether-rk")
+    kc = start(km)
+    try:
+        assert run(kc, "print(6 * 7)")["stdout"].strip() == "42"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    assert wait_gone(kenv.state_dir) == []
+
+
+def test_link_drop_in_session_lifetime_is_reported_and_leaves_no_orphan(kenv):
+    kenv.spec("rk", lifetime="session")
+    km = KernelManager(kernel_name="tether-rk")
+    kc = start(km)
+    try:
+        rec = remote_record(kenv.state_dir)
+        assert km.is_alive()
+        os.kill(km.provisioner.link.pid, signal.SIGKILL)  # the link dies, not the kernel
+        deadline = time.monotonic() + 10
+        while km.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not km.is_alive()
+        assert _run_sync(km.provisioner.poll()) == 255  # "link lost", as ssh reports it
+        assert wait_gone(kenv.state_dir) == []
+        assert _wait_dead(rec["launcher_pid"])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_link_drop_in_grace_lifetime_reattaches_with_state(kenv):
+    kenv.spec("rk", lifetime="grace", grace_s=60)
+    km = KernelManager(kernel_name="tether-rk")
+    kc = start(km)
+    try:
+        assert run(kc, "state = {'answer': 42}")["status"] == "ok"
+        old_link = km.provisioner.link
+        os.kill(old_link.pid, signal.SIGKILL)
+        old_link.proc.wait(5)
+        # poll() notices the dead link and re-attaches on the same local ports
+        assert km.is_alive()
+        assert km.provisioner.link is not old_link and km.provisioner.link.alive
+        kc.wait_for_ready(timeout=10)
+        assert run(kc, "print(state['answer'])")["stdout"].strip() == "42"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    assert wait_gone(kenv.state_dir) == []
+
+
+def test_dead_link_reported_then_cli_attach_finds_state(kenv, tether_bin, tmp_path):
+    kenv.spec("rk", lifetime="grace", grace_s=60)
+    km = KernelManager(kernel_name="tether-rk")
+    km.kernel_spec.metadata["kernel_provisioner"]["config"]["on_link_drop"] = "report"
+    kc = start(km)
+    attach = None
+    try:
+        assert run(kc, "counter = 7")["status"] == "ok"
+        rec = remote_record(kenv.state_dir)
+        os.kill(km.provisioner.link.pid, signal.SIGKILL)
+        km.provisioner.link.proc.wait(5)
+        assert not km.is_alive()  # reported, not hidden
+        assert _alive(rec["kernel_pid"])  # ... while the kernel waits out its grace period
+        kc.stop_channels()
+        conn_file = tmp_path / "attached.json"
+        import subprocess
+
+        attach = subprocess.Popen([tether_bin, "kernel", "attach", km.kernel_id[:8],
+                                   "--connection-file", str(conn_file), "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = json.loads(_read_json_doc(attach.stdout))
+        assert first["kernel_id"] == km.kernel_id
+        assert stat.S_IMODE(conn_file.stat().st_mode) == 0o600
+        from jupyter_client import BlockingKernelClient
+
+        kc2 = BlockingKernelClient(connection_file=str(conn_file))
+        kc2.load_connection_file()
+        kc2.start_channels()
+        kc2.wait_for_ready(timeout=30)
+        assert run(kc2, "print(counter + 1)")["stdout"].strip() == "8"
+        kc2.shutdown()  # the attached client ends the kernel: the launcher follows
+        assert attach.wait(15) == 0
+        kc2.stop_channels()
+        assert wait_gone(kenv.state_dir) == []
+    finally:
+        if attach is not None and attach.poll() is None:
+            attach.kill()
+        km.shutdown_kernel(now=True)
+
+
+def _read_json_doc(stream) -> str:
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith("}"):
+            return "".join(lines)
+    raise AssertionError("no JSON from tether kernel attach: " + "".join(lines))
+
+
+def _run_sync(coro):
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _listening_addresses() -> dict[int, str]:
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        addr, state = parts[1], parts[3]
+        if state != "0A":  # LISTEN
+            continue
+        ip_hex, port_hex = addr.split(":")
+        ip = ".".join(str(int(ip_hex[i:i + 2], 16)) for i in (6, 4, 2, 0))
+        found[int(port_hex, 16)] = ip
+    return found
