@@ -144,6 +144,7 @@ def _oid(*parts: str) -> str:
 class Handler(BaseHTTPRequestHandler):
     hub: FakeHub
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # headers and body go out as separate writes
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         return None

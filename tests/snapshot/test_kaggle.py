@@ -1,0 +1,285 @@
+"""kaggle:// against a local Kaggle API following the RPC endpoints kagglesdk calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fakes"))
+from kaggle_api_fake import serve_fake_kaggle  # noqa: E402
+
+from tether import secrets  # noqa: E402
+from tether.errors import (  # noqa: E402
+    AuthError,
+    ConnectError,
+    NotFoundError,
+    PeerError,
+    RateLimitedError,
+    UsageError,
+)
+from tether.snapshot.stores import kaggle as kstore  # noqa: E402
+from tether.snapshot.stores import open_store  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def kaggle():
+    with serve_fake_kaggle({"alice": "alice-key", "bob": "bob-key"}, ready_after=2) as api:
+        api.tokens["KGAT_alice"] = "alice"
+        yield api
+
+
+@pytest.fixture
+def kenv(monkeypatch, tmp_path, kaggle):
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
+    monkeypatch.setenv("TETHER_KAGGLE_ENDPOINT", kaggle.url)
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "file")
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "tether-home"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "alice-key")
+    return monkeypatch
+
+
+@pytest.fixture
+def slug(request, kenv):
+    name = request.node.name.lower().replace("_", "-")
+    name = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:50].strip("-")
+    while "--" in name:
+        name = name.replace("--", "-")
+    return name
+
+
+def fast(slug: str) -> kstore.KaggleStore:
+    return kstore.KaggleStore("alice", slug, poll_interval=0.01)
+
+
+@pytest.mark.parametrize(("slug", "ok"), [
+    pytest.param("my-workspace", True, id="typical"),
+    pytest.param("abcdef", True, id="six-chars"),
+    pytest.param("a" * 50, True, id="fifty-chars"),
+    pytest.param("ws-2026-11", True, id="digits"),
+    pytest.param("abcde", False, id="five-chars"),
+    pytest.param("a" * 51, False, id="fifty-one-chars"),
+    pytest.param("My-Workspace", False, id="uppercase"),
+    pytest.param("my_workspace", False, id="underscore"),
+    pytest.param("-workspace", False, id="leading-hyphen"),
+    pytest.param("workspace-", False, id="trailing-hyphen"),
+    pytest.param("work--space", False, id="double-hyphen"),
+    pytest.param("work.space", False, id="dot"),
+])
+def test_slug_rules(slug, ok):
+    if ok:
+        assert kstore.check_slug(slug) == slug
+    else:
+        with pytest.raises(UsageError) as info:
+            kstore.check_slug(slug)
+        assert info.value.hint
+
+
+@pytest.mark.parametrize(("key", "name"), [
+    pytest.param("config", "config", id="flat"),
+    pytest.param("packs/ab/0123", "packs~ab~0123", id="nested"),
+    pytest.param("index/i.v2", "index~i.v2", id="inner-dot"),
+])
+def test_key_names_round_trip(key, name):
+    assert kstore.key_to_name(key) == name and kstore.name_to_key(name) == key
+
+
+def test_own_marker_names_are_not_keys():
+    assert kstore.name_to_key(kstore.EMPTY_MARKER) is None
+
+
+@pytest.mark.parametrize("url", [
+    pytest.param("kaggle://alice/short", id="short-slug"),
+    pytest.param("kaggle://alice/Big-Slug", id="upper-slug"),
+    pytest.param("kaggle://alice", id="no-slug"),
+    pytest.param("kaggle://alice/my-workspace/extra", id="extra-path"),
+    pytest.param("kaggle://Al ice/my-workspace", id="bad-owner"),
+    pytest.param("kaggle://alice/my-workspace?key=secret", id="key-in-url-refused"),
+])
+def test_bad_urls_fail_before_any_request(kaggle, kenv, url):
+    before = len(kaggle.requests)
+    with pytest.raises(UsageError):
+        open_store(url)
+    assert len(kaggle.requests) == before
+
+
+def test_title_rule_checked_before_any_request(kaggle, kenv):
+    before = len(kaggle.requests)
+    with pytest.raises(UsageError):
+        kstore.open("kaggle://alice/my-workspace", title="tiny")
+    assert len(kaggle.requests) == before
+
+
+def test_first_flush_creates_private_dataset_and_waits_until_ready(kaggle, slug):
+    store = fast(slug)
+    assert store.list() == [] and not store.exists("config")
+    store.put("config", b"cfg")
+    assert f"alice/{slug}" not in kaggle.datasets
+    store.flush()
+    dataset = kaggle.datasets[f"alice/{slug}"]
+    assert dataset.private and dataset.title == slug
+    assert dataset.versions[-1].ready      # flush returned only once Kaggle said READY
+    assert open_store(f"kaggle://alice/{slug}").get("config") == b"cfg"
+
+
+def test_every_version_is_a_complete_repository(kaggle, slug):
+    store = fast(slug)
+    store.put("config", b"cfg")
+    store.put("packs/aa/p1", b"pack1")
+    store.flush()
+    store.put("packs/bb/p2", b"pack2")
+    store.put("index/i1", b"idx")
+    store.flush()
+    store.put("snapshots/s1", b"snap")
+    store.delete("packs/aa/p1")
+    store.flush()
+    ref = f"alice/{slug}"
+    assert [sorted(kaggle.files(ref, v.number)) for v in kaggle.versions(ref)] == [
+        ["config", "packs~aa~p1"],
+        ["config", "index~i1", "packs~aa~p1", "packs~bb~p2"],
+        ["config", "index~i1", "packs~bb~p2", "snapshots~s1"],
+    ]
+    assert kaggle.files(ref)["packs~bb~p2"] == b"pack2"   # carried over byte for byte
+    fresh = fast(slug)
+    assert fresh.list() == ["config", "index/i1", "packs/bb/p2", "snapshots/s1"]
+
+
+def test_objects_of_a_concurrent_writer_are_carried_over(kaggle, slug):
+    a, b = fast(slug), fast(slug)
+    a.put("config", b"cfg")
+    a.flush()
+    assert b.list() == ["config"]
+    a.put("snapshots/from-a", b"a")
+    a.flush()
+    b.put("snapshots/from-b", b"b")   # b last looked before a's second version
+    b.flush()
+    assert fast(slug).list() == ["config", "snapshots/from-a", "snapshots/from-b"]
+
+
+def test_deleting_everything_keeps_a_valid_empty_version(kaggle, slug):
+    store = fast(slug)
+    store.put("locks/l1", b"x")
+    store.flush()
+    store.delete("locks/l1")
+    store.delete("locks/never")
+    store.flush()
+    assert fast(slug).list() == []
+    assert list(kaggle.files(f"alice/{slug}")) == [kstore.EMPTY_MARKER]
+    versions = len(kaggle.versions(f"alice/{slug}"))
+    store.delete("locks/never")
+    store.flush()                       # nothing to change: no new version
+    assert len(kaggle.versions(f"alice/{slug}")) == versions
+
+
+def test_reads_use_ranges_on_the_signed_storage_url(kaggle, slug):
+    store = fast(slug)
+    store.put("packs/aa/p", bytes(range(100)))
+    store.flush()
+    fresh = fast(slug)
+    assert fresh.get_range("packs/aa/p", 10, 5) == bytes(range(10, 15))
+    assert fresh.get_range("packs/aa/p", -4, 4) == bytes(range(96, 100))
+    assert fresh.get_range("packs/aa/p", 200, 4) == b""
+    with pytest.raises(NotFoundError):
+        fresh.get("packs/aa/missing")
+
+
+@pytest.mark.parametrize("how", ["env", "kaggle-json", "tether-secrets", "bearer-token"])
+def test_credential_sources(kaggle, kenv, slug, how, tmp_path):
+    kenv.delenv("KAGGLE_USERNAME")
+    kenv.delenv("KAGGLE_KEY")
+    if how == "env":
+        kenv.setenv("KAGGLE_USERNAME", "alice")
+        kenv.setenv("KAGGLE_KEY", "alice-key")
+    elif how == "kaggle-json":
+        folder = tmp_path / "kaggle-config"
+        folder.mkdir()
+        (folder / "kaggle.json").write_text(json.dumps({"username": "alice", "key": "alice-key"}))
+    elif how == "tether-secrets":
+        secrets.set_secret("store:kaggle:username", "alice")
+        secrets.set_secret("store:kaggle:key", "alice-key")
+    else:
+        kenv.setenv("KAGGLE_API_TOKEN", "KGAT_alice")
+    store = fast(slug)
+    store.put("config", b"x")
+    store.flush()
+    assert kaggle.files(f"alice/{slug}") == {"config": b"x"}
+
+
+def test_missing_and_wrong_credentials_are_auth_errors(kaggle, kenv, slug):
+    kenv.delenv("KAGGLE_USERNAME")
+    kenv.delenv("KAGGLE_KEY")
+    with pytest.raises(AuthError) as info:
+        fast(slug).list()
+    assert "KAGGLE_USERNAME" in info.value.hint
+    kenv.setenv("KAGGLE_USERNAME", "alice")
+    kenv.setenv("KAGGLE_KEY", "wrong")
+    with pytest.raises(AuthError):
+        fast(slug).list()
+
+
+def test_other_users_private_dataset_is_not_found(kaggle, kenv, slug):
+    store = fast(slug)
+    store.put("config", b"x")
+    store.flush()
+    kenv.setenv("KAGGLE_USERNAME", "bob")
+    kenv.setenv("KAGGLE_KEY", "bob-key")
+    with pytest.raises(NotFoundError):
+        fast(slug).get("config")
+
+
+def test_429_is_rate_limited(kaggle, slug):
+    kaggle.fail_next(429, path_contains="ListDatasetFiles", headers={"Retry-After": "30"})
+    with pytest.raises(RateLimitedError) as info:
+        fast(slug).list()
+    assert info.value.retry_after == 30.0
+
+
+def test_failed_version_keeps_the_old_one_and_the_pending_puts(kaggle, slug):
+    store = fast(slug)
+    store.put("config", b"x")
+    store.flush()
+    store.put("snapshots/s1", b"s")
+    kaggle.fail_next(500, path_contains="CreateDatasetVersion")
+    with pytest.raises(PeerError):
+        store.flush()
+    assert fast(slug).list() == ["config"]
+    store.flush()
+    assert fast(slug).list() == ["config", "snapshots/s1"]
+
+
+def test_unreachable_endpoint_is_connect_error(kenv):
+    from conftest import free_port
+    store = kstore.open("kaggle://alice/my-workspace", endpoint=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectError):
+        store.list()
+
+
+def test_official_kaggle_client_reads_what_the_store_wrote(kaggle, slug):
+    """The fake follows kagglesdk's wire format, and the store's versions look normal to it."""
+    kagglesdk = pytest.importorskip("kagglesdk", reason="the optional kaggle extra")
+    from kagglesdk.datasets.types.dataset_api_service import (
+        ApiDownloadDatasetRequest,
+        ApiListDatasetFilesRequest,
+    )
+    from kagglesdk.kaggle_env import KaggleEnv
+
+    store = fast(slug)
+    store.put("packs/ab/p1", b"pack bytes")
+    store.flush()
+    client = kagglesdk.KaggleClient(env=KaggleEnv.LOCAL, username="alice", password="alice-key")
+    client.http_client()._endpoint = kaggle.url   # kagglesdk has no endpoint option
+    listing = ApiListDatasetFilesRequest()
+    listing.owner_slug, listing.dataset_slug = "alice", slug
+    files = client.datasets.dataset_api_client.list_dataset_files(listing).dataset_files
+    assert [(f.name, f.total_bytes) for f in files] == [("packs~ab~p1", 10)]
+    download = ApiDownloadDatasetRequest()
+    download.owner_slug, download.dataset_slug = "alice", slug
+    download.file_name, download.raw = "packs~ab~p1", True
+    assert client.datasets.dataset_api_client.download_dataset(download).content == b"pack bytes"
