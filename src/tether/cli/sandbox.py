@@ -33,24 +33,30 @@ def run(
     rootfs: Annotated[Optional[Path], typer.Option(help="A separate root filesystem.")] = None,
     workdir: Annotated[Optional[Path], typer.Option(
         help="The workspace (default: current directory).")] = None,
+    stdin: Annotated[bool, typer.Option(
+        "--stdin", "-i", help="Pass this command's stdin to CMD (read fully first).")] = False,
     json: JsonOption = False,
 ) -> None:
     """Run CMD in a fresh sandbox; exits with CMD's exit code."""
     from tether.sandbox.runner import sandbox_run
 
     out = Output(json)
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    data = _read_stdin() if stdin else None
 
     def stream(name: str, data: bytes) -> None:
         target = sys.stdout if name == "stdout" else sys.stderr
-        target.buffer.write(data)
+        raw = getattr(target, "buffer", None)
+        if raw is not None:
+            raw.write(data)
+        else:       # an in-memory text stream (tests, embedding)
+            target.write(data.decode(errors="replace"))
         target.flush()
 
     result = sandbox_run(
         list(command), profile=profile, workdir=workdir, no_network=no_network,
         allow_domains=tuple(allow_domain or ()), mounts=tuple(mount or ()),
         env=tuple(env or ()), memory=memory, cpus=cpus, pids=pids, timeout=timeout,
-        rootfs=rootfs, keep=keep, stdin=stdin, on_output=None if json else stream)
+        rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else stream)
     out.result(result.to_dict(), lambda o: None)
     for note in result.notes:
         out.warn(note)
@@ -59,6 +65,15 @@ def run(
     if result.kept:
         out.info(f"kept the sandbox home at {result.kept}")
     raise typer.Exit(result.exit_code)
+
+
+def _read_stdin() -> bytes | None:
+    """stdin for --stdin; a terminal is not read (there is no interactive input)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    raw = getattr(sys.stdin, "buffer", None)
+    data = raw.read() if raw is not None else sys.stdin.read().encode()
+    return data or None
 
 
 @app.command()
@@ -81,6 +96,7 @@ def probe(json: JsonOption = False) -> None:
         for problem in data["problems"]:
             o.out.print(f"problem: {problem}", markup=False)
 
+    out.result(data, human)
 
 
 # Named sandboxes and the audit log (sandbox-service): create, start, exec, attach, cp, logs,
@@ -88,4 +104,3 @@ def probe(json: JsonOption = False) -> None:
 from tether.cli.sandbox_named import register as _register_named  # noqa: E402
 
 _register_named(app)
-    out.result(data, human)

@@ -280,10 +280,15 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     flag_mounts = [m if isinstance(m, Mount) else parse_mount(m, workdir) for m in mounts]
     work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
     all_mounts = (*toolchain_mounts, work_mount, *cfg_mounts, *flag_mounts)
+    home = host_env.get("HOME")
     for m in all_mounts:
         if m.target == Path("/") or str(m.target).startswith(("/proc", "/dev", HELPER_DIR)):
             raise UsageError(f"cannot mount over {m.target}",
                              hint="choose another destination inside the sandbox")
+        if home and _is_within(Path(_normpath(home)), m.source):
+            # the home (or a parent of it) would expose ~/.ssh, keyrings, tokens
+            raise UsageError(f"refusing to expose your home directory through {m.source}",
+                             hint="use a project subdirectory as the workspace or mount")
 
     limits = Limits(
         memory_bytes=parse_size(memory if memory is not None
@@ -326,6 +331,10 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
         landlock=base.landlock if use_landlock is None else use_landlock,
         resolve=tuple(sorted((resolve or {}).items())),
     )
+
+
+def _is_within(path: Path, ancestor: Path) -> bool:
+    return path == ancestor or ancestor in path.parents
 
 
 def _positive(name: str, value):
@@ -388,7 +397,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = N
     """The complete bwrap command line for `spec` on `host` (pure).
 
     etc_dir: a host directory holding copies of `etc_entries(spec, host)` plus generated
-        passwd, group and hostname (bound as /etc; with a rootfs only the generated files).
+        passwd, group and hostname, bound as /etc (unused with a rootfs).
     helper: argv of the in-sandbox helper to run before the command (see needs_helper),
         whose script `helper_file` is bound read-only at HELPER_DIR/helper.py.
     proxy_socket: the host path of the allowlist proxy's unix socket.
@@ -402,6 +411,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = N
         root = str(spec.rootfs)
         for d in SYSTEM_DIRS:
             a += ["--ro-bind-try", root + d, d]
+        # the rootfs's own /etc: its accounts are the image's, not the host's
         a += ["--ro-bind", root + "/etc", "/etc"]
     else:
         for path, target in host.system_dirs:

@@ -1,0 +1,195 @@
+"""The runner against real bubblewrap: results, limits, mounts, env, config, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tether.errors import EnforcementError
+from tether.sandbox import runner, runtimes
+from tether.sandbox.profiles import CgroupFacts, resolve_spec
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_exit_code_stdout_stderr_duration(make_spec):
+    r = runner.run(make_spec("moderate", ["sh", "-c", "echo out; echo err >&2; exit 7"]))
+    assert (r.exit_code, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+    assert r.timed_out is False and r.signal is None
+    assert 0 < r.duration_s < 10
+    assert r.peak_memory_bytes and r.peak_memory_bytes > 0
+
+
+def test_stdin_reaches_the_command(make_spec):
+    r = runner.run(make_spec("restrictive", ["tr", "a-z", "A-Z"]), stdin=b"hello\n" * 20000)
+    assert r.exit_code == 0 and r.stdout == b"HELLO\n" * 20000
+
+
+def test_signalled_command_reports_signal(make_spec):
+    r = runner.run(make_spec("moderate", ["sh", "-c", "kill -TERM $$"]))
+    assert r.exit_code == 128 + 15 and r.signal == 15
+
+
+def test_workspace_writable_in_moderate_read_only_in_restrictive(make_spec, workspace):
+    ok = runner.run(make_spec("moderate", ["sh", "-c", "echo new > made.txt"]))
+    assert ok.exit_code == 0 and (workspace / "made.txt").read_text() == "new\n"
+    ro = runner.run(make_spec("restrictive", ["sh", "-c", "echo x > blocked.txt"]))
+    assert ro.exit_code != 0 and b"Read-only file system" in ro.stderr
+    assert not (workspace / "blocked.txt").exists()
+    # reading the workspace is fine everywhere, and the command starts in it
+    r = runner.run(make_spec("restrictive", ["cat", "README"]))
+    assert r.stdout == b"project file\n"
+
+
+def test_extra_mounts_ro_and_rw(make_spec, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    (data / "in.txt").write_text("input")
+    spec = make_spec("restrictive", ["sh", "-c", "cat /data/in.txt > /out/copy.txt; "
+                                                 "echo x > /data/nope"],
+                     mounts=[f"{data}:/data:ro", f"{out}:/out"])
+    r = runner.run(spec)
+    assert (out / "copy.txt").read_text() == "input"
+    assert r.exit_code != 0 and not (data / "nope").exists()
+
+
+def test_environment_is_exactly_the_spec(make_spec, monkeypatch):
+    monkeypatch.setenv("HOST_ONLY", "leak")
+    spec = make_spec("moderate", ["env"], env=["GIVEN=1", "HOST_ONLY"], host_env={})
+    env = dict(line.split("=", 1) for line in runner.run(spec).stdout.decode().splitlines())
+    assert env["GIVEN"] == "1" and "HOST_ONLY" not in env
+    assert env["HOME"] == "/home/sandbox" and env["USER"] == "sandbox"
+
+
+def test_timeout_kills_everything(make_spec):
+    spec = make_spec("moderate", ["sh", "-c", "sleep 30 & sleep 30; echo never"], timeout=0.5)
+    r = runner.run(spec)
+    assert r.timed_out is True and r.signal == 9 and r.exit_code == 137
+    assert r.duration_s < 5 and b"never" not in r.stdout
+
+
+def test_run_async_streams_output(make_spec):
+    chunks: list[tuple[str, bytes]] = []
+
+    async def main():
+        spec = make_spec("moderate", ["sh", "-c", "echo one; sleep 0.2; echo two >&2"])
+        return await runner.run_async(spec, on_output=lambda s, d: chunks.append((s, d)))
+
+    r = asyncio.run(main())
+    assert r.exit_code == 0
+    assert ("stdout", b"one\n") in chunks and ("stderr", b"two\n") in chunks
+    assert chunks.index(("stdout", b"one\n")) < chunks.index(("stderr", b"two\n"))
+
+
+def test_peak_memory_is_measured(make_spec):
+    code = "b = bytearray(80 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
+    r = runner.run(make_spec("restrictive", ["python3", "-c", code]))
+    assert r.exit_code == 0, r.stderr
+    assert r.peak_memory_bytes >= 80 * 1024 * 1024
+
+
+def test_refuses_when_a_protection_is_missing(make_spec, monkeypatch):
+    weak = replace(runner.probe(), landlock_abi=0, cgroup=CgroupFacts())
+    monkeypatch.setattr(runner, "probe", lambda: weak)
+    with pytest.raises(EnforcementError) as exc:
+        runner.run(make_spec("restrictive", ["true"]))
+    assert "landlock" in str(exc.value) and "pids" in str(exc.value)
+    # a profile without those needs still runs, and says how memory is enforced
+    r = runner.run(make_spec("permissive", ["true"], memory="256M"))
+    assert r.exit_code == 0 and any("RLIMIT_AS" in n for n in r.notes)
+
+
+def test_keep_leaves_the_home(make_spec, isolated):
+    r = runner.run(make_spec("moderate", ["sh", "-c", "echo kept > ~/note"]), keep=True)
+    assert r.kept is not None and (r.kept / "note").read_text() == "kept\n"
+
+
+def test_rootfs_replaces_the_system(make_spec, tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=tetherfs\n")
+    for d in ("usr", "bin", "lib", "lib64"):
+        if os.path.lexists("/" + d):
+            os.symlink(os.path.realpath("/" + d), root / d)
+    r = runner.run(make_spec("moderate", ["cat", "/etc/os-release"], rootfs=root))
+    assert r.stdout == b"ID=tetherfs\n"
+
+
+@pytest.mark.parametrize("command,files,expected", [
+    (["python3", "-m", "pytest"], [], ["python"]),
+    (["pytest"], [], ["python"]),
+    (["npm", "test"], [], ["node"]),
+    (["sh", "-c", "cargo build"], [], ["rust"]),
+    (["make"], ["go.mod"], ["go"]),
+    (["make"], ["pom.xml", "package.json"], ["node", "java"]),
+    (["true"], ["README"], []),
+], ids=["python-m", "pytest", "npm", "shell-c", "go-mod", "two-files", "none"])
+def test_detect_runtimes(command, files, expected):
+    assert runtimes.detect(command, files) == expected
+
+
+def test_toolchain_outside_usr_is_bound(workspace, monkeypatch, isolated):
+    monkeypatch.chdir(workspace)
+    spec = runner.build_spec(["python3", "-c", "import sys; print(sys.prefix)"])
+    prefix = os.path.realpath(sys.prefix)
+    if prefix.startswith("/usr"):
+        pytest.skip("this interpreter lives in /usr, nothing to bind")
+    assert runner.run(spec).stdout.decode().strip() == prefix
+
+
+def test_tether_toml_section_applies(workspace, monkeypatch, isolated):
+    (workspace / "tether.toml").write_text('[sandbox]\nprofile = "restrictive"\npids = 33\n')
+    monkeypatch.chdir(workspace)
+    spec = runner.build_spec(["true"])
+    assert spec.profile == "restrictive" and spec.limits.pids == 33
+    (workspace / "tether.toml").write_text('[sandbox]\nbogus = 1\n')
+    with pytest.raises(Exception, match="unknown key"):
+        runner.build_spec(["true"])
+
+
+def test_cli_run_propagates_exit_code_and_json(cli, workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    r = cli("sandbox", "run", "--", "sh", "-c", "echo hi; exit 3")
+    assert r.exit_code == 3 and r.stdout == "hi\n"
+    r = cli("sandbox", "run", "--json", "--profile", "restrictive", "--", "sh", "-c",
+            "echo out; echo err >&2")
+    data = r.json()
+    assert r.exit_code == 0
+    assert data["stdout"] == "out\n" and data["stderr"] == "err\n"
+    assert data["timed_out"] is False and data["peak_memory_bytes"] > 0
+
+
+def test_cli_run_bad_input(cli, workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    r = cli("sandbox", "run", "--memory", "lots", "--", "true")
+    assert r.exit_code == 2 and "invalid size" in r.stderr and "hint:" in r.stderr
+    r = cli("sandbox", "run", "--profile", "yolo", "--", "true")
+    assert r.exit_code == 2 and "unknown sandbox profile" in r.stderr
+    r = cli("sandbox", "run", "--mount", "/does/not/exist:/x", "--", "true")
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_cli_probe_json(cli):
+    r = cli("sandbox", "probe", "--json")
+    data = r.json()
+    assert r.exit_code == 0
+    assert set(data["profiles"]) == {"restrictive", "moderate", "permissive"}
+    assert data["profiles"]["restrictive"]["network"] == "none"
+    assert data["mechanisms"]["seccomp"].startswith("raw BPF")
+
+
+def test_spec_is_reusable_and_runs_are_fresh(make_spec):
+    spec = make_spec("moderate", ["sh", "-c", "ls -A /tmp ~; touch /tmp/marker ~/marker2"])
+    first, second = runner.run(spec), runner.run(spec)
+    assert first.stdout == second.stdout and b"marker" not in second.stdout
+
+
+def test_resolve_spec_direct_api(workspace):
+    spec = resolve_spec("restrictive", ["echo", "api"], workdir=workspace)
+    assert runner.run(spec).stdout == b"api\n"
