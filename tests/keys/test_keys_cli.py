@@ -1,0 +1,154 @@
+"""`tether keys ...` through the real entry point: output, exit codes, --json, files."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+
+import pytest
+
+
+def test_generate_list_show_delete(cli, isolated):
+    r = cli("keys", "generate", "id_ed25519", "-C", "ada@laptop")
+    assert r.exit_code == 0, r.stderr
+    assert "generated ed25519 256 key" in r.stdout and "fingerprint SHA256:" in r.stdout
+    private = isolated.home / ".ssh" / "id_ed25519"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(private.with_suffix(".pub").stat().st_mode) == 0o644
+
+    r = cli("keys", "generate", "deploy", "-t", "rsa", "-b", "3072", "--json")
+    assert r.exit_code == 0
+    data = r.json()
+    assert (data["type"], data["bits"], data["encrypted"]) == ("rsa", 3072, False)
+
+    listed = cli("keys", "list", "--json").json()
+    assert [(k["name"], k["type"], k["bits"]) for k in listed] == [
+        ("deploy", "rsa", 3072), ("id_ed25519", "ed25519", 256)]
+    human = cli("keys", "list").stdout
+    assert "id_ed25519" in human and listed[1]["fingerprint"] in human and "ada@laptop" in human
+
+    shown = cli("keys", "show", "id_ed25519")
+    assert shown.stdout.strip() == private.with_suffix(".pub").read_text().strip()
+    assert cli("keys", "show", "id_ed25519", "--json").json()["public_key"].startswith(
+        "ssh-ed25519 ")
+
+    r = cli("keys", "delete", "deploy", "--json")
+    assert r.exit_code == 0 and r.json()["deleted"] == "deploy"
+    assert [k["name"] for k in cli("keys", "list", "--json").json()] == ["id_ed25519"]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["generate", "k", "-t", "dsa"], 2, "unknown key type 'dsa'"),
+    (["generate", "k", "-t", "rsa", "-b", "1024"], 2, "1024 bits is not a size for rsa"),
+    (["generate", "../k"], 2, "contains a path separator"),
+    (["generate", "config"], 2, "name of an OpenSSH file"),
+    (["show", "nope"], 10, "no key named 'nope'"),
+    (["delete", "nope"], 10, "no key named 'nope'"),
+    (["reset"], 2, "say what to reset"),
+    (["config", "remove", "nope"], 10, "no tether block named 'nope'"),
+    (["config", "add", "x", "--host", "h", "--port", "70000"], 2, "out of range"),
+    (["config", "add", "x", "--host", "h", "-o", "novalue"], 2, "not Key=Value"),
+    (["config", "add", "x", "--host", "h", "--identity", "missing"], 10, "no key named"),
+], ids=["type", "bits", "separator", "reserved", "show-missing", "delete-missing",
+        "reset-nothing", "remove-missing", "port", "option", "identity-missing"])
+def test_bad_input_is_one_clear_line_and_nothing_written(cli, isolated, args, code, message):
+    r = cli("keys", *args)
+    assert r.exit_code == code
+    assert r.stderr.startswith(f"error: ") and message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (isolated.home / ".ssh").exists()
+
+
+def test_errors_in_json_mode_are_json(cli):
+    r = cli("keys", "show", "nope", "--json")
+    assert r.exit_code == 10
+    assert r.json()["kind"] == "NotFoundError"
+
+
+def test_existing_key_needs_overwrite(cli, isolated):
+    assert cli("keys", "generate", "k").exit_code == 0
+    before = (isolated.home / ".ssh" / "k").read_bytes()
+    r = cli("keys", "generate", "k")
+    assert r.exit_code == 2
+    assert "exists already" in r.stderr and "--overwrite" in r.stderr
+    assert (isolated.home / ".ssh" / "k").read_bytes() == before
+    assert cli("keys", "generate", "k", "--overwrite").exit_code == 0
+    assert (isolated.home / ".ssh" / "k").read_bytes() != before
+
+
+def test_passphrase_from_file_env_and_never_argv(cli, isolated, tmp_path, monkeypatch):
+    secret = tmp_path / "pass"
+    secret.write_text("file secret\n")
+    r = cli("keys", "generate", "f", "--passphrase-file", str(secret), "--json")
+    assert r.json()["encrypted"] is True
+    assert "file secret" not in r.stdout + r.stderr
+    ok = subprocess.run(["ssh-keygen", "-y", "-P", "file secret", "-f",
+                         str(isolated.home / ".ssh" / "f")], capture_output=True)
+    assert ok.returncode == 0
+
+    monkeypatch.setenv("TETHER_KEY_PASSPHRASE", "env secret")
+    assert cli("keys", "generate", "e", "--json").json()["encrypted"] is True
+    monkeypatch.delenv("TETHER_KEY_PASSPHRASE")
+
+    # Not a terminal and nothing given: no passphrase, no prompt, no hang.
+    assert cli("keys", "generate", "n", "--json").json()["encrypted"] is False
+    # Asked for one without a terminal: a clear error, no key.
+    r = cli("keys", "generate", "a", "--ask-passphrase")
+    assert r.exit_code == 2 and "no key passphrase given" in r.stderr
+    assert not (isolated.home / ".ssh" / "a").exists()
+    # There is no option that takes the passphrase itself.
+    assert cli("keys", "generate", "p", "--passphrase", "x").exit_code == 2
+
+
+def test_config_add_list_remove_and_delete_guard(cli, isolated):
+    isolated.ssh_config.parent.mkdir(mode=0o700)
+    isolated.ssh_config.write_text("Host *\n  ServerAliveInterval 30\n")
+    assert cli("keys", "generate", "id_ed25519").exit_code == 0
+    r = cli("keys", "config", "add", "laptop", "--host", "tether-laptop", "--hostname",
+            "127.0.0.1", "--user", "root", "--port", "2222", "--identity", "id_ed25519",
+            "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["backup"].endswith("config.bak")
+    text = isolated.ssh_config.read_text()
+    assert text.index("Host tether-laptop") < text.index("Host *")
+    assert f"IdentityFile {isolated.home}/.ssh/id_ed25519" in text
+
+    listed = cli("keys", "config", "list", "--json").json()
+    assert listed == [{"name": "laptop", "host": "tether-laptop", "options": [
+        ["HostName", "127.0.0.1"], ["User", "root"], ["Port", "2222"],
+        ["IdentityFile", f"{isolated.home}/.ssh/id_ed25519"], ["IdentitiesOnly", "yes"]]}]
+    assert "tether-laptop" in cli("keys", "config", "list").stdout
+
+    r = cli("keys", "delete", "id_ed25519")
+    assert r.exit_code == 2 and "still uses the key id_ed25519 (Host tether-laptop)" in r.stderr
+    assert (isolated.home / ".ssh" / "id_ed25519").exists()
+
+    assert cli("keys", "config", "remove", "laptop").exit_code == 0
+    assert isolated.ssh_config.read_text() == "Host *\n  ServerAliveInterval 30\n"
+    assert cli("keys", "delete", "id_ed25519").exit_code == 0
+
+
+def test_malformed_config_is_refused_untouched(cli, isolated):
+    isolated.ssh_config.parent.mkdir(mode=0o700)
+    garbage = b"Host a\n# >>> tether: x >>>\n\x00\xff binary"
+    isolated.ssh_config.write_bytes(garbage)
+    r = cli("keys", "config", "add", "laptop", "--host", "h")
+    assert r.exit_code == 2
+    assert "NUL bytes" in r.stderr and "did not change it" in r.stderr
+    assert isolated.ssh_config.read_bytes() == garbage
+
+
+def test_reset_flags_each_with_backup(cli, isolated):
+    ssh = isolated.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "config").write_text("Host a\n")
+    (ssh / "known_hosts").write_text("a ssh-ed25519 AAAA\n")
+    r = cli("keys", "reset", "--known-hosts", "--json")
+    assert r.exit_code == 0
+    backup = r.json()["known_hosts"]["backup"]
+    assert open(backup).read() == "a ssh-ed25519 AAAA\n"
+    assert (ssh / "known_hosts").read_text() == ""
+    assert (ssh / "config").read_text() == "Host a\n"  # untouched: its own flag
+    r = cli("keys", "reset", "--ssh-config")
+    assert r.exit_code == 0 and "reset ssh config (backup:" in r.stdout
+    assert (ssh / "config").read_text() == ""
