@@ -90,3 +90,39 @@ class CrashAfter:
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
+
+
+def forge_snapshot(store: Store, build) -> str:
+    """Write a snapshot whose trees ``build(blob)`` returns as raw bytes, bypassing every
+    check the writer does: how a hostile or corrupt repository looks to a reader.
+
+    ``build`` gets ``blob(type, data) -> hex id`` to store content and subtrees.
+    """
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tether.snapshot import format as fmt
+    from tether.snapshot.repo import PackWriter, Repository
+
+    repo = Repository.open(store, create=True)
+    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as up:
+        w = PackWriter(store, pool, up)
+        seen: set[bytes] = set()
+
+        def blob(typ: int, data: bytes) -> str:
+            bid = fmt.blob_id(data)
+            if bid not in seen:
+                seen.add(bid)
+                w.add(typ, bid, data)
+            return bid.hex()
+
+        root = blob(fmt.TREE, build(blob))
+        repo.write_index(w.finish())
+    return repo.write_snapshot(fmt.Snapshot(tree=bytes.fromhex(root), time_ns=time.time_ns(),
+                                            hostname="forger", path="/nowhere"))
+
+
+def raw_tree(*rows) -> bytes:
+    import json
+
+    return json.dumps({"v": 1, "entries": [list(r) for r in rows]}).encode()

@@ -1,0 +1,100 @@
+"""Hostile or broken repositories: pull checks everything before it writes anything."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from snapfix import describe, forge_snapshot, make_tree, raw_tree  # noqa: E402
+
+from tether.errors import IntegrityError, LocalIOError, ProtocolError, UsageError  # noqa: E402
+from tether.snapshot import api  # noqa: E402
+from tether.snapshot import format as fmt  # noqa: E402
+from tether.snapshot.stores import open_store  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _file(blob, name, content=b"x", mode=0o644, size=None):
+    return [name, "f", mode, 0, len(content) if size is None else size,
+            [blob(fmt.DATA, content)] if content else []]
+
+
+HOSTILE = {
+    "dotdot": lambda b: raw_tree(_file(b, "..")),
+    "traversal": lambda b: raw_tree(_file(b, "../../escaped")),
+    "slash": lambda b: raw_tree(_file(b, "a/b")),
+    "absolute": lambda b: raw_tree(_file(b, "/tmp/abs")),
+    "nul": lambda b: raw_tree(_file(b, "a\0b")),
+    "empty-name": lambda b: raw_tree(_file(b, "")),
+    "duplicate-files": lambda b: raw_tree(_file(b, "a"), _file(b, "a", b"y")),
+    "symlink-then-file": lambda b: raw_tree(["x", "l", 0o777, 0, 0, "/tmp"], _file(b, "x")),
+    "dir-then-symlink": lambda b: raw_tree(
+        ["d", "d", 0o755, 0, 0, b(fmt.TREE, raw_tree(_file(b, "f")))],
+        ["d", "l", 0o777, 0, 0, "/etc"]),
+    "device": lambda b: raw_tree(["dev", "c", 0o644, 0, 0, ""]),
+    "fifo": lambda b: raw_tree(["p", "p", 0o644, 0, 0, ""]),
+    "size-lies": lambda b: raw_tree(_file(b, "f", b"tiny", size=2**50)),
+    "deep-hostile": lambda b: raw_tree(
+        ["ok", "d", 0o755, 0, 0, b(fmt.TREE, raw_tree(_file(b, "..")))]),
+    "unknown-version": lambda b: b'{"v":7,"entries":[]}',
+}
+
+
+@pytest.fixture
+def existing(tmp_path):
+    dest = make_tree(tmp_path / "dest", big=False)
+    return dest, describe(dest)
+
+
+@pytest.mark.parametrize("name", list(HOSTILE), ids=list(HOSTILE))
+def test_hostile_trees_are_refused_before_any_write(tmp_path, isolated, existing, name):
+    store = open_store(f"file://{tmp_path}/repo")
+    forge_snapshot(store, HOSTILE[name])
+    dest, before = existing
+    with pytest.raises((IntegrityError, ProtocolError)):
+        api.pull(store, dest, replace=True)
+    assert describe(dest) == before
+    assert not [p for p in tmp_path.iterdir() if ".tether-" in p.name]  # staging removed
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/abs").exists()
+
+
+def test_dedup_bomb_is_refused_against_free_space(tmp_path, isolated):
+    """One 4 MiB blob named 100k times claims ~400 GB: refused before writing."""
+    store = open_store(f"file://{tmp_path}/repo")
+    chunk = os.urandom(4 << 20)
+
+    def build(b):
+        bid = b(fmt.DATA, chunk)
+        return raw_tree(["bomb", "f", 0o644, 0, (4 << 20) * 100_000, [bid] * 100_000])
+
+    forge_snapshot(store, build)
+    with pytest.raises(LocalIOError, match="free"):
+        api.pull(store, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_destination_that_is_a_file_or_symlink_is_refused(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    api.push(url, make_tree(tmp_path / "src", big=False))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="not a directory"):
+        api.pull(url, tmp_path / "file", replace=True)
+    os.symlink(tmp_path / "src", tmp_path / "link")
+    with pytest.raises(UsageError, match="not a directory"):
+        api.pull(url, tmp_path / "link", replace=True)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_restored_files_never_carry_setuid_or_setgid(tmp_path, isolated):
+    store = open_store(f"file://{tmp_path}/repo")
+    forge_snapshot(store, lambda b: raw_tree(_file(b, "suid", mode=0o6755),
+                                             ["d", "d", 0o3777, 0, 0,
+                                              b(fmt.TREE, raw_tree())]))
+    api.pull(store, tmp_path / "out")
+    assert (tmp_path / "out" / "suid").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "out" / "d").stat().st_mode & 0o7777 == 0o777
