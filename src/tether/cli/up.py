@@ -48,20 +48,43 @@ def up(
     json: JsonOption = False,
 ) -> None:
     """Start a workspace here: key-only sshd, the gateway and a tunnel; print how to connect."""
+    out = Output(json)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
+                                                       signal.SIGHUP)}
+    try:
+        _run(out, directory, tunnel, port, public_url, detach, connect, json)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(out: Output, directory, tunnel, port, public_url, detach, connect, json) -> None:
     from tether.host.api import up as start_workspace
 
-    out = Output(json)
+    if not detach:
+        # Until the workspace exists a signal unwinds the start (which stops what started);
+        # afterwards it asks the workspace to stop. Either way no sshd is left behind.
+        def interrupt(*_):
+            raise KeyboardInterrupt
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
     handle = start_workspace(directory, tunnel=tunnel, port=port, public_url=public_url,
                              connect=connect, detach=detach, announce=out.info)
+    if not detach:
+        workspace = handle._workspace
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: workspace.request_stop())
     data = {k: v for k, v in handle.info.items() if k != "state_dir"}
     data["detached"] = detach
-    out.result(data, lambda o: render_started(o, handle.info))
     if detach:
+        out.result(data, lambda o: render_started(o, handle.info))
         out.info("running in the background; stop it with `tether down`")
         return
-    workspace = handle._workspace
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: workspace.request_stop())
-    out.info("\nCtrl-C stops the workspace")
-    handle.wait()
+    try:
+        out.result(data, lambda o: render_started(o, handle.info))
+        out.info("\nCtrl-C stops the workspace")
+        handle.wait()
+    finally:
+        handle.stop()
     out.info("workspace stopped")
