@@ -156,3 +156,20 @@ def test_setup_reports_a_failing_test_as_data(cli, isolated, monkeypatch, github
     assert steps["upload"]["status"] == "done"
     assert steps["test"]["status"] == "failed"
     assert "refused the SSH key" in steps["test"]["detail"]
+
+
+def test_setup_for_the_public_host_pins_its_published_key(cli, isolated, monkeypatch, github):
+    from tether.forges.setup import KNOWN_HOST_KEYS
+
+    github.env(monkeypatch)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_full")
+    r = cli("git", "setup", "github", "--no-test", "--json")
+    assert r.exit_code == 0, r.stderr
+    steps = {s["name"]: s["status"] for s in r.json()["steps"]}
+    assert steps == {"key": "done", "host key": "done", "ssh config": "done", "upload": "done"}
+    known = (isolated.home / ".ssh" / "known_hosts").read_text()
+    assert known == f"github.com {KNOWN_HOST_KEYS['github.com']}\n"
+    resolved = subprocess.run(["ssh", "-G", "-F", str(isolated.ssh_config), "github.com"],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    assert {"user git", "hostname github.com", "identitiesonly yes",
+            f"identityfile {isolated.home}/.ssh/id_ed25519"} <= set(resolved)
