@@ -24,6 +24,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+# FastAPI resolves route annotations in this module's globals (PEP 563 strings), so the
+# request types are imported here; this module is loaded only by `tether serve` and tests.
+from fastapi import Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from tether import errors
 from tether.sandbox import schemas
 
@@ -160,9 +165,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 def create_app(settings: ApiSettings):
     """The API app for ``settings``. No globals: two apps in one process do not share state."""
-    from fastapi import FastAPI, Query, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-
+    from fastapi import FastAPI
     from tether._version import __version__
     from tether.sandbox import named, service
 
@@ -214,8 +217,8 @@ def create_app(settings: ApiSettings):
     def get_sandbox(name: str) -> schemas.SandboxInfo:
         return named.get(name).to_schema()
 
-    @app.delete("/sandboxes/{name}", status_code=204)
-    def delete_sandbox(name: str, force: bool = False) -> Response:
+    @app.delete("/sandboxes/{name}", status_code=204, response_class=Response)
+    def delete_sandbox(name: str, force: bool = False):
         named.remove(name, force=force)
         return Response(status_code=204)
 
@@ -235,7 +238,7 @@ def create_app(settings: ApiSettings):
         return schemas.RunResponse.from_result(result)
 
     @app.get("/sandboxes/{name}/logs", response_class=Response)
-    def sandbox_logs(name: str) -> Response:
+    def sandbox_logs(name: str):
         return Response(named.logs(name), media_type="application/octet-stream")
 
     @app.get("/sandboxes/{name}/files", response_class=Response,
@@ -243,7 +246,7 @@ def create_app(settings: ApiSettings):
     def get_file(name: str, path: str = Query(..., description="path inside the sandbox")):
         return Response(named.read_file(name, path), media_type="application/octet-stream")
 
-    @app.put("/sandboxes/{name}/files", status_code=204)
+    @app.put("/sandboxes/{name}/files", status_code=204, response_class=Response)
     async def put_file(name: str, request: Request,
                        path: str = Query(..., description="path inside the sandbox")):
         data = await request.body()
