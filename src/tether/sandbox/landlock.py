@@ -2,7 +2,7 @@
 
 Landlock is applied from inside the sandbox by `_helper.py`, just before it execs the
 command: applying it to bwrap itself is impossible (a Landlock domain forbids mount(2), which
-bwrap needs). It confines *writes* to the writable mounts, /tmp, /var/tmp, the sandbox home and
+bwrap needs). It confines *writes* to the writable mounts, /tmp, /var/tmp, /dev/shm, the sandbox home and
 /dev device files; reads are already confined by the mount namespace (only bound paths exist).
 From ABI 6 it also scopes abstract unix sockets and signals to the command's own domain.
 """
@@ -37,7 +37,7 @@ def helper_config(spec: SandboxSpec, host: HostFacts) -> dict:
     if spec.landlock and host.landlock_abi >= 1:
         writable = [str(m.target) for m in spec.mounts if not m.read_only]
         config.update(landlock=host.landlock_abi,
-                      writable=sorted({*writable, "/tmp", "/var/tmp", SANDBOX_HOME}),
+                      writable=sorted({*writable, "/tmp", "/var/tmp", "/dev/shm", SANDBOX_HOME}),
                       dev_writable=["/dev"])
     return config
 

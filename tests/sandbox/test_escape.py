@@ -1,0 +1,351 @@
+"""The escape suite: every attempt must fail under every profile that forbids it.
+
+Each test runs a real attack inside a real bubblewrap sandbox and checks the effect on the
+host, not just the command's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tether.sandbox import runner
+
+pytestmark = pytest.mark.timeout(60)
+ALL = ["restrictive", "moderate", "permissive"]
+NO_NET = ["restrictive", "allowlist"]   # allowlist: moderate narrowed to one domain
+
+
+def py(make_spec, profile: str, code: str, **kw):
+    if profile == "allowlist":
+        profile, kw = "moderate", {**kw, "allow_domains": ["allowed.test"],
+                                   "resolve": {"allowed.test": "127.0.0.1"}}
+    spec = make_spec(profile, ["python3", "-c", textwrap.dedent(code)], **kw)
+    return runner.run(spec)
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_cannot_read_host_ssh_keys_or_credentials(make_spec, host_home, profile):
+    code = f"""
+        import os, glob
+        for p in [{str(host_home)!r} + '/.ssh/id_ed25519', os.path.expanduser('~/.ssh/id_ed25519'),
+                  {str(host_home)!r} + '/.git-credentials', '/root/.ssh/authorized_keys']:
+            try:
+                print('READ', p, open(p).read())
+            except OSError as e:
+                print('denied', p, e.errno)
+        for root, dirs, files in os.walk('/', onerror=None):
+            if root.startswith(('/proc', '/sys', '/usr', '/dev')):
+                dirs[:] = []
+                continue
+            for f in files:
+                if f in ('id_ed25519', 'login.keyring', '.git-credentials'):
+                    print('FOUND', os.path.join(root, f))
+    """
+    r = py(make_spec, profile, code, host_env=dict(os.environ))
+    out = r.stdout.decode()
+    assert r.exit_code == 0, r.stderr
+    assert "READ" not in out and "FOUND" not in out and "SECRET" not in out
+    assert out.count("denied") == 4
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_secret_env_vars_do_not_reach_the_sandbox(workspace, monkeypatch, isolated, profile):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "topsecret-aws")
+    monkeypatch.setenv("GITHUB_TOKEN", "topsecret-gh")
+    monkeypatch.chdir(workspace)
+    spec = runner.build_spec(["sh", "-c", "env; cat /proc/*/environ 2>/dev/null"],
+                             profile=profile)
+    r = runner.run(spec)
+    assert r.exit_code == 0 or r.stdout
+    assert b"topsecret" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_cannot_write_outside_allowed_mounts(make_spec, tmp_path, profile):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    code = f"""
+        import os
+        targets = ['/usr/evil', '/etc/evil', '/bin/evil', {str(outside)!r} + '/evil']
+        for t in targets:
+            try:
+                with open(t, 'w') as f:
+                    f.write('x')
+                print('wrote', t)
+            except OSError as e:
+                print('denied', t, e.errno)
+    """
+    r = py(make_spec, profile, code)
+    assert r.exit_code == 0, r.stderr
+    for t in ("/usr/evil", "/etc/evil", "/bin/evil"):
+        assert f"denied {t}".encode() in r.stdout
+        assert not os.path.exists(t)
+    # the unmounted host directory does not exist inside; writing there never reaches the host
+    assert not (outside / "evil").exists()
+
+
+@pytest.fixture
+def loopback_server():
+    """A real TCP server on the host's 127.0.0.1 that answers 'host-secret'."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = False
+
+    def serve():
+        while not stop:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.sendall(b"host-secret")
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop = True
+    srv.close()
+
+
+CONNECT = """
+    import socket
+    for addr in [('127.0.0.1', {port}), ('10.0.0.1', 80), ('1.1.1.1', 53)]:
+        try:
+            s = socket.create_connection(addr, timeout=2)
+            print('CONNECTED', addr, s.recv(100))
+        except OSError as e:
+            print('refused', addr, e.errno)
+"""
+
+
+@pytest.mark.parametrize("profile", NO_NET)
+def test_no_network_means_no_loopback_and_no_internet(make_spec, loopback_server, profile):
+    r = py(make_spec, profile, CONNECT.format(port=loopback_server))
+    assert r.exit_code == 0, r.stderr
+    assert b"CONNECTED" not in r.stdout and b"host-secret" not in r.stdout
+    assert r.stdout.count(b"refused") == 3
+
+
+def test_full_network_profile_does_reach_loopback(make_spec, loopback_server):
+    # the control: the same probe succeeds where the profile allows the network
+    r = py(make_spec, "moderate", CONNECT.format(port=loopback_server))
+    assert b"host-secret" in r.stdout
+
+
+@pytest.mark.parametrize("profile", NO_NET)
+def test_no_unix_sockets_where_the_network_is_filtered(make_spec, profile):
+    code = """
+        import socket
+        try:
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); print('CREATED')
+        except OSError as e:
+            print('denied', e.errno)
+        a, b = socket.socketpair(); a.send(b'ok'); print(b.recv(2).decode())
+    """
+    r = py(make_spec, profile, code)
+    assert r.stdout.splitlines() == [b"denied 1", b"ok"], r.stderr
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_no_host_sockets_or_other_users_files(make_spec, profile):
+    code = """
+        import os
+        print(sorted(os.listdir('/home')))
+        print(sorted(n for n in os.listdir('/run') if n != 'tether'))
+        for p in ['/var/run/docker.sock', '/run/dbus/system_bus_socket', '/run/user', '/root',
+                  '/sys/fs/cgroup', '/etc/shadow', '/etc/ssh', '/etc/ssl/private']:
+            print(p, os.path.exists(p))
+    """
+    r = py(make_spec, profile, code)
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "['sandbox']" and lines[1] == "[]", r.stderr
+    assert all(line.endswith("False") for line in lines[2:]), lines
+
+
+@pytest.fixture
+def host_process():
+    marker = f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 997}"
+    proc = subprocess.Popen(["sleep", marker])
+    yield proc.pid, marker
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_cannot_see_or_signal_host_processes(make_spec, host_process, profile):
+    pid, marker = host_process
+    head, tail = marker.split(".")      # never spelled out in our own argv
+    code = f"""
+        import os
+        m = ({head!r} + '.' + {tail!r}).encode()
+        cmds = [open(f'/proc/{{p}}/cmdline','rb').read() for p in os.listdir('/proc') if p.isdigit()]
+        print('SEEN' if any(m in c for c in cmds) else 'hidden', len(cmds))
+        try:
+            os.kill({pid}, 9); print('KILLED')
+        except OSError as e:
+            print('kill', e.errno)
+    """
+    r = py(make_spec, profile, code)
+    assert r.stdout.split()[0] == b"hidden", r.stderr
+    assert b"KILLED" not in r.stdout
+    assert os.path.exists(f"/proc/{pid}")      # still alive on the host
+
+
+PTRACE = """
+    import ctypes, os, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    child = os.fork()
+    if child == 0:
+        time.sleep(5); os._exit(0)
+    results = []
+    for target in ({host_pid}, child, os.getppid()):
+        rc = libc.ptrace(16, target, 0, 0)          # PTRACE_ATTACH
+        results.append((rc, ctypes.get_errno()))
+    iov = (ctypes.c_char * 8)()
+    rc = libc.process_vm_readv(child, ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0)
+    results.append((rc, ctypes.get_errno()))
+    print(results)
+    os.kill(child, 9)
+"""
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_ptrace_and_process_vm_are_denied(make_spec, host_process, profile):
+    pid, _ = host_process
+    r = py(make_spec, profile, PTRACE.format(host_pid=pid))
+    results = eval(r.stdout.decode())       # noqa: S307 - our own script's repr output
+    assert all(rc == -1 for rc, _ in results), results
+    assert all(err in (1, 3) for _, err in results)   # EPERM (seccomp) or ESRCH (invisible)
+
+
+FORK_BOMB = """
+    import os, time
+    n = 0
+    try:
+        while n < 2000:
+            if os.fork() == 0:
+                time.sleep(20); os._exit(0)
+            n += 1
+        print('forked', n)
+    except OSError as e:
+        print('stopped', n, e.errno)
+"""
+
+
+@pytest.mark.parametrize("profile,kw,limit", [
+    ("restrictive", {}, 256),
+    ("moderate", {"pids": 40}, 40),
+    ("permissive", {"pids": 40}, 40),
+])
+def test_fork_bomb_stops_at_the_pids_limit(make_spec, profile, kw, limit):
+    r = py(make_spec, profile, FORK_BOMB, **kw)
+    words = r.stdout.split()
+    assert words[0] == b"stopped", r.stdout + r.stderr
+    assert int(words[1]) < limit and words[2] == b"11"      # EAGAIN
+
+
+ALLOC = """
+    blocks = []
+    for i in range(64):
+        b = bytearray(16 * 1024 * 1024)
+        b[::4096] = b'x' * len(b[::4096])
+        blocks.append(b)
+    print('allocated', len(blocks) * 16, 'MiB')
+"""
+
+
+@pytest.mark.parametrize("profile,kw", [
+    ("restrictive", {"memory": "128M"}),
+    ("moderate", {"memory": "128M"}),
+    ("permissive", {"memory": "128M"}),
+])
+def test_memory_limit_stops_allocation(make_spec, profile, kw):
+    r = py(make_spec, profile, ALLOC, **kw)
+    assert b"allocated" not in r.stdout
+    assert r.exit_code != 0
+    assert r.oom_killed or b"MemoryError" in r.stderr
+
+
+def _host_has(marker: str) -> bool:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return any(marker in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_timeout_and_no_process_left_behind(make_spec, profile):
+    marker = f"{2000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 991}"
+    # a double-forked, setsid'd daemon plus a busy foreground: neither may survive the run
+    script = (f"(setsid sh -c 'sleep {marker}' &) ; nohup sleep {marker} >/dev/null 2>&1 & "
+              "while :; do :; done")
+    spec = make_spec(profile, ["sh", "-c", script], timeout=1)
+    started = time.monotonic()
+    r = runner.run(spec)
+    assert r.timed_out and time.monotonic() - started < 6
+    assert not _host_has(f"sleep {marker}")
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_daemon_dies_when_the_command_exits(make_spec, profile):
+    marker = f"{3000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 983}"
+    spec = make_spec(profile, ["sh", "-c", f"(setsid sleep {marker} &); echo started"])
+    r = runner.run(spec)
+    assert r.stdout == b"started\n" and not r.timed_out
+    assert not _host_has(f"sleep {marker}")
+
+
+def test_run_cgroups_are_removed(make_spec):
+    from tether.sandbox import probe
+
+    dirs = probe.cgroup_dirs()
+    before = {d: set(os.listdir(p)) for d, p in dirs.items() if p.is_dir()}
+    runner.run(make_spec("restrictive", ["true"], memory="64M", cpus=0.5))
+    after = {d: set(os.listdir(p)) for d, p in dirs.items() if p.is_dir()}
+    for d in before:
+        assert not {n for n in after[d] - before[d] if n.startswith("tether-")}
+
+
+def test_cannot_create_namespaces_or_mount(make_spec):
+    r = py(make_spec, "permissive", """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(libc.unshare(0x10000000), ctypes.get_errno())           # CLONE_NEWUSER
+        print(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())
+    """)
+    assert r.stdout.split() == [b"-1", b"1", b"-1", b"1"], r.stderr
+
+
+def test_landlock_confines_writes_even_to_existing_mount_points(make_spec, tmp_path):
+    # restrictive: Landlock denies writes beneath anything that is not a writable mount
+    out = tmp_path / "out"
+    out.mkdir()
+    r = py(make_spec, "restrictive", """
+        import os
+        for p in ['/out/ok', '/tmp/ok', os.path.expanduser('~/ok'), '/var/x', '/run/x']:
+            try:
+                open(p, 'w').write('x'); print('wrote', p)
+            except OSError as e:
+                print('denied', p, e.errno)
+    """, mounts=[f"{out}:/out"])
+    assert b"wrote /out/ok" in r.stdout and b"wrote /tmp/ok" in r.stdout, r.stderr
+    assert (out / "ok").read_text() == "x"
+    # /var and /run are the sandbox's own scratch tmpfs: only Landlock refuses them (EACCES)
+    assert b"denied /var/x 13" in r.stdout and b"denied /run/x 13" in r.stdout
+
+
+def test_enforcement_is_not_silently_weakened(make_spec, monkeypatch):
+    from dataclasses import replace
+
+    from tether.errors import EnforcementError
+
+    monkeypatch.setattr(runner, "probe", lambda: replace(runner._probe.probe(), seccomp=False))
+    with pytest.raises(EnforcementError, match="seccomp"):
+        runner.run(make_spec("permissive", ["true"]))
+    assert Path("/proc/self").exists()
