@@ -111,6 +111,7 @@ class KernelLink:
         self._closed = threading.Event()
         self._ctl_dir: Path | None = None
         self.exited = threading.Event()  # the kernel exited (its launcher said so)
+        self._readers: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -140,8 +141,10 @@ class KernelLink:
             from tether.errors import SystemDependencyError
             raise SystemDependencyError("the OpenSSH client `ssh` is not installed",
                                         "install openssh-client (tether doctor)") from exc
-        threading.Thread(target=self._read_stdout, daemon=True, name="tk-out").start()
-        threading.Thread(target=self._read_stderr, daemon=True, name="tk-err").start()
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True, name="tk-out"),
+                         threading.Thread(target=self._read_stderr, daemon=True, name="tk-err")]
+        for thread in self._readers:
+            thread.start()
         payload = tgt.launcher_payload(launcher_source(), json.dumps(request).encode())
         self._write(payload)
         try:
@@ -200,6 +203,11 @@ class KernelLink:
                     with contextlib.suppress(ProcessLookupError):
                         self.proc.kill()
                     rc = self._wait_proc(timeout)
+            for thread in self._readers:
+                thread.join(1.0)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
         if self._ctl_dir is not None:
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
         return rc
