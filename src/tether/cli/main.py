@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> None:
             rv = fast_main(sys.argv[2:])
             if rv is not None:
                 sys.exit(rv)
+        if argv is None and sys.argv[1:2] == ["proxy"] and len(sys.argv) == 3 \
+                and not sys.argv[2].startswith("-"):
+            # `tether proxy NAME` is ssh's ProxyCommand: every ssh/scp/rsync/git start waits
+            # for it, so it skips building the Typer app.
+            from tether.link.proxy import run_proxy
+
+            sys.exit(run_proxy(sys.argv[2]))
         command = typer.main.get_command(app)
         rv = command.main(args=argv, prog_name="tether", standalone_mode=False)
     except errors.TetherError as exc:

@@ -58,7 +58,8 @@ def _same_fingerprint(a: str, b: str) -> bool:
 
 def tether_command() -> str:
     """How ssh should start `tether` (absolute, so ProxyCommand works from any PATH)."""
-    exe = shutil.which("tether")
+    beside = Path(sys.executable).parent / "tether"  # the install we are running from
+    exe = str(beside) if os.access(beside, os.X_OK) else shutil.which("tether")
     if exe:
         return shlex.quote(str(Path(exe).resolve()))
     return f"{shlex.quote(sys.executable)} -m tether.cli.main"
