@@ -1,4 +1,29 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults (run by scripts/bootstrap.sh demo, with .venv on PATH).
 set -euo pipefail
+
+# The keys workflow: a key (made once), listed, shown, and a managed ssh config block that ssh
+# itself resolves. Runs in an isolated home so the demo never touches your ~/.ssh; set
+# TETHER_DEMO_REAL_HOME=1 to run it on your real home. Non-interactive and idempotent.
+demo_keys() {
+  local home="$HOME"
+  if [ "${TETHER_DEMO_REAL_HOME:-0}" != 1 ]; then
+    home="${TETHER_DEMO_HOME:-${TMPDIR:-/tmp}/tether-demo-home}"
+    mkdir -p "$home"
+  fi
+  (
+    export HOME="$home"
+    echo "== keys (home: $home)"
+    if ! tether keys show id_ed25519 >/dev/null 2>&1; then
+      tether keys generate id_ed25519 --comment "tether-demo" </dev/null
+    fi
+    tether keys list
+    tether keys show id_ed25519
+    tether keys config add demo --host tether-demo --hostname 127.0.0.1 --identity id_ed25519
+    tether keys config list
+    ssh -G -T -F "$home/.ssh/config" tether-demo </dev/null | grep -E '^(hostname|identityfile) '
+  )
+}
+
 tether doctor || echo "demo: doctor found missing parts (see above); continuing" >&2
+demo_keys
