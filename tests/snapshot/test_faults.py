@@ -1,0 +1,249 @@
+"""Faults: killed pushes, flipped bytes, missing packs, concurrent pushes, prune safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from snapfix import CrashAfter, describe, make_tree, set_times  # noqa: E402
+
+from tether.errors import IntegrityError, LockedError, NotFoundError  # noqa: E402
+from tether.snapshot import api, repo as repomod  # noqa: E402
+from tether.snapshot import format as fmt  # noqa: E402
+from tether.snapshot.repo import Repository  # noqa: E402
+from tether.snapshot.stores import open_store  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def small_packs(monkeypatch):
+    """Many small packs, so a crash can fall between any two of them."""
+    monkeypatch.setattr(repomod, "SEGMENT_SIZE", 64 << 10)
+    monkeypatch.setattr(repomod, "PACK_TARGET", 200 << 10)
+
+
+def _random_tree(root: Path, files: int = 12, size: int = 100 << 10) -> Path:
+    root.mkdir(parents=True)
+    for i in range(files):
+        (root / f"f{i:02d}.bin").write_bytes(os.urandom(size))
+    set_times(root)
+    return root
+
+
+def _pack_keys(store) -> set[str]:
+    return set(store.list("packs/"))
+
+
+def _crash_point(tmp_path: Path, src: Path, where: str) -> int:
+    """How many puts a push of ``src`` makes before ``where`` (a dry run in another store)."""
+    probe = CrashAfter(open_store(f"file://{tmp_path}/probe"), 10**6)
+    api.push(probe, src)
+    keys = [k for k in probe.put_keys if not k.startswith(("locks/", "config"))]
+    data_packs = len(keys) - 3    # every key but the tree pack, the index and the snapshot
+    return {"first-pack": 0, "mid-packs": data_packs // 2, "before-tree-pack": data_packs,
+            "before-index": next(i for i, k in enumerate(keys) if k.startswith("index/")),
+            "before-snapshot": next(i for i, k in enumerate(keys)
+                                    if k.startswith("snapshots/"))}[where]
+
+
+@pytest.mark.parametrize("where", ["first-pack", "mid-packs", "before-tree-pack",
+                                   "before-index", "before-snapshot"])
+def test_push_crashing_mid_way_leaves_a_readable_repo(tmp_path, isolated, small_packs, where):
+    url = f"file://{tmp_path}/repo"
+    base = make_tree(tmp_path / "base", big=False)
+    first = api.push(url, base)
+    src = _random_tree(tmp_path / "src")
+    crash_after = _crash_point(tmp_path, src, where)
+    store = open_store(url)
+    crashing = CrashAfter(store, crash_after)
+    with pytest.raises(CrashAfter.Crash):
+        api.push(crashing, src)
+    # the repository still reads: the old snapshot restores, verify finds nothing wrong
+    assert [s.id for s in api.list_snapshots(url)] == [first.snapshot_id]
+    assert api.verify(url, data=True).problems == []
+    api.pull(url, tmp_path / "old")
+    assert describe(tmp_path / "old") == describe(base)
+    # the next push resumes: finished packs are adopted, not uploaded again
+    finished = {k for k in crashing.put_keys if k.startswith("packs/")}
+    before = _pack_keys(store)
+    indexed = any(k.startswith("index/") for k in crashing.put_keys)
+    second = api.push(url, src)
+    assert second.adopted_packs == (0 if indexed else len(finished))
+    if where == "before-snapshot":
+        assert second.bytes_new == 0   # everything but the commit point was there already
+    assert not (_pack_keys(store) - before) & finished
+    api.pull(f"{url}@{second.snapshot_id}", tmp_path / "new")
+    assert describe(tmp_path / "new") == describe(src)
+    assert api.verify(url, data=True).ok
+
+
+_KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from tether.snapshot import repo, api
+repo.SEGMENT_SIZE = 64 << 10
+repo.PACK_TARGET = 256 << 10
+orig = repo.PackWriter._finish_pack
+def slow(self, segs):
+    out = orig(self, segs)
+    print("pack", flush=True)
+    import time; time.sleep(0.2)
+    return out
+repo.PackWriter._finish_pack = slow
+api.push(sys.argv[1], Path(sys.argv[2]))
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_push_killed_with_sigkill_mid_way(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = _random_tree(tmp_path / "src", files=30, size=200 << 10)
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, url, str(src)],
+                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    packs_seen = 0
+    while packs_seen < 3:
+        line = proc.stdout.readline()
+        assert line, "push ended before it wrote three packs"
+        packs_seen += line.startswith("pack")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+    store = open_store(url)
+    assert store.list("snapshots/") == []
+    assert api.verify(url).ok
+    written = _pack_keys(store)
+    assert len(written) >= 3
+    r = api.push(url, src)
+    assert r.adopted_packs >= 3
+    api.pull(url, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+
+
+def _corrupt_one_pack(tmp_path: Path) -> Path:
+    packs = sorted((tmp_path / "repo" / "packs").rglob("*"))
+    biggest = max((p for p in packs if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    biggest.write_bytes(bytes(data))
+    return biggest
+
+
+def test_flipped_byte_is_caught_by_verify_data_and_pull(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    api.push(url, make_tree(tmp_path / "src"))
+    _corrupt_one_pack(tmp_path)
+    assert api.verify(url).ok  # structure alone cannot see it
+    res = api.verify(url, data=True)
+    assert not res.ok and "does not match" in res.problems[0]
+    dest = make_tree(tmp_path / "dest", big=False)
+    before = describe(dest)
+    with pytest.raises(IntegrityError):
+        api.pull(url, dest, replace=True)
+    assert describe(dest) == before
+    assert not [p for p in tmp_path.iterdir() if ".tether-" in p.name]
+
+
+def test_missing_pack_names_the_snapshot_and_path(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    sid = api.push(url, make_tree(tmp_path / "src")).snapshot_id
+    store = open_store(url)
+    repo = Repository.open(store)
+    big_blob = next(e.ref[0] for e in repo.read_tree(repo.find_snapshot(None)[1].tree)
+                    if e.name == "big.bin")
+    lost = repo.locate(big_blob).pack
+    store.delete(fmt.pack_key(lost))
+    with pytest.raises(NotFoundError) as info:
+        api.pull(url, tmp_path / "out")
+    msg = info.value.message
+    assert sid[:12] in msg and lost.hex()[:12] in msg
+    named = msg.split("missing data for ")[1].split(":")[0]   # a path whose content was lost
+    assert (tmp_path / "src" / named).is_file()
+    assert not (tmp_path / "out").exists()
+    problems = api.verify(url).problems
+    assert any("missing" in p for p in problems)
+
+
+def test_two_pushes_at_once_do_not_corrupt(tmp_path, isolated, small_packs):
+    url = f"file://{tmp_path}/repo"
+    a = _random_tree(tmp_path / "a", files=10)
+    b = _random_tree(tmp_path / "b", files=10)
+    (b / "shared.bin").write_bytes((a / "f00.bin").read_bytes())  # both upload this blob
+    results, errors = {}, []
+
+    def run(name, path):
+        try:
+            results[name] = api.push(url, path)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n, p)) for n, p in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert api.verify(url, data=True).ok
+    for name, src in (("a", a), ("b", b)):
+        api.pull(f"{url}@{results[name].snapshot_id}", tmp_path / f"out-{name}")
+        assert describe(tmp_path / f"out-{name}") == describe(src)
+
+
+def test_prune_keeps_what_is_used_and_frees_the_rest(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = _random_tree(tmp_path / "src", files=4, size=300 << 10)
+    api.push(url, src)
+    (src / "f00.bin").write_bytes(os.urandom(300 << 10))
+    for f in ("f01.bin", "f02.bin"):
+        (src / f).unlink()
+    set_times(src, 1_700_000_000_000_000_000)
+    keep = api.push(url, src)
+    res = api.prune(url, keep_last=1)
+    assert len(res.forgotten) == 1 and res.bytes_freed > 0
+    assert [s.id for s in api.list_snapshots(url)] == [keep.snapshot_id]
+    assert api.verify(url, data=True).ok
+    api.pull(url, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+    again = api.prune(url)
+    assert again.packs_deleted == 0
+
+
+def test_prune_and_push_exclude_each_other(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src", big=False)
+    api.push(url, src)
+    repo = Repository.open(open_store(url))
+    with repo.lock("push"), pytest.raises(LockedError, match="push"):
+        api.prune(url)
+    with repo.lock("prune"), pytest.raises(LockedError, match="prune"):
+        api.push(url, src)
+    assert api.prune(url).packs_kept >= 1   # both locks were released
+
+
+def test_stale_locks_do_not_block_prune(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    api.push(url, make_tree(tmp_path / "src", big=False))
+    store = open_store(url)
+    old = fmt.Lock("push", "dead-host", 1, time.time() - repomod.LOCK_STALE_S - 10)
+    store.put("locks/" + "0" * 32, fmt.encode_lock(old))
+    api.prune(url)
+    assert store.list("locks/") == []
+
+
+def test_forget_removes_only_that_snapshot(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src", big=False)
+    a = api.push(url, src, tags=["a"]).snapshot_id
+    (src / "n").write_text("n")
+    b = api.push(url, src).snapshot_id
+    assert api.forget(url, "a") == a
+    assert [s.id for s in api.list_snapshots(url)] == [b]
