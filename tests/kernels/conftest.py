@@ -4,11 +4,8 @@ Jupyter data/runtime dir so kernelspecs never touch the real ones."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +49,12 @@ class KernelEnv:
     runtime_dir: Path
     state_dir: Path  # the remote launcher's state dir (per test)
 
-    def spec(self, name: str = "rk", *, host: str | None = None,
+    def spec(self, name: str = "rk", *, host: str | None = None, python: str = PY,
              interrupt_mode: str = "signal", lifetime: str = "session", grace_s: float = 0,
              **extra) -> specs.RemoteKernelSpec:
         """Install a kernelspec without the (slower) health checks; argv cached as add does."""
         spec = specs.RemoteKernelSpec(
-            name=name, host=host or self.remote.alias, python=PY,
+            name=name, host=host or self.remote.alias, python=python,
             ssh_config=str(self.remote.config),
             interrupt_mode=specs.InterruptMode(interrupt_mode), lifetime=lifetime,
             grace_s=grace_s, remote_state_dir=str(self.state_dir),

@@ -144,11 +144,11 @@ def resolve_argv(kernel_name, argv):
         try:
             from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
         except ImportError:
-            raise LauncherError("no_jupyter_client", "jupyter_client is not importable")
+            raise LauncherError("no_jupyter_client", "jupyter_client is not importable") from None
         try:
             argv = KernelSpecManager().get_kernel_spec(kernel_name).argv
         except NoSuchKernel:
-            raise LauncherError("no_kernelspec", "no kernelspec named %r" % kernel_name)
+            raise LauncherError("no_kernelspec", "no kernelspec named %r" % kernel_name) from None
     argv = list(argv)
     # jupyter_client does the same: a bare "python" means the interpreter running us
     major = "python%d" % sys.version_info[0]
@@ -240,8 +240,8 @@ class Launcher(object):
             os.mkdir(self.kdir, 0o700)
         except FileExistsError:
             if launcher_alive(self.kdir):
-                raise LauncherError("exists",
-                                    "kernel %s already runs here" % self.req["kernel_id"])
+                raise LauncherError("exists", "kernel %s already runs here"
+                                    % self.req["kernel_id"]) from None
             shutil.rmtree(self.kdir, ignore_errors=True)  # left by a launcher killed hard
             os.mkdir(self.kdir, 0o700)
         try:
@@ -271,7 +271,8 @@ class Launcher(object):
             self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, start_new_session=True)
         except OSError as exc:
-            raise LauncherError("spawn_failed", "could not start %s: %s" % (argv[0], exc))
+            raise LauncherError("spawn_failed",
+                                "could not start %s: %s" % (argv[0], exc)) from None
         finally:
             log.close()
         self.conn = conn
@@ -408,7 +409,8 @@ def attach(req, out):
         sock.connect(SOCKET_NAME)
     except OSError as exc:
         raise LauncherError("not_attachable",
-                            "kernel %s does not accept attaches (%s)" % (req["kernel_id"], exc))
+                            "kernel %s does not accept attaches (%s)"
+                            % (req["kernel_id"], exc)) from None
     sock.sendall((json.dumps({"op": "attach"}) + "\n").encode())
     stdin = sys.stdin.buffer
 
