@@ -25,5 +25,23 @@ demo_keys() {
   )
 }
 
+# The main job: a workspace on this machine (local tunnel), paired with this same machine as
+# `local`, reached by plain OpenSSH and by tether, then stopped. Runs as you: OpenSSH reads the
+# ~/.ssh of your passwd entry; -F names the file `--connect` wrote (the same one unless HOME
+# was moved).
+demo_workspace() {
+  echo "== workspace"
+  tether down >/dev/null 2>&1 || true   # a workspace left over from an earlier run
+  trap 'tether down >/dev/null 2>&1 || true' EXIT
+  tether up --tunnel local --connect local --detach
+  tether host status
+  ssh -F "$HOME/.ssh/config" -o BatchMode=yes tether-local 'echo "ssh tether-local: hello from $(hostname) as $(whoami)"'
+  tether exec local -- uname -sr
+  tether hosts
+  tether down
+  trap - EXIT
+}
+
 tether doctor || echo "demo: doctor found missing parts (see above); continuing" >&2
 demo_keys
+demo_workspace
