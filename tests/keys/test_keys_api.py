@@ -202,8 +202,11 @@ def test_fingerprint_matches_ssh_keygen_for_a_foreign_key(tmp_path):
     assert keys.get_key("foreign", tmp_path).fingerprint == _keygen_list(path)[1]
 
 
+ED25519_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
 @pytest.mark.parametrize("line", ["", "ssh-ed25519", "ssh-ed25519 !!!notbase64",
-                                  "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"],
+                                  f"ssh-rsa {ED25519_BLOB}"],
                          ids=["empty", "no-blob", "bad-base64", "type-mismatch"])
 def test_bad_public_key_lines_are_config_errors(line):
     with pytest.raises(ConfigError):

@@ -54,7 +54,7 @@ def test_generate_list_show_delete(cli, isolated):
 def test_bad_input_is_one_clear_line_and_nothing_written(cli, isolated, args, code, message):
     r = cli("keys", *args)
     assert r.exit_code == code
-    assert r.stderr.startswith(f"error: ") and message in r.stderr
+    assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.stderr
     assert not (isolated.home / ".ssh").exists()
 

@@ -77,7 +77,8 @@ MALFORMED = {
     "begin-without-end": "# >>> tether: a >>>\nHost a\n",
     "end-without-begin": "Host a\n# <<< tether: a <<<\n",
     "mismatched-names": "# >>> tether: a >>>\nHost a\n# <<< tether: b <<<\n",
-    "nested": "# >>> tether: a >>>\n# >>> tether: b >>>\n# <<< tether: b <<<\n# <<< tether: a <<<\n",
+    "nested": ("# >>> tether: a >>>\n# >>> tether: b >>>\n# <<< tether: b <<<\n"
+               "# <<< tether: a <<<\n"),
     "duplicate": ("# >>> tether: a >>>\nHost a\n# <<< tether: a <<<\n"
                   "# >>> tether: a >>>\nHost a\n# <<< tether: a <<<\n"),
     "mangled-marker": "# >>> tether a\nHost a\n",

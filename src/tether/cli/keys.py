@@ -113,7 +113,8 @@ def list_(directory: DirOption = None, json: JsonOption = False) -> None:
         if not keys:
             o.out.print("no keys (create one: tether keys generate id_ed25519)", markup=False)
         else:
-            _table(o, _KEY_COLUMNS, [_key_row(k) for k in keys], whole=tuple(_KEY_COLUMNS[:4]) + ("encrypted",))
+            _table(o, _KEY_COLUMNS, [_key_row(k) for k in keys],
+                   whole=(*_KEY_COLUMNS[:4], "encrypted"))
 
     out.result([k.to_dict() for k in keys], human)
 
