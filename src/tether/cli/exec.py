@@ -21,7 +21,7 @@ command killed by a signal exits 128+N. With a terminal on stdin a PTY is alloca
 """
 
 
-@app.command(help=_HELP, context_settings={"allow_interspersed_args": False})
+@app.command(help=_HELP)
 def exec(  # noqa: A001 - the command's name
     name: Annotated[str, typer.Argument(help="Host name (see `tether hosts`).")],
     command: Annotated[Optional[list[str]], typer.Argument(help="The command.")] = None,

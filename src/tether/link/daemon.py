@@ -167,7 +167,7 @@ class Daemon:
                     size = json.loads(payload)
                     proc.resize(int(size["cols"]), int(size["rows"]))
                 elif kind == wire.SIGNAL:
-                    proc.send_signal(payload.decode("ascii"))
+                    await proc.send_signal(payload.decode("ascii"))
         except (asyncio.IncompleteReadError, ConnectionError):
             proc.close()  # the user's process is gone (Ctrl-C twice, killed)
 

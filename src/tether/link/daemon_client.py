@@ -147,7 +147,7 @@ def run_exec(req: dict, *, stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int
             import tty
 
             tty_state = termios.tcgetattr(stdin_fd)
-            tty.setraw(stdin_fd)
+            tty.setraw(stdin_fd, termios.TCSADRAIN)  # keep typed-ahead input
             watched = (signal.SIGWINCH,)
         else:
             watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

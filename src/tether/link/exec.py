@@ -109,6 +109,37 @@ def build_command(command: str | Sequence[str], *, cwd: str | None = None,
     return " ".join(parts)
 
 
+_SIGNALS = frozenset({"INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2"})
+
+
+def tag_command(command: str, exec_id: str) -> str:
+    """Mark the command's processes so :func:`kill_script` can find their session."""
+    return f"export TETHER_EXEC_ID={exec_id}; {command}"
+
+
+def kill_script(exec_id: str, signal_name: str) -> str:
+    """A shell script that signals the whole remote session running ``exec_id``.
+
+    OpenSSH's sshd ignores SSH "signal" requests unless it runs with privilege separation
+    as root (tether's own sshd runs as the user), so signals go out of band: find a process
+    whose environment carries the tag, take its session id (sshd makes every session its own
+    session), and signal that process group (Linux /proc; elsewhere a no-op).
+    """
+    if signal_name not in _SIGNALS or not re.fullmatch(r"[0-9a-f]{8,32}", exec_id):
+        raise errors.UsageError(f"cannot forward signal {signal_name!r}")
+    # The tag is matched in a process's environment (children of the remote shell) or in
+    # its command line (the shell itself: `sh -c "export TETHER_EXEC_ID=..; ..."`). The
+    # pattern is assembled at run time so this script's own command line never matches.
+    return (
+        f'pat="TETHER_EXEC_ID=""{exec_id}"; '
+        "for d in /proc/[0-9]*; do "
+        'if grep -qaF -- "$pat;" "$d/cmdline" 2>/dev/null || '
+        'grep -qzx -- "$pat" "$d/environ" 2>/dev/null; then '
+        's=$(ps -o sid= -p "${d#/proc/}" 2>/dev/null | tr -d " "); '
+        f'if [ -n "$s" ] && kill -s {signal_name} -- "-$s" 2>/dev/null; then exit 0; fi; '
+        "fi; done; exit 1")
+
+
 def exit_code_of(exit_status: int | None, exit_signal: str | None) -> int | None:
     """OpenSSH-compatible exit code; None when the session ended without either."""
     if exit_signal:
@@ -176,6 +207,8 @@ class RemoteProcess:
 
     session: _Session
     command: str
+    conn: Any = None
+    exec_id: str | None = None
     started: float = field(default_factory=time.monotonic)
 
     async def write(self, data: bytes) -> None:
@@ -190,9 +223,18 @@ class RemoteProcess:
         if not self.session.done.done():
             self.session.chan.write_eof()
 
-    def send_signal(self, name: str) -> None:
-        if not self.session.done.done():
-            self.session.chan.send_signal(name)
+    async def send_signal(self, name: str) -> bool:
+        """Deliver SIGname to the remote command's session; False if nothing was signalled."""
+        import asyncssh
+
+        if self.session.done.done() or self.exec_id is None:
+            return False
+        try:
+            result = await self.conn.run(kill_script(self.exec_id, name), check=False,
+                                         timeout=15)
+        except (asyncssh.Error, OSError, TimeoutError):
+            return False
+        return result.exit_status == 0
 
     def resize(self, cols: int, rows: int) -> None:
         if not self.session.done.done():
@@ -229,18 +271,22 @@ async def start(conn: Any, command: str | None, *, on_output: Callable[[int, byt
     """Start ``command`` (None: the login shell) and return the live process."""
     import asyncssh
 
+    import secrets
+
     kwargs: dict[str, Any] = {"encoding": None}
     if pty is not None:
         kwargs.update(term_type=pty.term, term_size=(pty.cols, pty.rows))
+    exec_id = secrets.token_hex(8) if command is not None else None
+    line = tag_command(command, exec_id) if command is not None and exec_id else command
     try:
-        _, session = await conn.create_session(lambda: _Session(on_output), command, **kwargs)
+        _, session = await conn.create_session(lambda: _Session(on_output), line, **kwargs)
     except asyncssh.ChannelOpenError as exc:
         raise errors.ConnectError(f"the workspace refused a new session: {exc.reason}",
                                   "the connection may be stale; try again") from exc
     except (asyncssh.Error, ConnectionError, OSError) as exc:
         raise errors.ConnectError(f"could not start a remote session: {exc}",
                                   "the link may have dropped; try again") from exc
-    return RemoteProcess(session, command or "<shell>")
+    return RemoteProcess(session, command or "<shell>", conn, exec_id)
 
 
 async def run_captured(conn: Any, command: str, *, input: bytes | None = None,
@@ -266,7 +312,7 @@ async def run_captured(conn: Any, command: str, *, input: bytes | None = None,
             async with asyncio.timeout(timeout):
                 outcome = await proc.wait()
         except TimeoutError as exc:
-            proc.send_signal("KILL")  # closing alone leaves a non-tty command running
+            await proc.send_signal("KILL")  # closing alone leaves a non-tty command running
             raise errors.DeadlineError(f"{command!r} did not finish within {timeout:g}s",
                                        "raise the timeout, or run it in the background") from exc
     finally:
