@@ -275,7 +275,9 @@ class HfStore:
             if isinstance(err, NotFoundError):  # no repo or no such folder yet: empty
                 return []
             raise err from exc
-        return [p[len(self.prefix):] for p in paths if p.startswith(full)]
+        # Files the Hub adds itself (.gitattributes) are not keys: keep valid key names only.
+        return [p[len(self.prefix):] for p in paths
+                if p.startswith(full) and _is_key(p[len(self.prefix):])]
 
     def delete(self, key: str) -> None:
         self._path(key)
@@ -361,6 +363,14 @@ class HfStore:
         except Exception as exc:
             raise _translate(exc, f"commit to {self.repo_id}", self) from exc
         self.commits_made += 1
+
+
+def _is_key(name: str) -> bool:
+    try:
+        check_key(name)
+    except UsageError:
+        return False
+    return True
 
 
 def _translate(exc: BaseException, what: str, store: HfStore | None = None) -> TetherError:

@@ -20,6 +20,7 @@ own retries are off: ``RetryingStore`` is the one retry layer, so attempts do no
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -92,7 +93,6 @@ class S3Store:
                  region: str | None = None, profile: str | None = None,
                  addressing: str | None = None, multipart_threshold: int | str = 64 * MiB,
                  multipart_chunksize: int | str = 16 * MiB) -> None:
-        import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
@@ -107,9 +107,9 @@ class S3Store:
                         connect_timeout=10, read_timeout=60, max_pool_connections=16,
                         s3={"addressing_style": style})
         try:
-            session = boto3.Session(profile_name=profile, **_secret_credentials(bucket, profile))
-            self._client = session.client("s3", endpoint_url=endpoint, region_name=region,
-                                          config=config)
+            self._client = _session(profile).client(
+                "s3", endpoint_url=endpoint, region_name=region, config=config,
+                **_secret_credentials(bucket, profile))
         except Exception as exc:
             raise _translate(exc, f"s3 store {self.url}") from exc
         self._transfer = TransferConfig(multipart_threshold=int(multipart_threshold),
@@ -198,6 +198,25 @@ class S3Store:
 
     def close(self) -> None:
         self._client.close()
+
+
+_LOADER: list[Any] = []
+_LOADER_LOCK = threading.Lock()
+
+
+def _session(profile: str | None) -> Any:
+    """A new boto3 session (credentials are resolved afresh) sharing one botocore data
+    loader: loading the service models costs ~0.5 s per session, once with a shared loader."""
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    with _LOADER_LOCK:
+        if not _LOADER:
+            _LOADER.append(botocore.loaders.create_loader())
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _LOADER[0])
+    return boto3.Session(botocore_session=core, profile_name=profile)
 
 
 def _secret_credentials(bucket: str, profile: str | None) -> dict[str, str]:
