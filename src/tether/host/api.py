@@ -8,6 +8,7 @@ same call plus waiting for Ctrl-C.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -136,6 +137,9 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
     else:
         workspace = Workspace(options, announce=announce)
         workspace.start()
+        # A notebook kernel that exits (or restarts) must not leave sshd running: it lives in
+        # its own process group, which nothing else would stop.
+        atexit.register(workspace.stop)
         state = workspace.state
         with _active_lock:
             _active = workspace
