@@ -72,6 +72,9 @@ def test_forge_block_and_test_argv():
                              ("IdentityFile", "/home/u/.ssh/id_ed25519"),
                              ("IdentitiesOnly", "yes"), ("UserKnownHostsFile", "/kh"))
     argv = ssh_test_argv(target, Path("/nonexistent/config"), None)
+    assert argv[argv.index("-l") + 1] == "root"
+    assert "-l" not in ssh_test_argv(SshTarget(Provider.GITHUB, "github.com"), Path("/x"), None,
+                                     has_block=True)
     assert argv[:3] == ["ssh", "-F", "/dev/null"]
     assert "BatchMode=yes" in argv and argv[-1] == "gitlab.com"
     assert "StrictHostKeyChecking=no" not in " ".join(argv)

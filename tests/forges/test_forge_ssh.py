@@ -125,9 +125,10 @@ def test_setup_end_to_end_then_idempotent(cli, isolated, monkeypatch, github, fo
     config = isolated.ssh_config.read_text()
     assert "# >>> tether: forge-github >>>" in config and "Host github.com" in config
 
-    # A plain test afterwards goes through the block alone.
-    r = cli("git", "test", "github", *forge_ssh.target_args())
+    # A plain test afterwards goes through the block alone (its HostName, Port, User, key).
+    r = cli("git", "test", "github", "--json")
     assert r.exit_code == 0, r.stderr
+    assert "-l" not in r.json()["command"]
 
     again = cli("git", "setup", "github", *forge_ssh.target_args(), "--json").json()
     steps = {s["name"]: s["status"] for s in again["steps"]}

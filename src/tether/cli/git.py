@@ -23,7 +23,9 @@ BaseUrlOption = Annotated[Optional[str], typer.Option(
 SshHostOption = Annotated[Optional[str], typer.Option(
     "--ssh-host", help="Connect to this host instead (HostName).", show_default=False)]
 SshPortOption = Annotated[Optional[int], typer.Option("--ssh-port", show_default=False)]
-SshUserOption = Annotated[str, typer.Option("--ssh-user", help="SSH login user.")]
+SshUserOption = Annotated[Optional[str], typer.Option(
+    "--ssh-user", help="SSH login user (default: the config block's, else git).",
+    show_default=False)]
 KnownHostsOption = Annotated[Optional[Path], typer.Option(
     "--known-hosts", help="known_hosts file to pin to and check against (default "
     "~/.ssh/known_hosts).", show_default=False)]
@@ -183,7 +185,7 @@ def test_(
     = None,
     ssh_host: SshHostOption = None,
     ssh_port: SshPortOption = None,
-    ssh_user: SshUserOption = "git",
+    ssh_user: SshUserOption = None,
     known_hosts: KnownHostsOption = None,
     base_url: BaseUrlOption = None,
     json: JsonOption = False,
@@ -212,7 +214,7 @@ def setup(
     base_url: BaseUrlOption = None,
     ssh_host: SshHostOption = None,
     ssh_port: SshPortOption = None,
-    ssh_user: SshUserOption = "git",
+    ssh_user: SshUserOption = None,
     known_hosts: KnownHostsOption = None,
     no_test: Annotated[bool, typer.Option("--no-test", help="Skip the ssh -T check.")] = False,
     json: JsonOption = False,

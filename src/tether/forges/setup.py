@@ -50,7 +50,7 @@ class SshTarget:
     alias: str  # the Host pattern users type in git URLs, e.g. github.com
     hostname: str | None = None  # HostName when it differs from the alias
     port: int | None = None
-    user: str = "git"
+    user: str | None = None  # None: the config block's User, else "git"
     known_hosts: Path | None = None  # UserKnownHostsFile, when not the default
 
     @property
@@ -60,7 +60,7 @@ class SshTarget:
 
 def default_target(provider: Provider, base_url: str | None = None, *,
                    ssh_host: str | None = None, ssh_port: int | None = None,
-                   ssh_user: str = "git", known_hosts: Path | None = None) -> SshTarget:
+                   ssh_user: str | None = None, known_hosts: Path | None = None) -> SshTarget:
     """The SSH target for a forge; a self-hosted base URL implies its host as the alias."""
     from urllib.parse import urlsplit
 
@@ -78,7 +78,7 @@ def forge_block(target: SshTarget, identity: Path):
     options: list[tuple[str, str]] = [("HostName", target.hostname or target.alias)]
     if target.port and target.port != 22:
         options.append(("Port", str(target.port)))
-    options += [("User", target.user), ("IdentityFile", str(identity)),
+    options += [("User", target.user or "git"), ("IdentityFile", str(identity)),
                 ("IdentitiesOnly", "yes")]
     if target.known_hosts is not None:
         options.append(("UserKnownHostsFile", str(target.known_hosts)))
@@ -140,9 +140,12 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def ssh_test_argv(target: SshTarget, config: Path, identity: Path | None) -> list[str]:
+def ssh_test_argv(target: SshTarget, config: Path, identity: Path | None,
+                  has_block: bool = False) -> list[str]:
     argv = ["ssh", "-F", str(config) if config.exists() else "/dev/null", "-T",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-l", target.user]
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if target.user or not has_block:
+        argv += ["-l", target.user or "git"]
     if target.hostname:
         argv += ["-o", f"HostName={target.hostname}"]
     if target.port:
@@ -158,12 +161,14 @@ def test_connection(target: SshTarget, *, identity: Path | None = None,
                     config: Path | None = None, timeout: float = 30.0) -> TestResult:
     """Run ``ssh -T`` against the forge; raise the mapped error unless it greets us."""
     from tether.host.platform import find_program
-    from tether.ssh.config import config_path
+    from tether.ssh.config import config_path, list_blocks
 
     if find_program("ssh") is None:
         raise SystemDependencyError("the OpenSSH client (ssh) is not installed",
                                     "see `tether doctor` for the install command")
-    argv = ssh_test_argv(target, config or config_path(), identity)
+    config = config or config_path()
+    has_block = any(b.name == target.block_name for b in list_blocks(config))
+    argv = ssh_test_argv(target, config, identity, has_block)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)

@@ -242,8 +242,14 @@ def generate_key(name: str, *, type: str = DEFAULT_TYPE, bits: int | None = None
     paths.ensure_dir(folder, paths.PRIVATE_DIR_MODE)
     # Public first: if the private write fails, no private key exists without its public
     # half; a stray .pub is harmless and `generate --overwrite` replaces it.
+    public_existed = public_path.exists()
     paths.atomic_write(public_path, public_line, mode=paths.PUBLIC_FILE_MODE)
-    paths.atomic_write(private_path, private_pem, mode=paths.PRIVATE_FILE_MODE)
+    try:
+        paths.atomic_write(private_path, private_pem, mode=paths.PRIVATE_FILE_MODE)
+    except LocalIOError:
+        if not public_existed:  # leave nothing half-written behind
+            public_path.unlink(missing_ok=True)
+        raise
     return _info(name, private_path, public_path)
 
 
@@ -309,7 +315,10 @@ def resolve_key_path(name_or_path: str, directory: Path | None = None) -> Path:
         path = Path(name_or_path).expanduser()
         if path.suffix == ".pub":
             path = path.with_suffix("")
-        return path
+        if not path.is_file():
+            raise NotFoundError(f"no private key at {path}",
+                                "give a key name from `tether keys list` or an existing path")
+        return path.absolute()
     return get_key(name_or_path, directory).path
 
 
