@@ -107,7 +107,7 @@ def test_check_domain_rejects(bad):
 # profile, overrides, expected (network, workspace read-only, landlock, limits subset)
 CASES = [
     ("restrictive", {}, (NetworkMode.NONE, True, True, {"pids": 256, "memory_bytes": 2 << 30})),
-    ("moderate", {}, (NetworkMode.FULL, False, False, {"pids": 1024})),
+    ("moderate", {}, (NetworkMode.FULL, False, False, {"pids": None, "memory_bytes": None})),
     ("permissive", {}, (NetworkMode.FULL, False, False, {})),
     ("moderate", {"network": "none"}, (NetworkMode.NONE, False, False, {})),
     ("moderate", {"allow_domains": ["pypi.org"]}, (NetworkMode.ALLOWLIST, False, False, {})),
@@ -241,7 +241,7 @@ def test_secrets_never_on_argv():
 
 @pytest.mark.parametrize("host,kw,missing", [
     (FULL_HOST, {}, []),
-    (HostFacts(), {}, ["bwrap", "userns", "seccomp", "pids"]),
+    (HostFacts(), {}, ["bwrap", "userns", "seccomp"]),
     (HostFacts(bwrap="b", userns=True, seccomp=True), {"profile": "restrictive"},
      ["landlock", "helper_python", "pids"]),
     (HostFacts(bwrap="b", userns=True, seccomp=True, helper_python="p",

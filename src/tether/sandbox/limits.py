@@ -1,7 +1,9 @@
 """Resource limits for one run: a cgroup (v2 or v1) per run, RLIMIT_AS as the memory fallback.
 
-The child joins the cgroup *before* it execs bwrap (it writes "0" — itself — to the
-`cgroup.procs` files opened by the parent), so no process of the run ever exists outside it.
+The run starts as a tiny `sh` that writes its own pid into the run's `cgroup.procs` files (and
+sets RLIMIT_AS for the fallback) and then execs bwrap, so no process of the run ever exists
+outside the cgroup. A shell instead of `preexec_fn`: Python must fork() itself for preexec_fn,
+which costs several milliseconds for a big process, while without it subprocess uses vfork().
 pids and cpu have no honest rlimit equivalent (RLIMIT_NPROC counts every process of the user
 on the host and root ignores it; RLIMIT_CPU is CPU time, not a rate), so without a cgroup the
 runner refuses those limits instead of pretending.
@@ -10,7 +12,6 @@ runner refuses those limits instead of pretending.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import time
 import uuid
@@ -21,6 +22,10 @@ from tether.errors import EnforcementError
 from tether.sandbox.profiles import CgroupFacts, Limits
 
 CPU_PERIOD_US = 100_000
+SHELL = "/bin/sh"
+# exit 125 (like env/timeout) if joining fails: never run outside the limits
+JOIN_SCRIPT = ('while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; '
+               'shift; exec "$@"')
 
 
 @dataclass
@@ -29,21 +34,36 @@ class RunCgroup:
 
     version: str
     dirs: dict[str, Path] = field(default_factory=dict)   # controller (or "unified") -> dir
-    procs_fds: list[int] = field(default_factory=list)
+    procs_files: list[str] = field(default_factory=list)
     rlimit_as: int | None = None
     notes: list[str] = field(default_factory=list)
+    _fds: list[int] = field(default_factory=list)
+
+    @property
+    def procs_fds(self) -> list[int]:
+        """cgroup.procs fds for `preexec` (opened on first use; closed by remove())."""
+        if not self._fds and self.procs_files:
+            self._fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in self.procs_files]
+        return self._fds
 
     def preexec(self) -> None:
-        """Runs in the forked child before exec: join the cgroup(s), apply rlimits."""
-        for fd in self.procs_fds:
+        """For callers that must use preexec_fn (it forks the whole Python process: slower
+        than `wrap`). Joins the cgroup(s) and applies the rlimit fallback in the child."""
+        import resource
+
+        for fd in self._fds:
             os.write(fd, b"0")
         if self.rlimit_as is not None:
             resource.setrlimit(resource.RLIMIT_AS, (self.rlimit_as, self.rlimit_as))
 
-    def close_fds(self) -> None:
-        for fd in self.procs_fds:
-            os.close(fd)
-        self.procs_fds.clear()
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv prefixed with the shell that joins the cgroup(s) / sets rlimits, then execs."""
+        if not self.procs_files and self.rlimit_as is None:
+            return argv
+        script = JOIN_SCRIPT
+        if self.rlimit_as is not None:
+            script = f"ulimit -v {self.rlimit_as // 1024} || exit 125; " + script
+        return [SHELL, "-c", script, "tether-join", *self.procs_files, "--", *argv]
 
     def _read(self, controller: str, name: str) -> str | None:
         d = self.dirs.get(controller) or self.dirs.get("unified")
@@ -97,7 +117,9 @@ class RunCgroup:
                 time.sleep(0.002)
 
     def remove(self) -> None:
-        self.close_fds()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
         for d in self.dirs.values():
             for attempt in range(100):
                 try:
@@ -143,7 +165,7 @@ def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
 def _open_procs(cg: RunCgroup, key: str, d: Path) -> None:
     d.mkdir()
     cg.dirs[key] = d
-    cg.procs_fds.append(os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+    cg.procs_files.append(str(d / "cgroup.procs"))
 
 
 def _make_v2(cg: RunCgroup, d: Path, limits: Limits, facts: CgroupFacts) -> None:

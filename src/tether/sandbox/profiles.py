@@ -79,7 +79,7 @@ PROFILES: dict[str, Profile] = {
                 pass_env=(), limits=Limits(memory_bytes=2 << 30, pids=256)),
         Profile("moderate", "network, workspace writable, nothing from home",
                 NetworkMode.FULL, workspace_writable=True, landlock=False,
-                pass_env=_BASE_ENV, limits=Limits(pids=1024)),
+                pass_env=_BASE_ENV, limits=Limits()),
         Profile("permissive", "network, current directory writable, chosen env passed",
                 NetworkMode.FULL, workspace_writable=True, landlock=False,
                 pass_env=(*_BASE_ENV, "PATH_EXTRA", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",

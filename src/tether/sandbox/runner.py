@@ -264,13 +264,12 @@ async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
 def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
              on_output: OnOutput | None) -> RunResult:
     cg = p.cgroup
-    preexec = cg.preexec if cg is not None and (cg.procs_fds or cg.rlimit_as) else None
+    argv = cg.wrap(p.argv) if cg is not None else p.argv
     start = time.perf_counter()
     try:
         proc = subprocess.Popen(
-            p.argv, env=p.env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=p.pass_fds,
-            preexec_fn=preexec)
+            argv, env=p.env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=p.pass_fds)
     except OSError as exc:
         raise EnforcementError(f"cannot start bwrap: {exc}",
                                hint="run `tether sandbox probe`") from exc
