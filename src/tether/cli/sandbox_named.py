@@ -222,11 +222,12 @@ def audit(
 
 def register(app: typer.Typer) -> None:
     """Add the named-sandbox commands to the `tether sandbox` group."""
-    passthrough = {"allow_interspersed_args": False}
-    app.command("create", context_settings=passthrough)(create)
+    # NAME comes first and options may follow it, so the command goes after `--`
+    # (tether sandbox exec dev -- ls -la), which ends option parsing.
+    app.command("create")(create)
     app.command("start")(start)
-    app.command("exec", context_settings=passthrough)(exec_)
-    app.command("attach", context_settings=passthrough)(attach)
+    app.command("exec")(exec_)
+    app.command("attach")(attach)
     app.command("cp")(cp)
     app.command("logs")(logs)
     app.command("stop")(stop)

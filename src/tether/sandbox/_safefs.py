@@ -35,8 +35,16 @@ def split_relative(rel: str) -> list[str]:
     return parts
 
 
-def _err(exc: OSError, where: str) -> Exception:
-    if exc.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
+def _is_link(dir_fd: int | None, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _err(exc: OSError, where: str, dir_fd: int | None = None, name: str = "") -> Exception:
+    # O_NOFOLLOW on a link fails with ELOOP, O_DIRECTORY|O_NOFOLLOW with ENOTDIR
+    if exc.errno == 40 or (name and _is_link(dir_fd, name)):
         return UsageError(f"{where} is a symlink; tether does not follow links out of a sandbox")
     if isinstance(exc, FileNotFoundError):
         return NotFoundError(f"{where} does not exist in the sandbox")
@@ -57,11 +65,11 @@ def open_dir(root: Path, parts: list[str], *, create: bool = False) -> int:
                 except FileExistsError:
                     pass
                 except OSError as exc:
-                    raise _err(exc, where) from exc
+                    raise _err(exc, where, fd, part) from exc
             try:
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                raise _err(exc, where) from exc
+                raise _err(exc, where, fd, part) from exc
             os.close(fd)
             fd = nxt
     except BaseException:
@@ -79,7 +87,7 @@ def read_file(root: Path, rel: str) -> bytes:
         try:
             fd = os.open(parts[-1], _FILE_READ, dir_fd=dfd)
         except OSError as exc:
-            raise _err(exc, rel) from exc
+            raise _err(exc, rel, dfd, parts[-1]) from exc
     finally:
         os.close(dfd)
     with os.fdopen(fd, "rb") as fh:
@@ -103,7 +111,7 @@ def write_file(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:
                 fh.write(data)
             os.replace(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError as exc:
-            raise _err(exc, rel) from exc
+            raise _err(exc, rel, dfd, parts[-1]) from exc
     finally:
         os.close(dfd)
 

@@ -19,14 +19,14 @@ import select
 import shutil
 import signal
 import struct
-import subprocess
 import termios
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tether.errors import EnforcementError, UsageError
+from tether.errors import UsageError
 from tether.sandbox import asciicast, audit, named
+from tether.sandbox.service import spawn_prepared
 
 DEFAULT_SIZE = (80, 24)
 
@@ -86,18 +86,10 @@ def attach(name: str, command: Sequence[str] | None = None, *, record: Path | No
         master, slave = pty.openpty()
         _set_winsize(master, cols, rows)
         cg = prepared.cgroup
-        preexec = cg.preexec if cg is not None and (cg.procs_fds or cg.rlimit_as) else None
         try:
-            proc = subprocess.Popen(prepared.argv, env=prepared.env, stdin=slave, stdout=slave,
-                                    stderr=slave, pass_fds=prepared.pass_fds,
-                                    preexec_fn=preexec)
-        except OSError as exc:
-            raise EnforcementError(f"cannot start bwrap: {exc}") from exc
+            proc = spawn_prepared(prepared, stdin=slave, stdout=slave, stderr=slave)
         finally:
             os.close(slave)
-        for fd in prepared.pass_fds:
-            os.close(fd)
-        prepared.pass_fds.clear()
         if record is not None:
             recorder = asciicast.Recorder.open(record, cols, rows,
                                                env={"TERM": env["TERM"], "SHELL": argv[0]},

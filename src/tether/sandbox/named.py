@@ -125,7 +125,9 @@ def _running_pid(run_file: Path) -> int | None:
     if not data:
         return None
     pid = int(data["pid"])
-    return pid if _proc_start_ticks(pid) == data.get("start_ticks") else None
+    if _proc_start_ticks(pid) != data.get("start_ticks") or _is_zombie(pid):
+        return None  # a zombie: it ended, and its parent (an API server) has not reaped it
+    return pid
 
 
 def _load(name: str) -> NamedSandbox:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tether import paths
 from tether.errors import EnforcementError, TetherError
+from tether.sandbox.service import spawn_prepared
 
 # Runs inside the sandbox under `python3 -I -S`: stdlib only. argv[1] is the control fd,
 # argv[2] the ready fd: one byte on it says the sandbox is set up and waiting.
@@ -212,28 +213,26 @@ class WarmPool:
         scratch, mounts = self._private_mounts(key)
         spec = replace(key, mounts=mounts, cwd="/",
                        command=(host.helper_python, "-I", "-S", "-c", WAITER))
-        prepared = runner._prepare(spec, host, False)
+        try:
+            prepared = runner._prepare(spec, host, False)
+        except BaseException:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
         rfd, wfd = os.pipe()
         ready_r, ready_w = os.pipe()
         prepared.argv += [str(rfd), str(ready_w)]  # the waiter's argv[1] and argv[2]
-        cg = prepared.cgroup
-        preexec = cg.preexec if cg is not None and (cg.procs_fds or cg.rlimit_as) else None
         try:
-            proc = subprocess.Popen(prepared.argv, env=prepared.env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=[*prepared.pass_fds, rfd, ready_w],
-                                    preexec_fn=preexec)
-        except OSError as exc:
+            proc = spawn_prepared(prepared, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, extra_fds=(rfd, ready_w))
+        except BaseException:
             for fd in (wfd, ready_r):
                 os.close(fd)
             prepared.close()
-            raise EnforcementError(f"cannot start bwrap: {exc}") from exc
+            raise
         finally:
             os.close(rfd)
             os.close(ready_w)
-        for fd in prepared.pass_fds:
-            os.close(fd)
-        prepared.pass_fds.clear()
         w = _Warm(proc, wfd, prepared, scratch, time.monotonic())
         try:
             ok = _wait_ready(ready_r, self.ready_timeout_s)

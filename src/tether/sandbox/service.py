@@ -62,6 +62,31 @@ async def call_output(cb: OutputCallback | None, stream: str, data: bytes) -> No
             await res
 
 
+def spawn_prepared(prepared, *, stdin, stdout, stderr, extra_fds: Sequence[int] = ()):
+    """Start bwrap for a ``runner._Prepared`` with the given stdio, inside its cgroup.
+
+    For the paths that cannot use ``runner.run`` (the warm pool's waiter, attach's pty). The
+    prepared fds are closed here once bwrap has its copies.
+    """
+    import subprocess
+
+    from tether.errors import EnforcementError
+
+    cg = prepared.cgroup
+    argv = cg.wrap(prepared.argv) if cg is not None else prepared.argv
+    try:
+        proc = subprocess.Popen(argv, env=prepared.env, stdin=stdin, stdout=stdout,
+                                stderr=stderr, pass_fds=[*prepared.pass_fds, *extra_fds])
+    except OSError as exc:
+        raise EnforcementError(f"cannot start bwrap: {exc}",
+                               "run `tether sandbox probe`") from exc
+    finally:
+        for fd in prepared.pass_fds:
+            os.close(fd)
+        prepared.pass_fds.clear()
+    return proc
+
+
 def thread_relay(cb: OutputCallback | None, loop: asyncio.AbstractEventLoop):
     """A blocking ``on_output`` for a runner thread that hands chunks to ``cb`` on ``loop``.
 
