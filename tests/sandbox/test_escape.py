@@ -312,14 +312,30 @@ def test_run_cgroups_are_removed(make_spec):
         assert not {n for n in after[d] - before[d] if n.startswith("tether-")}
 
 
-def test_cannot_create_namespaces_or_mount(make_spec):
-    r = py(make_spec, "permissive", """
+@pytest.mark.parametrize("profile", ALL)
+def test_kernel_attack_surface_is_closed(make_spec, profile):
+    from tether.sandbox.seccomp import SYSCALLS
+
+    nr = SYSCALLS[runner.probe().arch]
+    r = py(make_spec, profile, f"""
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
-        print(libc.unshare(0x10000000), ctypes.get_errno())           # CLONE_NEWUSER
-        print(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())
+        libc.syscall.restype = ctypes.c_long
+        def call(name, *args):
+            rc = libc.syscall(*args)
+            print(name, rc, ctypes.get_errno())
+        call('unshare', {nr['unshare']}, 0x10000000)                  # CLONE_NEWUSER
+        call('mount', {nr['mount']}, b'none', b'/tmp', b'tmpfs', 0, None)
+        call('keyctl', {nr['keyctl']}, 0, 0, 0)
+        call('bpf', {nr['bpf']}, 0, None, 0)
+        call('perf_event_open', {nr['perf_event_open']}, None, 0, -1, -1, 0)
+        call('io_uring_setup', {nr['io_uring_setup']}, 8, None)
+        call('clone3', {nr['clone3']}, None, 0)
     """)
-    assert r.stdout.split() == [b"-1", b"1", b"-1", b"1"], r.stderr
+    rows = [line.split() for line in r.stdout.decode().splitlines()]
+    assert len(rows) == 7, r.stderr
+    for name, rc, errno in rows:
+        assert rc == "-1" and errno == ("38" if name == "clone3" else "1"), (name, errno)
 
 
 def test_landlock_confines_writes_even_to_existing_mount_points(make_spec, tmp_path):

@@ -100,9 +100,20 @@ def test_refuses_when_a_protection_is_missing(make_spec, monkeypatch):
     with pytest.raises(EnforcementError) as exc:
         runner.run(make_spec("restrictive", ["true"]))
     assert "landlock" in str(exc.value) and "pids" in str(exc.value)
-    # a profile without those needs still runs, and says how memory is enforced
+    # a profile without those needs still runs, says how memory is enforced, and enforces it
     r = runner.run(make_spec("permissive", ["true"], memory="256M"))
     assert r.exit_code == 0 and any("RLIMIT_AS" in n for n in r.notes)
+    r = runner.run(make_spec("permissive", ["python3", "-c", "bytearray(400 << 20)"],
+                             memory="256M"))
+    assert r.exit_code == 1 and b"MemoryError" in r.stderr
+
+
+def test_cpu_limit_caps_cpu_time(make_spec):
+    code = ("import os, time\nt = time.time()\nwhile time.time() - t < 1.0: pass\n"
+            "c = os.times(); print(c.user + c.system)")
+    r = runner.run(make_spec("moderate", ["python3", "-c", code], cpus=0.2))
+    assert r.exit_code == 0, r.stderr
+    assert float(r.stdout) < 0.45      # ~0.2 s of CPU in 1 s of wall time
 
 
 def test_keep_leaves_the_home(make_spec, isolated):
