@@ -89,11 +89,12 @@ def generate(
     json: JsonOption = False,
 ) -> None:
     """Generate a key pair (passphrase: --passphrase-file, $TETHER_KEY_PASSPHRASE or prompt)."""
-    from tether.ssh.keys import generate_key, normalize_type_and_bits, validate_name
+    from tether.ssh.keys import check_new_key, generate_key
 
     out = Output(json)
-    validate_name(name)  # bad input fails before any prompt
-    normalize_type_and_bits(type, bits)
+    # Bad input (and an existing key) fails before any passphrase prompt.
+    check_new_key(name, type=type, bits=bits, comment=comment, directory=directory,
+                  overwrite=overwrite)
     info = generate_key(name, type=type, bits=bits, comment=comment,
                         passphrase=_passphrase(passphrase_file, ask_passphrase),
                         directory=directory, overwrite=overwrite)

@@ -218,14 +218,10 @@ def _directory(directory: Path | None) -> Path:
     return Path(directory) if directory is not None else paths.ssh_dir()
 
 
-def generate_key(name: str, *, type: str = DEFAULT_TYPE, bits: int | None = None,
-                 comment: str | None = None, passphrase: str | None = None,
-                 directory: Path | None = None, overwrite: bool = False) -> KeyInfo:
-    """Create ``<directory>/<name>`` (0600) and ``<name>.pub`` (0644).
-
-    Raises UsageError for a bad name/type/bits and AlreadyExistsError when either file exists
-    and ``overwrite`` is false; in both cases nothing is written.
-    """
+def check_new_key(name: str, *, type: str = DEFAULT_TYPE, bits: int | None = None,
+                  comment: str | None = None, directory: Path | None = None,
+                  overwrite: bool = False) -> tuple[str, int, Path, Path]:
+    """Everything `generate_key` checks before writing: (type, bits, private, public path)."""
     validate_name(name)
     key_type, key_bits = normalize_type_and_bits(type, bits)
     if comment is not None and ("\n" in comment or "\r" in comment):
@@ -237,6 +233,20 @@ def generate_key(name: str, *, type: str = DEFAULT_TYPE, bits: int | None = None
             if p.exists() or p.is_symlink():
                 raise AlreadyExistsError(f"{p} exists already",
                                          "pick another name, or pass --overwrite to replace it")
+    return key_type, key_bits, private_path, public_path
+
+
+def generate_key(name: str, *, type: str = DEFAULT_TYPE, bits: int | None = None,
+                 comment: str | None = None, passphrase: str | None = None,
+                 directory: Path | None = None, overwrite: bool = False) -> KeyInfo:
+    """Create ``<directory>/<name>`` (0600) and ``<name>.pub`` (0644).
+
+    Raises UsageError for a bad name/type/bits and AlreadyExistsError when either file exists
+    and ``overwrite`` is false; in both cases nothing is written.
+    """
+    key_type, key_bits, private_path, public_path = check_new_key(
+        name, type=type, bits=bits, comment=comment, directory=directory, overwrite=overwrite)
+    folder = private_path.parent
     private_pem, public_line = build_key_pair(
         key_type, key_bits, default_comment() if comment is None else comment, passphrase)
     paths.ensure_dir(folder, paths.PRIVATE_DIR_MODE)
