@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from hf_hub_fake import Commit, serve_fake_hub  # noqa: E402
+from hf_hub_fake import Commit, serve_fake_hub
 
-from tether import secrets  # noqa: E402
-from tether.errors import (  # noqa: E402
+from tether import secrets
+from tether.errors import (
     AuthError,
     ConnectError,
     NotFoundError,
@@ -19,8 +19,8 @@ from tether.errors import (  # noqa: E402
     RateLimitedError,
     UsageError,
 )
-from tether.snapshot.stores import hf as hfstore  # noqa: E402
-from tether.snapshot.stores import open_store  # noqa: E402
+from tether.snapshot.stores import hf as hfstore
+from tether.snapshot.stores import open_store
 
 pytestmark = pytest.mark.timeout(60)
 

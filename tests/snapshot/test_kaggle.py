@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from kaggle_api_fake import serve_fake_kaggle  # noqa: E402
+from kaggle_api_fake import serve_fake_kaggle
 
-from tether import secrets  # noqa: E402
-from tether.errors import (  # noqa: E402
+from tether import secrets
+from tether.errors import (
     AuthError,
     ConnectError,
     NotFoundError,
@@ -20,8 +20,8 @@ from tether.errors import (  # noqa: E402
     RateLimitedError,
     UsageError,
 )
-from tether.snapshot.stores import kaggle as kstore  # noqa: E402
-from tether.snapshot.stores import open_store  # noqa: E402
+from tether.snapshot.stores import kaggle as kstore
+from tether.snapshot.stores import open_store
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from moto_s3 import serve_moto_s3  # noqa: E402
+from moto_s3 import serve_moto_s3
 
-from tether import secrets  # noqa: E402
-from tether.errors import (  # noqa: E402
+from tether import secrets
+from tether.errors import (
     AuthError,
     ConnectError,
     NotFoundError,
@@ -20,8 +20,8 @@ from tether.errors import (  # noqa: E402
     RateLimitedError,
     UsageError,
 )
-from tether.snapshot.stores import open_store  # noqa: E402
-from tether.snapshot.stores import s3 as s3store  # noqa: E402
+from tether.snapshot.stores import open_store
+from tether.snapshot.stores import s3 as s3store
 
 MiB = 1024 * 1024
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import itertools
 import sys
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from hf_hub_fake import serve_fake_hub  # noqa: E402
-from kaggle_api_fake import serve_fake_kaggle  # noqa: E402
-from moto_s3 import serve_moto_s3  # noqa: E402
+from hf_hub_fake import serve_fake_hub
+from kaggle_api_fake import serve_fake_kaggle
+from moto_s3 import serve_moto_s3
 
-from tether.errors import NotFoundError, UsageError  # noqa: E402
-from tether.snapshot.stores import Store, StoreCapabilities, open_store  # noqa: E402
+from tether.errors import NotFoundError, UsageError
+from tether.snapshot.stores import Store, StoreCapabilities, open_store
 
 pytestmark = pytest.mark.timeout(90)
 MiB = 1024 * 1024
@@ -215,20 +215,9 @@ def test_large_object_round_trip(store, reopen, tmp_path):
 
 def test_concurrent_puts_of_different_keys(store, reopen):
     keys = [f"packs/{i:02x}/obj{i}" for i in range(16)]
-    errors: list[BaseException] = []
-
-    def put(key: str) -> None:
-        try:
-            store.put(key, key.encode() * 10)
-        except BaseException as exc:  # collected: asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put, args=(k,)) for k in keys]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for future in [pool.submit(store.put, k, k.encode() * 10) for k in keys]:
+            future.result()   # re-raises what a worker raised
     store.flush()
     fresh = reopen()
     assert fresh.list("packs/") == sorted(keys)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from store_doubles import FlakyStore, MemoryStore  # noqa: E402
+from store_doubles import FlakyStore, MemoryStore
 
-from tether.errors import (  # noqa: E402
+from tether.errors import (
     AuthError,
     ConnectError,
     DeadlineError,
@@ -21,8 +21,8 @@ from tether.errors import (  # noqa: E402
     RateLimitedError,
     UsageError,
 )
-from tether.snapshot.stores.base import Store  # noqa: E402
-from tether.snapshot.stores.wrappers import (  # noqa: E402
+from tether.snapshot.stores.base import Store
+from tether.snapshot.stores.wrappers import (
     RateLimitedStore,
     RetryingStore,
     RetryPolicy,

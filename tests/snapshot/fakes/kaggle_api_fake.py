@@ -127,7 +127,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True   # headers and body go out as separate writes
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return None
 
     def _body(self) -> bytes:
@@ -198,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         handler(user, request)
 
     # -- blobs -----------------------------------------------------------------------------
-    def _rpc_StartBlobUpload(self, user: str, req: dict) -> None:  # noqa: N802
+    def _rpc_StartBlobUpload(self, user: str, req: dict) -> None:
         if req.get("type") != "DATASET" or not req.get("name"):
             raise ApiError(400, "type DATASET and a name are required")
         token = secrets.token_urlsafe(16)
@@ -237,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"Dataset {ref} not found")
         return ds
 
-    def _rpc_CreateDataset(self, user: str, req: dict) -> None:  # noqa: N802
+    def _rpc_CreateDataset(self, user: str, req: dict) -> None:
         owner, slug, title = req.get("ownerSlug") or user, req.get("slug", ""), req.get("title", "")
         ref = f"{owner}/{slug}"
         error = None
@@ -258,7 +258,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"ref": ref, "url": f"{self.api.url}/datasets/{ref}", "status": "ok",
                          "error": ""})
 
-    def _rpc_CreateDatasetVersion(self, user: str, req: dict) -> None:  # noqa: N802
+    def _rpc_CreateDatasetVersion(self, user: str, req: dict) -> None:
         ds = self._dataset(user, req)
         if ds.owner != user:
             raise ApiError(403, "You do not have permission to update this dataset")
@@ -270,7 +270,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"ref": ref, "url": f"{self.api.url}/datasets/{ref}", "status": "ok",
                          "error": ""})
 
-    def _rpc_GetDatasetStatus(self, user: str, req: dict) -> None:  # noqa: N802
+    def _rpc_GetDatasetStatus(self, user: str, req: dict) -> None:
         ds = self._dataset(user, req)
         latest = ds.versions[-1]
         if not latest.ready:
@@ -278,7 +278,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"status": "BLOBS_RECEIVED"})
         self._json(200, {"status": "READY"})
 
-    def _rpc_ListDatasetFiles(self, user: str, req: dict) -> None:  # noqa: N802
+    def _rpc_ListDatasetFiles(self, user: str, req: dict) -> None:
         ds = self._dataset(user, req)
         version = ds.latest_ready()
         names = sorted(version.files) if version else []
@@ -294,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
             out["nextPageToken"] = str(start + size)
         self._json(200, out)
 
-    def _rpc_DownloadDataset(self, user: str, req: dict) -> None:  # noqa: N802
+    def _rpc_DownloadDataset(self, user: str, req: dict) -> None:
         ds = self._dataset(user, req)
         version = ds.latest_ready()
         name = req.get("fileName")

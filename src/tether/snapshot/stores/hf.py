@@ -87,7 +87,7 @@ def parse_url(url: str) -> HfLocation:
     return HfLocation(f"{owner}/{name}", prefix, options)
 
 
-def open(url: str, **options: Any) -> HfStore:  # noqa: A001
+def open(url: str, **options: Any) -> HfStore:
     loc = parse_url(url)
     unknown = set(options) - _OPTIONS
     if unknown:

@@ -105,7 +105,7 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     return owner, slug, options
 
 
-def open(url: str, **options: Any) -> KaggleStore:  # noqa: A001
+def open(url: str, **options: Any) -> KaggleStore:
     owner, slug, query = parse_url(url)
     unknown = set(options) - _OPTIONS
     if unknown:
@@ -127,7 +127,7 @@ class KaggleStore:
     capabilities = CAPABILITIES
 
     def __init__(self, owner: str, slug: str, *, endpoint: str | None = None,
-                 title: str | None = None, license: str = "unknown",  # noqa: A002
+                 title: str | None = None, license: str = "unknown",
                  ready_timeout: float | str = 900.0, poll_interval: float = 0.5) -> None:
 
         self.owner, self.slug = owner, check_slug(slug)

@@ -53,7 +53,7 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
 _MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
 
 
-def open(url: str, **options: Any) -> S3Store:  # noqa: A001
+def open(url: str, **options: Any) -> S3Store:
     """Open ``s3://bucket[/prefix][?endpoint=...&region=...]``."""
     bucket, prefix, query = parse_url(url)
     unknown = set(options) - _OPTIONS

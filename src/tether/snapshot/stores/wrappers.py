@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tether.errors import IntegrityError, PeerError, ProtocolError, RateLimitedError, UsageError
+from tether.errors import (
+    IntegrityError,
+    PeerError,
+    ProtocolError,
+    RateLimitedError,
+    UsageError,
+)
 from tether.snapshot.stores.base import Store, StoreCapabilities
 
 T = TypeVar("T")
