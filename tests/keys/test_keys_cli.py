@@ -152,3 +152,58 @@ def test_reset_flags_each_with_backup(cli, isolated):
     r = cli("keys", "reset", "--ssh-config")
     assert r.exit_code == 0 and "reset ssh config (backup:" in r.stdout
     assert (ssh / "config").read_text() == ""
+
+
+def _run_on_a_terminal(argv: list[str], env: dict, answers: list[tuple[bytes, bytes]],
+                       timeout: float = 20.0) -> tuple[int, bytes]:
+    """Run ``argv`` on a pseudo-terminal, answering each prompt; return (exit code, output)."""
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the pty is its controlling terminal, so getpass reads from it
+        os.execvpe(argv[0], argv, env)
+    output = b""
+    pending = list(answers)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if pending and pending[0][0] in output:
+                os.write(fd, pending.pop(0)[1])
+                output += b"\n"  # keep later prompts distinguishable from this one
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+@pytest.mark.timeout(60)
+def test_prompts_for_a_passphrase_on_a_terminal(isolated, tether_bin):
+    env = dict(isolated.env)
+    code, out = _run_on_a_terminal(
+        [tether_bin, "keys", "generate", "t"], env,
+        [(b"key passphrase (empty for none): ", b"typed secret\n"),
+         (b"same passphrase again: ", b"typed secret\n")])
+    assert code == 0, out
+    assert b"typed secret" not in out  # hidden input is not echoed
+    key = isolated.home / ".ssh" / "t"
+    ok = subprocess.run(["ssh-keygen", "-y", "-P", "typed secret", "-f", str(key)],
+                        capture_output=True)
+    assert ok.returncode == 0
+
+    code, out = _run_on_a_terminal(
+        [tether_bin, "keys", "generate", "u"], env,
+        [(b"(empty for none): ", b"one\n"), (b"again: ", b"two\n")])
+    assert code == 2 and b"the passphrases differ" in out
+    assert not (isolated.home / ".ssh" / "u").exists()
