@@ -82,8 +82,8 @@ PROFILES: dict[str, Profile] = {
                 pass_env=_BASE_ENV, limits=Limits()),
         Profile("permissive", "network, current directory writable, chosen env passed",
                 NetworkMode.FULL, workspace_writable=True, landlock=False,
-                pass_env=(*_BASE_ENV, "PATH_EXTRA", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-                          "PIP_INDEX_URL", "npm_config_registry"),
+                pass_env=(*_BASE_ENV, "COLORTERM", "EDITOR", "PAGER", "HTTP_PROXY",
+                          "HTTPS_PROXY", "NO_PROXY"),
                 limits=Limits()),
     )
 }
@@ -256,6 +256,31 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     base = PROFILES[name]
     workdir = Path(_normpath(str(workdir)))
 
+    net, domains = _resolve_network(base, config, network, allow_domains)
+    cfg_mounts = [parse_mount(m, workdir) for m in (_config_value(config, "mounts", list) or ())]
+    flag_mounts = [m if isinstance(m, Mount) else parse_mount(m, workdir) for m in mounts]
+    work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
+    all_mounts = (*toolchain_mounts, work_mount, *cfg_mounts, *flag_mounts)
+    _check_mounts(all_mounts, host_env.get("HOME"))
+    limits = _resolve_limits(base, config, memory=memory, cpus=cpus, pids=pids,
+                             timeout=timeout)
+    environ = _resolve_env(base, config, env, host_env, net, path_prefix)
+    cfg_rootfs = _config_value(config, "rootfs", str)
+    use_landlock = landlock if landlock is not None else _config_value(config, "landlock", bool)
+    return SandboxSpec(
+        profile=name, command=tuple(command), workdir=workdir,
+        cwd=cwd or str(workdir), network=net, allow_domains=domains,
+        mounts=tuple(all_mounts), env=tuple(sorted(environ.items())), limits=limits,
+        rootfs=rootfs or (Path(cfg_rootfs) if cfg_rootfs else None),
+        writable_layer=writable_layer,
+        landlock=base.landlock if use_landlock is None else use_landlock,
+        resolve=tuple(sorted((resolve or {}).items())),
+    )
+
+
+def _resolve_network(base: Profile, config: Mapping[str, object],
+                     network: NetworkMode | str | None,
+                     allow_domains: Sequence[str]) -> tuple[NetworkMode, tuple[str, ...]]:
     net_value = network or _config_value(config, "network", str) or base.network
     try:
         net = NetworkMode(net_value)
@@ -275,13 +300,11 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     if net is NetworkMode.ALLOWLIST and not domains:
         raise UsageError("network mode allowlist needs at least one --allow-domain",
                          hint="or use --no-network")
+    return net, domains
 
-    cfg_mounts = [parse_mount(m, workdir) for m in (_config_value(config, "mounts", list) or ())]
-    flag_mounts = [m if isinstance(m, Mount) else parse_mount(m, workdir) for m in mounts]
-    work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
-    all_mounts = (*toolchain_mounts, work_mount, *cfg_mounts, *flag_mounts)
-    home = host_env.get("HOME")
-    for m in all_mounts:
+
+def _check_mounts(mounts: Sequence[Mount], home: str | None) -> None:
+    for m in mounts:
         if m.target == Path("/") or str(m.target).startswith(("/proc", "/dev", HELPER_DIR)):
             raise UsageError(f"cannot mount over {m.target}",
                              hint="choose another destination inside the sandbox")
@@ -290,19 +313,23 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
             raise UsageError(f"refusing to expose your home directory through {m.source}",
                              hint="use a project subdirectory as the workspace or mount")
 
-    limits = Limits(
-        memory_bytes=parse_size(memory if memory is not None
-                                else _config_value(config, "memory", (str, int)))
-        or base.limits.memory_bytes,
-        cpus=_positive("cpus", cpus if cpus is not None
-                       else _config_value(config, "cpus", (int, float))) or base.limits.cpus,
-        pids=_positive("pids", pids if pids is not None
-                       else _config_value(config, "pids", int)) or base.limits.pids,
-        timeout_s=_positive("timeout", timeout if timeout is not None
-                            else _config_value(config, "timeout", (int, float)))
-        or base.limits.timeout_s,
+
+def _resolve_limits(base: Profile, config: Mapping[str, object], **flags) -> Limits:
+    def pick(key: str, kind):
+        flag = flags[key]
+        return flag if flag is not None else _config_value(config, key, kind)
+
+    return Limits(
+        memory_bytes=parse_size(pick("memory", (str, int))) or base.limits.memory_bytes,
+        cpus=_positive("cpus", pick("cpus", (int, float))) or base.limits.cpus,
+        pids=_positive("pids", pick("pids", int)) or base.limits.pids,
+        timeout_s=_positive("timeout", pick("timeout", (int, float))) or base.limits.timeout_s,
     )
 
+
+def _resolve_env(base: Profile, config: Mapping[str, object], env: Sequence[str],
+                 host_env: Mapping[str, str], net: NetworkMode,
+                 path_prefix: Sequence[str]) -> dict[str, str]:
     environ: dict[str, str] = {"HOME": SANDBOX_HOME, "USER": "sandbox", "LOGNAME": "sandbox",
                                "PATH": ":".join((*path_prefix, SANDBOX_PATH)),
                                "TMPDIR": "/tmp"}
@@ -319,18 +346,7 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
             environ[key] = proxy
         environ["ALL_PROXY"] = environ["all_proxy"] = f"socks5h://127.0.0.1:{SOCKS_PORT}"
         environ["NO_PROXY"] = environ["no_proxy"] = "localhost,127.0.0.1"
-
-    cfg_rootfs = _config_value(config, "rootfs", str)
-    use_landlock = landlock if landlock is not None else _config_value(config, "landlock", bool)
-    return SandboxSpec(
-        profile=name, command=tuple(command), workdir=workdir,
-        cwd=cwd or str(workdir), network=net, allow_domains=domains,
-        mounts=tuple(all_mounts), env=tuple(sorted(environ.items())), limits=limits,
-        rootfs=rootfs or (Path(cfg_rootfs) if cfg_rootfs else None),
-        writable_layer=writable_layer,
-        landlock=base.landlock if use_landlock is None else use_landlock,
-        resolve=tuple(sorted((resolve or {}).items())),
-    )
+    return environ
 
 
 def _is_within(path: Path, ancestor: Path) -> bool:
