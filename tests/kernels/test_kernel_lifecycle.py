@@ -267,3 +267,26 @@ def _listening_addresses() -> dict[int, str]:
         ip = ".".join(str(int(ip_hex[i:i + 2], 16)) for i in (6, 4, 2, 0))
         found[int(port_hex, 16)] = ip
     return found
+
+
+def test_argv_shim_serves_frontends_that_ignore_provisioners(kenv):
+    """VS Code-style: the frontend runs kernel.json's argv itself with its own ports."""
+    spec = kenv.spec("rk", interrupt_mode="signal")
+    ours = json.loads((kenv.data_dir / "kernels" / spec.kernel_name / "kernel.json").read_text())
+    plain = kenv.data_dir / "kernels" / "plain"
+    plain.mkdir()
+    (plain / "kernel.json").write_text(json.dumps(
+        {"argv": ours["argv"], "display_name": "plain", "language": "python",
+         "interrupt_mode": "signal"}))  # no provisioner stanza: LocalProvisioner runs argv
+    km = KernelManager(kernel_name="plain")
+    kc = start(km)
+    try:
+        assert run(kc, "y = 5")["status"] == "ok"
+        reply = interrupt_while_true(km, kc)  # SIGINT to the shim, relayed to the remote
+        assert reply["ename"] == "KeyboardInterrupt"
+        r = run(kc, "print(y)")
+        assert r["stdout"].strip() == "5", r
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    assert wait_gone(kenv.state_dir) == []
