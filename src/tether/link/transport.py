@@ -114,10 +114,13 @@ class _WsProtocol(asyncio.Protocol):
                 self.tcp.write_eof() if self.tcp.can_write_eof() else self.tcp.close()
 
     def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        self._process_events()
+
+    def _process_events(self) -> None:
         from websockets.frames import Frame, Opcode
         from websockets.http11 import Response
 
-        self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Response):
                 if not self.handshake.done():
@@ -132,11 +135,13 @@ class _WsProtocol(asyncio.Protocol):
                     self.sink.data_received(payload)
                 else:
                     self.pending.append(payload)
+        if not self.handshake.done() and self.ws.handshake_exc is not None:
+            self.handshake.set_exception(self.ws.handshake_exc)  # not HTTP at all
         self._flush()  # pongs, close replies
 
     def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._flush()
+        self.ws.receive_eof()  # may complete a response whose body runs to EOF
+        self._process_events()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
