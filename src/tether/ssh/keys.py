@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tether import paths
 from tether.errors import (AlreadyExistsError, ConfigError, InUseError, LocalIOError,
-                           NotFoundError, UsageError)
+                           NotFoundError, SystemDependencyError, UsageError)
 
 DEFAULT_TYPE = "ed25519"
 # type -> (allowed bits, default bits)
@@ -191,9 +191,16 @@ def build_key_pair(key_type: str, bits: int, comment: str,
     else:
         curve = {256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}[bits]
         private = ec.generate_private_key(curve())
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     encryption = (ser.BestAvailableEncryption(passphrase.encode()) if passphrase
                   else ser.NoEncryption())
-    private_pem = private.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, encryption)
+    try:
+        private_pem = private.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH,
+                                            encryption)
+    except UnsupportedAlgorithm as exc:  # the bcrypt KDF of encrypted OpenSSH keys
+        raise SystemDependencyError("encrypting the key needs the bcrypt package",
+                                    "pip install bcrypt (a tether dependency)") from exc
     public = private.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH)
     if comment:
         public += b" " + comment.encode()
