@@ -43,7 +43,8 @@ def create_server(workdir: Path | None = None):
     from tether._version import __version__
 
     service = Service(workdir=Path(workdir or Path.cwd()))
-    server = MCPServer("tether-sandbox", version=__version__, instructions=INSTRUCTIONS)
+    server = MCPServer("tether-sandbox", version=__version__, instructions=INSTRUCTIONS,
+                       log_level="WARNING")
 
     @server.tool()
     async def run(command: list[str], profile: str | None = None, network: str | None = None,
