@@ -150,12 +150,22 @@ def test_socks5(proxy, origin, atyp, addr, code):
     s.close()
 
 
+@pytest.mark.parametrize("address,internal", [
+    ("127.0.0.1", True), ("10.1.2.3", True), ("192.168.0.1", True), ("169.254.169.254", True),
+    ("100.64.0.1", True), ("::1", True), ("fd00::1", True), ("::ffff:127.0.0.1", True),
+    ("151.101.0.223", False), ("203.0.113.80", False), ("2a04:4e42::223", False),
+], ids=["loopback", "rfc1918-10", "rfc1918-192", "metadata", "cgnat", "v6-loopback", "ula",
+        "v4-mapped-loopback", "public", "test-net", "public-v6"])
+def test_is_internal(address, internal):
+    assert netproxy.is_internal(address) is internal
+
+
 def test_allowed_name_resolving_to_loopback_is_refused(origin):
     # DNS rebinding: an allowed name whose real resolution is a non-public address
     h = netproxy.start_proxy(("localhost",), {})
     try:
         reply = _talk(h.socket_path, f"GET http://localhost:{origin}/ HTTP/1.1\r\n\r\n".encode())
-        assert reply.startswith(b"HTTP/1.1 403") and b"non-public" in reply
+        assert reply.startswith(b"HTTP/1.1 403") and b"internal address" in reply
     finally:
         h.close()
 

@@ -9,9 +9,9 @@ it is allowed only if `domain_allowed(host, allow)`, otherwise refused:
   against the allowlist (a CONNECT to an allowed name must not carry another name's TLS).
 - SOCKS5: only CONNECT with a domain name (ATYP 3); IP literals get "not allowed by ruleset".
 
-Names resolve on the host; an address that is loopback, private, link-local or otherwise not
-global is refused (DNS rebinding to the host's own services) unless it comes from the explicit
-`resolve` map the caller gave (tests, split-horizon setups).
+Names resolve on the host; an internal address (loopback, RFC 1918/4193 private, CGNAT,
+link-local, multicast) is refused (DNS rebinding to the host's or its LAN's services) unless it
+comes from the explicit `resolve` map the caller gave (tests, split-horizon setups).
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ from dataclasses import dataclass, field
 from tether.sandbox.profiles import domain_allowed
 
 MAX_HEAD = 64 * 1024
+# where the host's own and its LAN's services live: never reachable through a name
+INTERNAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
+    "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8"))
+
+
+def is_internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in INTERNAL_NETWORKS)
 CONNECT_TIMEOUT = 10.0
 
 
@@ -107,8 +119,8 @@ def open_upstream(h: ProxyHandle, host: str, port: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError = OSError(f"no address for {host}")
     for family, kind, proto, _, addr in infos:
-        if not ipaddress.ip_address(addr[0]).is_global:
-            last = PermissionError(f"{host} resolves to non-public {addr[0]}")
+        if is_internal(addr[0]):
+            last = PermissionError(f"{host} resolves to internal address {addr[0]}")
             continue
         s = socket.socket(family, kind, proto)
         s.settimeout(CONNECT_TIMEOUT)
