@@ -220,3 +220,19 @@ def test_a_directory_in_place_of_the_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         c.read_config(tmp_path / "dir")
     assert "is a directory" in err.value.message
+
+
+def test_command_options_are_written_raw_and_ssh_runs_them(tmp_path):
+    # OpenSSH hands ProxyCommand's rest-of-line to the shell: quotes must not be added, and
+    # the command's own quotes must survive a write/parse round trip.
+    command = "\"/opt/my tools/tether\" proxy laptop --flag 'x y'"
+    block = c.ManagedBlock("laptop", "tether-laptop", (("ProxyCommand", command),
+                                                       ("User", "me too")))
+    text = c.upsert_text("", block)
+    assert f"    ProxyCommand {command}\n" in text and '    User "me too"\n' in text
+    assert c.parse_blocks(text) == [block]
+    path = tmp_path / "config"
+    c.upsert_block(block, path)
+    out = subprocess.run(["ssh", "-G", "-F", str(path), "tether-laptop"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert f"proxycommand {command}" in out

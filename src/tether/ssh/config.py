@@ -82,7 +82,9 @@ def validate_block(block: ManagedBlock) -> ManagedBlock:
 
 
 def _check_value(key: str, value: str) -> None:
-    if not value or any(c in value for c in "\n\r\x00\"") or value.lstrip().startswith("#"):
+    # A shell command (ProxyCommand...) is written raw, so it may hold its own quotes.
+    forbidden = "\n\r\x00" if key.lower() in _RAW_OPTIONS else "\n\r\x00\""
+    if not value or any(c in value for c in forbidden) or value.lstrip().startswith("#"):
         raise UsageError(f"the value {value!r} for {key} cannot be written to an ssh config",
                          "values must be non-empty, one line, without double quotes")
 
@@ -162,7 +164,8 @@ def parse_block(lines: list[str], span: _Span) -> ManagedBlock:
         if not m:
             raise ConfigError(f"tether block {span.name!r}: cannot read {line.strip()!r}",
                               _MARKER_HINT)
-        key, value = m.group(1), _unquote(m.group(2))
+        key = m.group(1)
+        value = m.group(2) if key.lower() in _RAW_OPTIONS else _unquote(m.group(2))
         if key.lower() == "host" and not host:
             host = value
         else:
