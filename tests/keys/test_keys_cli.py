@@ -207,3 +207,25 @@ def test_prompts_for_a_passphrase_on_a_terminal(isolated, tether_bin):
         [(b"(empty for none): ", b"one\n"), (b"again: ", b"two\n")])
     assert code == 2 and b"the passphrases differ" in out
     assert not (isolated.home / ".ssh" / "u").exists()
+
+
+@pytest.mark.timeout(60)
+def test_read_only_ssh_dir_is_one_clear_error_and_untouched(isolated, tether_bin):
+    """A real read-only ~/.ssh through bubblewrap (root ignores permission bits)."""
+    ssh = isolated.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "config").write_text("Host a\n")
+
+    def run(*args):
+        return subprocess.run(["bwrap", "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                               "--ro-bind", str(ssh), str(ssh), tether_bin, *args],
+                              capture_output=True, text=True, timeout=30, env=isolated.env)
+
+    r = run("keys", "config", "add", "x", "--host", "h")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: could not write") and "Read-only file system" in r.stderr
+    assert "hint: check that" in r.stderr and "Traceback" not in r.stderr
+    r = run("keys", "generate", "k")
+    assert r.returncode == 1 and "Read-only file system" in r.stderr
+    assert sorted(p.name for p in ssh.iterdir()) == ["config"]
+    assert (ssh / "config").read_text() == "Host a\n"
