@@ -221,25 +221,37 @@ def _decode_checked(pack: bytes, frame: bytes, entries: list[fmt.BlobEntry]):
     return out
 
 
+def _fetch(repo: Repository, pack: bytes, segs: dict) -> list[tuple[bytes, list]]:
+    """The frames of ``pack`` that hold needed blobs: one read of the whole pack unless only
+    a sliver of it is needed."""
+    key = fmt.pack_key(pack)
+    wanted = sum(length for length, _ in segs.values())
+    whole = repo.store.get(key) if wanted > (4 << 20) or len(segs) > 4 else None
+    out = []
+    for off in sorted(segs):
+        length, entries = segs[off]
+        frame = whole[off:off + length] if whole is not None else \
+            repo.store.get_range(key, off, length)
+        if len(frame) != length:
+            raise IntegrityError(f"pack {pack.hex()[:12]} is truncated")
+        out.append((frame, entries))
+    return out
+
+
 def write_data(repo: Repository, w: _Writer, progress: Callable[[int], None],
                threads: int) -> None:
-    needed = set(w.targets)
-    by_pack = _segments_by_pack(repo, needed)
-    with ThreadPoolExecutor(threads) as pool:
-        for pack in sorted(by_pack):
-            segs = by_pack[pack]
-            key = fmt.pack_key(pack)
-            wanted = sum(length for length, _ in segs.values())
-            # one big read beats many ranges unless only a sliver of the pack is needed
-            whole = repo.store.get(key) if wanted > (4 << 20) or len(segs) > 4 else None
-            jobs = []
-            for off in sorted(segs):
-                length, entries = segs[off]
-                frame = whole[off:off + length] if whole is not None else \
-                    repo.store.get_range(key, off, length)
-                if len(frame) != length:
-                    raise IntegrityError(f"pack {pack.hex()[:12]} is truncated")
-                jobs.append(pool.submit(_decode_checked, pack, frame, entries))
+    """Fetch packs (one ahead), decompress and check segments in workers, write here."""
+    by_pack = _segments_by_pack(repo, set(w.targets))
+    order = sorted(by_pack)
+    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as fetcher:
+        fetches = [fetcher.submit(_fetch, repo, p, by_pack[p]) for p in order[:2]]
+        for i, pack in enumerate(order):
+            frames = fetches[i].result()
+            if i + 2 < len(order):
+                fetches.append(fetcher.submit(_fetch, repo, order[i + 2], by_pack[order[i + 2]]))
+            jobs = [pool.submit(_decode_checked, pack, frame, entries)
+                    for frame, entries in frames]
+            fetches[i] = None  # type: ignore[call-overload]  # free the pack's bytes early
             for job in jobs:
                 for blob, data in job.result():
                     w.write_blob(blob, data, progress)

@@ -4,7 +4,9 @@ Each key is a file under the root. Puts write a hidden temp file in the target d
 rename it into place, so a reader (or a push killed mid-write) never leaves a partial object
 under a real key; hidden names (leading ".") are never keys (``check_key``), so ``list``
 skips leftover temp files. ``flush`` fsyncs what was written since the last flush, so the
-repository's ordering (packs durable before the snapshot that names them) survives power loss.
+repository's ordering (packs durable before the snapshot that names them) survives power loss:
+each put fsyncs its file before the rename (in the uploading thread, overlapping other work)
+and ``flush`` fsyncs the directories that got new names.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class LocalStore:
         self.url = "file://" + str(root)
         self.durable = durable
         self._dirs: set[Path] = set()
-        self._dirty: list[Path] = []
+        self._dirty: set[Path] = set()  # directories with renames not yet fsynced
         self._lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class LocalStore:
         os.replace(tmp, final)
         if self.durable:
             with self._lock:
-                self._dirty.append(final)
+                self._dirty.add(final.parent)
 
     def _tmp(self, final: Path) -> Path:
         return final.with_name(f".tmp-{secrets.token_hex(6)}-{final.name}")
@@ -80,6 +82,8 @@ class LocalStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                if self.durable:
+                    os.fsync(fd)  # here, in the caller's (upload) thread, not all at flush
             finally:
                 os.close(fd)
             self._commit(tmp, final)
@@ -94,6 +98,8 @@ class LocalStore:
         tmp = self._tmp(final)
         try:
             shutil.copyfile(path, tmp)
+            if self.durable:
+                _fsync(tmp, os.O_RDONLY)
             self._commit(tmp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -154,12 +160,8 @@ class LocalStore:
 
     def flush(self) -> None:
         with self._lock:
-            dirty, self._dirty = self._dirty, []
-        dirs = {p.parent for p in dirty}
+            dirs, self._dirty = self._dirty, set()
         try:
-            for path in dirty:
-                with contextlib.suppress(FileNotFoundError):  # deleted since: nothing to sync
-                    _fsync(path, os.O_RDONLY)
             for path in dirs:
                 with contextlib.suppress(FileNotFoundError):
                     _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
