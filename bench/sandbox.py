@@ -133,5 +133,97 @@ def main(argv: list[str] | None = None) -> int:
 
 EXTRA_BENCHES: list[Callable[[int], None]] = []
 
+# -- sandbox-service figures: the warm pool and the HTTP API ----------------------------------
+
+
+def bench_pool(n: int) -> None:
+    """pool_p50_ms: one pooled `true` (fresh state) while the pool is warm and idle, i.e.
+    each run finds a ready sandbox and the refill of the previous one is done. Back-to-back
+    runs (the refill competing with the run for the 2 cores and the GIL) are a context figure.
+    """
+    import os
+
+    from tether.sandbox.pool import WarmPool
+    from tether.sandbox.profiles import DEFAULT_PROFILE, resolve_spec
+
+    tmp = Path(tempfile.mkdtemp(prefix="tether-bench-pool-"))
+    work = tmp / "work"
+    work.mkdir()
+    os.environ.setdefault("TETHER_HOME", str(tmp / "home"))
+    spec = resolve_spec(DEFAULT_PROFILE, ["true"], workdir=work)
+    idle, busy = [], []
+    with WarmPool(size=2, scratch_root=tmp / "scratch") as pool:
+        pool.warm(spec, wait=True, timeout=60)
+        for _ in range(n):
+            pool.warm(spec, wait=True, timeout=60)
+            time.sleep(0.03)  # let the previous refill and cleanup finish
+            t = time.perf_counter()
+            r = pool.run(spec)
+            idle.append((time.perf_counter() - t) * 1000)
+            assert r.exit_code == 0, r.stderr
+        pool.warm(spec, wait=True, timeout=60)
+        for _ in range(max(n // 3, 5)):
+            t = time.perf_counter()
+            pool.run(spec)
+            busy.append((time.perf_counter() - t) * 1000)
+        pooled = pool.stats["pooled"]
+    shutil.rmtree(tmp, ignore_errors=True)
+    p50 = statistics.median(idle)
+    figure("pool_p50_ms", round(p50, 2), "ms", "<= 5", p50 <= 5,
+           f"pooled run of `true` with fresh state ({pooled} pooled runs, {DEFAULT_PROFILE})")
+    figure("pool_back_to_back_p50_ms", round(statistics.median(busy), 2), "ms",
+           note="context: no pause, refills compete with the runs")
+
+
+def bench_api(n: int) -> None:
+    """api_run_p50_ms: POST /run of `true` to a `tether serve` process, end to end (httpx
+    keep-alive client, bearer token), cold runs; the same with `--pool 2` as context."""
+    import os
+    import re
+
+    import httpx
+
+    tmp = Path(tempfile.mkdtemp(prefix="tether-bench-api-"))
+    (tmp / "work").mkdir()
+    token = tmp / "token"
+    token.write_text("bench-token-0123456789")
+    env = {**os.environ, "TETHER_HOME": str(tmp / "home"), "TETHER_SECRETS_BACKEND": "file"}
+    for label, extra in (("api_run_p50_ms", []), ("api_pool_run_p50_ms", ["--pool", "2"])):
+        proc = subprocess.Popen(["tether", "serve", "--port", "0", "--token-file", str(token),
+                                 "--workdir", str(tmp / "work"), *extra], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stderr.readline()
+            match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+            if match is None:
+                figure(label, None, "ms", note=f"server did not start: {line.strip()}")
+                continue
+            url = f"http://127.0.0.1:{match.group(1)}"
+            headers = {"Authorization": "Bearer bench-token-0123456789"}
+            with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+                def post():
+                    r = c.post("/run", json={"command": ["true"]})
+                    assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+                for _ in range(3):
+                    post()  # warm: probe, first pool fill
+                    time.sleep(0.2)
+                times = []
+                for _ in range(n):
+                    if extra:
+                        time.sleep(0.03)  # as bench_pool: the pool is refilled between runs
+                    t = time.perf_counter()
+                    post()
+                    times.append((time.perf_counter() - t) * 1000)
+            figure(label, round(statistics.median(times), 2), "ms",
+                   note="context: end to end over HTTP" + (" (warm pool)" if extra else ""))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+EXTRA_BENCHES += [bench_pool, bench_api]
+
+
 if __name__ == "__main__":
     sys.exit(main())
