@@ -224,3 +224,12 @@ def test_transport_errors_are_connect_errors():
 def test_unknown_option_is_usage_error():
     with pytest.raises(UsageError):
         s3store.open("s3://bkt/r", access_key="AKIA")
+
+
+def test_custom_endpoints_skip_default_checksum_trailers(moto, creds):
+    # R2 and many gateways reject boto3's default aws-chunked CRC32 trailers.
+    custom = s3store.open("s3://bkt/r", endpoint=moto.endpoint)._client.meta.config
+    assert custom.request_checksum_calculation == "when_required"
+    assert custom.response_checksum_validation == "when_required"
+    aws = s3store.open("s3://bkt/r", region="us-east-1")._client.meta.config
+    assert aws.request_checksum_calculation == "when_supported"

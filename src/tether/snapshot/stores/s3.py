@@ -103,9 +103,15 @@ class S3Store:
         if addressing not in (None, "path", "virtual", "auto"):
             raise UsageError(f"invalid addressing {addressing!r}", "use path or virtual")
         style = addressing or ("path" if endpoint else "auto")
+        # boto3 >= 1.36 adds CRC32 checksums as aws-chunked trailers by default, which R2,
+        # older MinIO and other gateways reject (often as a misleading 401/403): with a custom
+        # endpoint, checksums are sent and checked only where the API requires them.
+        checksums = "when_required" if endpoint else "when_supported"
         config = Config(retries={"mode": "standard", "total_max_attempts": 1},
                         connect_timeout=10, read_timeout=60, max_pool_connections=16,
-                        s3={"addressing_style": style})
+                        s3={"addressing_style": style},
+                        request_checksum_calculation=checksums,
+                        response_checksum_validation=checksums)
         try:
             self._client = _session(profile).client(
                 "s3", endpoint_url=endpoint, region_name=region, config=config,
