@@ -53,6 +53,7 @@ class FakeForge:
     accounts: dict[str, Account] = field(default_factory=dict)  # credential -> account
     keys: list[dict] = field(default_factory=list)
     rate_limited: bool = False
+    override: Response | None = None  # answer every request with this (status, headers, body)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     on_key_added: Callable[[str], None] | None = None
     per_page_max: int = 100
@@ -75,9 +76,13 @@ class FakeForge:
                 except ValueError:
                     body = "<invalid json>"
                 fake.requests.append((self.command, self.path, dict(self.headers)))
-                status, headers, payload = fake.handle(self.command, self.path,
-                                                       dict(self.headers), body)
-                data = b"" if payload is None else json.dumps(payload).encode()
+                if fake.override is not None:  # a broken proxy / an outage, whatever was asked
+                    status, headers, payload = fake.override
+                else:
+                    status, headers, payload = fake.handle(self.command, self.path,
+                                                           dict(self.headers), body)
+                data = (b"" if payload is None else payload if isinstance(payload, bytes)
+                        else json.dumps(payload).encode())
                 self.send_response(status)
                 if payload is not None:
                     self.send_header("Content-Type", "application/json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tether.errors import (AlreadyExistsError, AuthError, ConnectError, NotFoundError,
-                           PermissionDeniedError, RateLimitedError)
+                           PeerError, PermissionDeniedError, ProtocolError, RateLimitedError)
 from tether.forges.base import Credentials, Provider
 from tether.ssh.keys import generate_key
 
@@ -135,3 +135,16 @@ def test_unreachable_forge_is_a_connect_error(forge):
     with client_class(forge.provider)(url, forge.full) as c, pytest.raises(ConnectError) as err:
         c.whoami()
     assert "--base-url" in err.value.hint
+
+
+@pytest.mark.parametrize(("override", "error", "text"), [
+    ((200, {"Content-Type": "text/html"}, b"<html>captive portal</html>"), ProtocolError,
+     "not JSON"),
+    ((502, {}, b"bad gateway"), PeerError, "HTTP 502"),
+    ((418, {}, {"message": "teapot"}), PeerError, "HTTP 418 teapot"),
+], ids=["html", "502", "unexpected-status"])
+def test_odd_answers_become_tether_errors(forge, override, error, text):
+    forge.fake.override = override
+    with forge.client() as c, pytest.raises(error) as err:
+        c.whoami()
+    assert text in err.value.message
