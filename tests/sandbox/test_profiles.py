@@ -278,3 +278,29 @@ def test_seccomp_filter_shape():
     no_sock = _decode(seccomp.build_filter("x86_64", deny_sockets=False))
     assert seccomp.SYSCALLS["x86_64"]["socket"] not in {k for c, _, _, k in no_sock if c == 0x15}
     assert all(jt < 255 and jf < 255 for _, jt, jf, _ in prog)
+
+
+@pytest.mark.parametrize("kw,expect_in,expect_out", [
+    ({"profile": "restrictive"}, ["--landlock", "7", "--rw", "/tmp", "--dev"], ["--forward"]),
+    ({"profile": "moderate", "allow_domains": ["a.org"]}, ["--forward", "3128", "1080",
+                                                          "--filter"], ["--landlock"]),
+    ({"profile": "restrictive", "mounts": ["/srv/o:/out"]}, ["/out"], ["/srv/o", str(W)]),
+], ids=["landlock-only", "forwarder-only", "rw-mounts-only"])
+def test_helper_options(kw, expect_in, expect_out):
+    from tether.sandbox.landlock import helper_options
+
+    profile = kw.pop("profile")
+    opts = helper_options(spec(profile, **kw), FULL_HOST)
+    assert all(x in opts for x in expect_in) and not any(x in opts for x in expect_out)
+
+
+def test_helper_parses_what_the_host_writes():
+    from tether.sandbox import _helper
+    from tether.sandbox.landlock import helper_options
+
+    s = spec("restrictive", allow_domains=["a.org"], mounts=["/srv/o:/out"])
+    config, command = _helper.parse([*helper_options(s, FULL_HOST), "--", "echo", "--rw"])
+    assert command == ["echo", "--rw"]
+    assert config["ports"] == [3128, 1080] and config["landlock"] == 7
+    assert "/out" in config["writable"] and config["dev_writable"] == ["/dev"]
+    assert bytes.fromhex(config["socket_filter"]) == seccomp.build_socket_filter("x86_64")

@@ -24,7 +24,8 @@ def run(
     mount: Annotated[Optional[list[str]], typer.Option(
         help="SRC[:DST][:ro] (repeatable).")] = None,
     env: Annotated[Optional[list[str]], typer.Option(
-        help="K=V, or K to pass the host's value (repeatable).")] = None,
+        help="K=V, or K to pass the host's value (repeatable; use K for secrets: "
+             "values on the command line show in ps).")] = None,
     memory: Annotated[Optional[str], typer.Option(help="Memory limit, e.g. 1G.")] = None,
     cpus: Annotated[Optional[float], typer.Option(help="CPU limit in cores.")] = None,
     pids: Annotated[Optional[int], typer.Option(help="Process limit.")] = None,

@@ -1,7 +1,9 @@
 """The in-sandbox helper: runs first inside bwrap, then execs the user command.
 
 Executed by the sandbox's own python3 with -I -S, so it may use the standard library only
-and must never import tether. argv: helper.py CONFIG_JSON -- CMD...
+and must never import tether; it avoids json/re too (they double its start-up time).
+argv: helper.py [--forward SOCKET PORT...] [--landlock ABI] [--rw PATH]... [--dev PATH]...
+[--filter HEX] -- CMD...
 
 It does up to three things, in this order:
 1. forwarder (allowlist network): listens on 127.0.0.1:3128 (HTTP) and :1080 (SOCKS) inside
@@ -15,7 +17,6 @@ It does up to three things, in this order:
 """
 
 import ctypes
-import json
 import os
 import sys
 
@@ -146,12 +147,38 @@ def stack_seccomp(program):
         fail("seccomp filter failed: " + os.strerror(ctypes.get_errno()))
 
 
+def parse(args):
+    config = {"ports": [], "writable": [], "dev_writable": []}
+    i = 0
+    while i < len(args) and args[i] != "--":
+        flag = args[i]
+        if flag == "--forward":
+            config["socket"] = args[i + 1]
+            i += 2
+            while i < len(args) and args[i].isdigit():
+                config["ports"].append(int(args[i]))
+                i += 1
+            continue
+        value = args[i + 1]
+        if flag == "--landlock":
+            config["landlock"] = int(value)
+        elif flag == "--rw":
+            config["writable"].append(value)
+        elif flag == "--dev":
+            config["dev_writable"].append(value)
+        elif flag == "--filter":
+            config["socket_filter"] = value
+        else:
+            fail("unknown helper flag " + flag)
+        i += 2
+    if i >= len(args) - 1:
+        fail("usage: helper.py [OPTIONS] -- CMD...")
+    return config, args[i + 1:]
+
+
 def main(argv):
-    if len(argv) < 4 or argv[2] != "--":
-        fail("usage: helper.py CONFIG -- CMD...")
-    config = json.loads(argv[1])
-    command = argv[3:]
-    if config.get("forward"):
+    config, command = parse(argv[1:])
+    if config.get("socket"):
         start_forwarder(config["ports"], config["socket"])
     if config.get("landlock"):
         landlock(config["landlock"], config["writable"], config["dev_writable"])

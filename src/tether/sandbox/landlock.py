@@ -9,7 +9,6 @@ From ABI 6 it also scopes abstract unix sockets and signals to the command's own
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tether.sandbox.profiles import (
@@ -27,23 +26,24 @@ HELPER_FILE = str(Path(__file__).with_name("_helper.py"))
 HELPER_TARGET = HELPER_DIR + "/helper.py"
 
 
-def helper_config(spec: SandboxSpec, host: HostFacts) -> dict:
+def helper_options(spec: SandboxSpec, host: HostFacts) -> list[str]:
+    """The helper's flags for `spec` (see _helper.py for their meaning)."""
     from tether.sandbox.seccomp import cached_socket_filter
 
-    config: dict = {}
+    opts: list[str] = []
     if spec.network is NetworkMode.ALLOWLIST:
-        config.update(forward=True, ports=[PROXY_PORT, SOCKS_PORT], socket=PROXY_SOCKET,
-                      socket_filter=cached_socket_filter(host.arch).hex())
+        opts += ["--forward", PROXY_SOCKET, str(PROXY_PORT), str(SOCKS_PORT),
+                 "--filter", cached_socket_filter(host.arch).hex()]
     if spec.landlock and host.landlock_abi >= 1:
-        writable = [str(m.target) for m in spec.mounts if not m.read_only]
-        config.update(landlock=host.landlock_abi,
-                      writable=sorted({*writable, "/tmp", "/var/tmp", "/dev/shm", SANDBOX_HOME}),
-                      dev_writable=["/dev"])
-    return config
+        writable = {str(m.target) for m in spec.mounts if not m.read_only}
+        opts += ["--landlock", str(host.landlock_abi)]
+        for path in sorted({*writable, "/tmp", "/var/tmp", "/dev/shm", SANDBOX_HOME}):
+            opts += ["--rw", path]
+        opts += ["--dev", "/dev"]
+    return opts
 
 
 def helper_argv(spec: SandboxSpec, host: HostFacts) -> list[str]:
     if host.helper_python is None:
         return []
-    config = json.dumps(helper_config(spec, host), separators=(",", ":"))
-    return [host.helper_python, "-I", "-S", HELPER_TARGET, config, "--"]
+    return [host.helper_python, "-I", "-S", HELPER_TARGET, *helper_options(spec, host), "--"]
