@@ -98,23 +98,27 @@ def _stop_daemon() -> None:
         time.sleep(0.02)
 
 
+@pytest.fixture(autouse=True)
+def _no_daemon_left(isolated, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test's link daemon (one per isolated state dir) is stopped when it ends."""
+    monkeypatch.setenv("TETHER_LINK_DAEMON_IDLE", "60")
+    yield
+    _stop_daemon()
+
+
 @pytest.fixture
-def paired(isolated, host: Host, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def paired(isolated, host: Host) -> str:
     """This (isolated) laptop paired with ``host`` as "ws" through the real gateway."""
     from tether.link.pairing import connect
 
     if host.gateway is None or host.gateway.poll() is not None:
         host.start_gateway()
-    monkeypatch.setenv("TETHER_LINK_DAEMON_IDLE", "60")
     connect(host.connection_string(), "ws")
-    try:
-        yield "ws"
-    finally:
-        _stop_daemon()
+    return "ws"
 
 
 @pytest.fixture
-def direct(isolated, host: Host, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def direct(isolated, host: Host) -> str:
     """A profile "dev" reaching the same sshd over plain TCP (no gateway)."""
     from tether.link.pairing import ensure_client_key
     from tether.link.profiles import HostProfile, host_key_alias, known_hosts_path, save_profile
@@ -122,11 +126,7 @@ def direct(isolated, host: Host, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     key = ensure_client_key()
     with host.sshd.authorized_keys.open("a") as fh:
         fh.write(key.with_name(key.name + ".pub").read_text())
-    monkeypatch.setenv("TETHER_LINK_DAEMON_IDLE", "60")
     save_profile(HostProfile("dev", "direct", f"tcp://127.0.0.1:{host.sshd.port}", USER,
                              host.host_key, key, known_hosts_path("dev"),
                              host_key_alias("dev")))
-    try:
-        yield "dev"
-    finally:
-        _stop_daemon()
+    return "dev"
