@@ -1,0 +1,209 @@
+"""Remote kernel benchmark: `python bench/kernel.py [--json] [-n N]`.
+
+The "remote" is this machine through a private OpenSSH sshd on 127.0.0.1 (real ssh client,
+real sshd, real ipykernel), so the figures are tether's overhead, not a network's. Anchor: the
+same ipykernel started locally by jupyter_client's own LocalProvisioner. Figures:
+- first_reply_ratio  p50 launch -> first execute_reply, remote / local (goal <= 1.5). Launch
+                     and local runs are interleaved so machine noise hits both.
+- interrupt_ms       p50 interrupt (signal mode: SIGINT relayed to the remote kernel's
+                     process group) -> the KeyboardInterrupt execute_reply (goal < 200).
+Informational: the local interrupt, message-mode interrupt, and one SSH session's start-up
+with OpenSSH (what the link uses) vs an asyncssh connect + command (the alternative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GOALS = {"first_reply_ratio": ("<=", 1.5), "interrupt_ms": ("<", 200.0)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sshd(d: Path) -> tuple[subprocess.Popen, dict]:
+    from tether.host.platform import find_program
+
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
+        f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
+        "MaxSessions 50\nMaxStartups 100:30:200\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    proc = subprocess.Popen([find_program("sshd") or "sshd", "-D", "-e", "-f",
+                             str(d / "sshd_config")], stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    (d / "ssh_config").write_text(
+        f"Host bench\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n"
+        f"  IdentityFile {d / 'client_key'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking yes\n")
+    return proc, {"port": port, "user": user}
+
+
+def first_reply_s(kernel_name: str) -> tuple[float, object, object]:
+    from jupyter_client.manager import KernelManager
+
+    t = time.perf_counter()
+    km = KernelManager(kernel_name=kernel_name)
+    km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kc = km.client()
+    kc.start_channels()
+    msg_id = kc.execute("1")
+    while kc.get_shell_msg(timeout=60)["parent_header"].get("msg_id") != msg_id:
+        pass
+    return time.perf_counter() - t, km, kc
+
+
+def interrupt_ms(km, kc) -> float:
+    msg_id = kc.execute("while True:\n    pass")
+    time.sleep(0.5)  # the kernel is idle: the loop is running by then (shell is reliable,
+    # iopub may still be subscribing right after launch)
+    t = time.perf_counter()
+    km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    elapsed = (time.perf_counter() - t) * 1000
+    assert reply["content"].get("ename") == "KeyboardInterrupt", reply["content"]
+    return elapsed
+
+
+def stop(km, kc) -> None:
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+
+
+def session_startup_ms(d: Path, info: dict, n: int) -> tuple[float, float]:
+    import asyncssh
+
+    ssh_t = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run(["ssh", "-F", str(d / "ssh_config"), "bench", "true"], check=True)
+        ssh_t.append((time.perf_counter() - t) * 1000)
+
+    async def one() -> float:
+        t = time.perf_counter()
+        async with asyncssh.connect("127.0.0.1", port=info["port"], username=info["user"],
+                                    client_keys=[str(d / "client_key")],
+                                    known_hosts=str(d / "known_hosts")) as conn:
+            await conn.run("true", check=True)
+        return (time.perf_counter() - t) * 1000
+
+    a_t = [asyncio.run(one()) for _ in range(n)]
+    return statistics.median(ssh_t), statistics.median(a_t)
+
+
+def measure(n: int, d: Path) -> dict:
+    from tether.kernels.specs import InterruptMode, RemoteKernelSpec, add_kernel
+
+    sshd, info = start_sshd(d)
+    try:
+        os.environ["TETHER_SSH_CONFIG"] = str(d / "ssh_config")
+        for name, mode in (("bench", InterruptMode.SIGNAL), ("bench-msg", InterruptMode.MESSAGE)):
+            add_kernel(RemoteKernelSpec(name=name, host="bench", python=sys.executable,
+                                        lifetime="session", remote_state_dir=str(d / "rs")),
+                       interrupt_mode=mode)  # with health checks, as a user would
+        local_t, remote_t, local_int, remote_int, msg_int = [], [], [], [], []
+        for _ in range(n):
+            s, km, kc = first_reply_s("python3")
+            local_t.append(s)
+            local_int.append(interrupt_ms(km, kc))
+            stop(km, kc)
+            s, km, kc = first_reply_s("tether-bench")
+            remote_t.append(s)
+            remote_int.append(interrupt_ms(km, kc))
+            stop(km, kc)
+        _, km, kc = first_reply_s("tether-bench-msg")
+        for _ in range(n):
+            msg_int.append(interrupt_ms(km, kc))
+        stop(km, kc)
+        ssh_ms, asyncssh_ms = session_startup_ms(d, info, max(3, n))
+    finally:
+        sshd.terminate()
+        sshd.wait(5)
+    med = statistics.median
+    return {
+        "first_reply_ratio": round(med(remote_t) / med(local_t), 3),
+        "interrupt_ms": round(med(remote_int), 1),
+        "info": {
+            "remote_first_reply_s": round(med(remote_t), 3),
+            "local_first_reply_s": round(med(local_t), 3),
+            "local_interrupt_ms": round(med(local_int), 1),
+            "message_mode_interrupt_ms": round(med(msg_int), 1),
+            "openssh_session_ms": round(ssh_ms, 1),
+            "asyncssh_session_ms": round(asyncssh_ms, 1),
+            "runs": n,
+        },
+    }
+
+
+def passes(name: str, value: float) -> bool:
+    op, goal = GOALS[name]
+    return value <= goal if op == "<=" else value < goal
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("-n", type=int, default=3, help="launches per side (median)")
+    args = parser.parse_args()
+    d = Path(tempfile.mkdtemp(prefix="tether-bench-kernel-"))
+    os.environ["JUPYTER_DATA_DIR"] = str(d / "jupyter")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(d / "runtime")
+    os.environ["TETHER_HOME"] = str(d / "tether")
+    try:
+        result = measure(args.n, d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    ok = all(passes(k, result[k]) for k in GOALS)
+    if args.json:
+        out = {k: {"value": result[k], "goal": f"{GOALS[k][0]} {GOALS[k][1]}",
+                   "pass": passes(k, result[k])} for k in GOALS}
+        print(json.dumps({"figures": out, "info": result["info"], "pass": ok}, indent=2))
+    else:
+        print(f"{'figure':<22}{'value':>10}  {'goal':<10}{'result'}")
+        for k in GOALS:
+            print(f"{k:<22}{result[k]:>10}  {GOALS[k][0] + ' ' + str(GOALS[k][1]):<10}"
+                  f"{'pass' if passes(k, result[k]) else 'FAIL'}")
+        for k, v in result["info"].items():
+            print(f"  {k:<28}{v}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
