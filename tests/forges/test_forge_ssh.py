@@ -132,8 +132,8 @@ def test_setup_end_to_end_then_idempotent(cli, isolated, monkeypatch, github, fo
 
     again = cli("git", "setup", "github", *forge_ssh.target_args(), "--json").json()
     steps = {s["name"]: s["status"] for s in again["steps"]}
-    assert steps["key"] == "skipped" and steps["upload"] == "skipped"
-    assert steps["test"] == "done"
+    assert steps == {"key": "skipped", "host key": "skipped", "ssh config": "skipped",
+                     "upload": "skipped", "test": "done"}
     assert len(github.fake.keys) == 1
 
 
@@ -174,3 +174,16 @@ def test_setup_for_the_public_host_pins_its_published_key(cli, isolated, monkeyp
                               capture_output=True, text=True, check=True).stdout.splitlines()
     assert {"user git", "hostname github.com", "identitiesonly yes",
             f"identityfile {isolated.home}/.ssh/id_ed25519"} <= set(resolved)
+
+
+def test_setup_with_a_token_missing_the_scope_reports_it(cli, isolated, monkeypatch, github,
+                                                         forge_ssh):
+    github.env(monkeypatch)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_read")
+    r = cli("git", "setup", "github", *forge_ssh.target_args(), "--json")
+    assert r.exit_code == 1
+    steps = {s["name"]: s for s in r.json()["steps"]}
+    assert steps["upload"]["status"] == "failed"
+    assert "lacks the scope" in steps["upload"]["detail"]
+    assert "test" not in steps  # nothing to test before the key is on the account
+    assert steps["key"]["status"] == "done" and steps["ssh config"]["status"] == "done"

@@ -220,7 +220,6 @@ def setup(provider: Provider, *, key_name: str = "id_ed25519", title: str | None
     from tether.forges.accounts import client_for
     from tether.ssh import config as ssh_config
     from tether.ssh import keys as ssh_keys
-    from tether.ssh.known_hosts import add_known_host, known_hosts_path
 
     target = target or default_target(provider, base_url)
     client = client_for(provider, base_url)  # fails before anything is written when logged out
@@ -234,33 +233,57 @@ def setup(provider: Provider, *, key_name: str = "id_ed25519", title: str | None
             info = ssh_keys.generate_key(key_name, comment=f"{user.login}@{provider.value}",
                                          passphrase=passphrase)
             report.add("key", "done", f"generated {info.type} key {info.path} ({info.fingerprint})")
-        pin = KNOWN_HOST_KEYS.get(target.alias)
-        if pin and target.hostname in (None, target.alias):
-            kh = target.known_hosts or known_hosts_path()
-            add_known_host(kh, target.alias, pin)
-            report.add("host key", "done", f"pinned {target.alias}'s published key in {kh}")
-        else:
-            report.add("host key", "skipped", f"no published key known for {target.alias}; "
-                       "ssh asks you to confirm its fingerprint on first use")
+        _pin_host_key(report, target)
         block = forge_block(target, info.path)
-        backup = ssh_config.upsert_block(block)
-        report.add("ssh config", "done", f"block {block.name} (Host {block.host}) in "
-                   f"{ssh_config.config_path()}" + (f"; backup {backup}" if backup else ""))
-        remote = {k.fingerprint: k for k in client.list_keys()}
-        if info.fingerprint in remote:
-            report.add("upload", "skipped", f"{SPECS[provider].display} has this key already "
-                       f"(id {remote[info.fingerprint].id})")
+        if block in ssh_config.list_blocks():
+            report.add("ssh config", "skipped", f"block {block.name} is up to date")
         else:
-            added = client.add_key(title or _default_title(), info.public_path.read_text().strip())
-            report.add("upload", "done", f"added as {added.title!r} (id {added.id})")
-    if run_test:
+            backup = ssh_config.upsert_block(block)
+            report.add("ssh config", "done", f"block {block.name} (Host {block.host}) in "
+                       f"{ssh_config.config_path()}" + (f"; backup {backup}" if backup else ""))
+        try:
+            _upload(report, client, info, title)
+        except TetherError as exc:  # e.g. a missing scope: keep the report of steps 1-3
+            report.add("upload", "failed", _explain(exc))
+    if run_test and report.ok:
         try:
             result = test_connection(target, identity=info.path)
             report.add("test", "done", result.message)
         except TetherError as exc:
-            report.add("test", "failed", exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            report.add("test", "failed", _explain(exc))
     report.next_steps = _next_steps(provider, target)
     return report
+
+
+def _pin_host_key(report: SetupReport, target: SshTarget) -> None:
+    from tether.ssh.known_hosts import add_known_host, known_hosts_path
+
+    pin = KNOWN_HOST_KEYS.get(target.alias)
+    if pin is None:
+        report.add("host key", "skipped", f"no published key known for {target.alias}; "
+                   "ssh asks you to confirm its fingerprint on first use")
+    elif target.hostname not in (None, target.alias):
+        report.add("host key", "skipped", f"HostName is {target.hostname}, not {target.alias}: "
+                   f"{target.alias}'s published key does not apply")
+    else:
+        kh = target.known_hosts or known_hosts_path()
+        add_known_host(kh, target.alias, pin)
+        report.add("host key", "done", f"pinned {target.alias}'s published key in {kh}")
+
+
+def _upload(report: SetupReport, client, info, title: str | None) -> None:
+    remote = {k.fingerprint: k for k in client.list_keys()}
+    display = client.spec.display
+    if info.fingerprint in remote:
+        report.add("upload", "skipped", f"{display} has this key already "
+                   f"(id {remote[info.fingerprint].id})")
+        return
+    added = client.add_key(title or _default_title(), info.public_path.read_text().strip())
+    report.add("upload", "done", f"added as {added.title!r} (id {added.id})")
+
+
+def _explain(exc: TetherError) -> str:
+    return exc.message + (f" ({exc.hint})" if exc.hint else "")
 
 
 def _default_title() -> str:
