@@ -22,6 +22,7 @@ Token, first match: tether secret ``store:hf:token``, then what huggingface_hub 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -138,6 +139,7 @@ class HfStore:
         self._lock = threading.Lock()          # guards _pending and the spool
         self._commit_lock = threading.Lock()   # one commit sequence at a time
         self._spool: Path | None = None
+        self._spool_seq = itertools.count()
         self._pending: dict[str, Path | None] = {}   # key -> spooled file, None = delete
         self._repo_ready = False
         self.commits_made = 0
@@ -149,7 +151,8 @@ class HfStore:
     def _spool_file(self, key: str) -> Path:
         if self._spool is None:
             self._spool = Path(tempfile.mkdtemp(prefix="tether-hf-spool-"))
-        return self._spool / f"{len(self._pending)}-{key.replace('/', '~')}"
+        # A fresh name per put: a commit in flight may still be reading the previous one.
+        return self._spool / f"{next(self._spool_seq)}-{key.replace('/', '~')}"
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = self._api._build_hf_headers(token=self._token)

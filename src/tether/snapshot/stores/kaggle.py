@@ -30,6 +30,7 @@ Bearer) or ``store:kaggle:username`` + ``store:kaggle:key``; env ``KAGGLE_API_TO
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -148,6 +149,7 @@ class KaggleStore:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._spool: Path | None = None
+        self._spool_seq = itertools.count()
         self._pending: dict[str, Path | None] = {}      # key -> spooled file, None = delete
         self._remote: dict[str, int] | None = None       # key -> size of the latest version
         self._dataset_exists: bool | None = None
@@ -222,7 +224,8 @@ class KaggleStore:
     def _spool_path(self, key: str) -> Path:
         if self._spool is None:
             self._spool = Path(tempfile.mkdtemp(prefix="tether-kaggle-spool-"))
-        return self._spool / f"{time.monotonic_ns()}-{key_to_name(key)}"
+        # A fresh name per put: a commit in flight may still be reading the previous one.
+        return self._spool / f"{next(self._spool_seq)}-{key.replace('/', '~')}"
 
     def _set_pending(self, key: str, target: Path | None) -> None:
         old = self._pending.pop(key, None)
