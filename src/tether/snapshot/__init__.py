@@ -23,6 +23,7 @@ _API = {
     "restore_components": "tether.snapshot.components",
     "save_components": "tether.snapshot.components",
     "Component": "tether.snapshot.components",
+    "autosave": "tether.snapshot.components",
 }
 # tether.snapshot_<name> in the top-level API
 _ALIASES = {"snapshot_push": "push", "snapshot_pull": "pull", "snapshot_list": "list_snapshots",
