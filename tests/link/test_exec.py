@@ -55,10 +55,10 @@ async def test_async_api_runs_concurrently(paired) -> None:
     import asyncio
 
     began = time.monotonic()
-    results = await asyncio.gather(*(tether.exec_async(paired, f"sleep 0.5; echo {i}")
+    results = await asyncio.gather(*(tether.exec_async(paired, f"sleep 1; echo {i}")
                                      for i in range(4)))
     assert [r.stdout for r in results] == [b"%d\n" % i for i in range(4)]
-    assert time.monotonic() - began < 1.8  # one warm connection, four channels at once
+    assert time.monotonic() - began < 3.5  # four channels at once (one by one: >= 4 s)
 
 
 def test_cli_in_process(paired, cli) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tether import errors
-from tether.cli.exec import parse_fast
+from tether.cli.exec_fast import parse_fast
 from tether.link import wire
 from tether.link.copy import Location, parse_location, split_direction, temp_name
 from tether.link.exec import build_command, exit_code_of, parse_env

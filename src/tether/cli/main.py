@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv is None and sys.argv[1:2] == ["exec"]:
             # `tether exec` fast path: no Typer app is built (docs/link-daemon.md).
-            from tether.cli.exec import fast_main
+            from tether.cli.exec_fast import fast_main
 
             rv = fast_main(sys.argv[2:])
             if rv is not None:

@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
@@ -212,6 +213,8 @@ async def serve(idle_s: float) -> None:
         log.info("another daemon holds %s; exiting", directory / "daemon.lock")
         return
     daemon = Daemon(idle_s)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # clean exit: no stale socket
+        asyncio.get_running_loop().add_signal_handler(signum, daemon.stop.set)
     server = await asyncio.start_unix_server(daemon.handle, sock=_listen(socket_path()))
     log.info("listening on %s (pid %s)", socket_path(), os.getpid())
     try:

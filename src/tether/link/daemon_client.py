@@ -224,9 +224,20 @@ def exec_request(name: str, command: list[str] | None, *, cwd: str | None = None
             "cwd": cwd, "env": env_pairs, "pty": pty, "stdin": True}
 
 
+def _check_profile(name: str) -> None:
+    """Fail fast on an unknown host, before a daemon is started for nothing."""
+    from tether import paths
+
+    if not (paths.config_dir() / "hosts" / f"{name}.json").is_file():
+        from tether.link.profiles import load_profile
+
+        load_profile(name)  # raises the NotFoundError (or UsageError for a bad name)
+
+
 def run_cli(req: dict) -> int:
     """Run a `tether exec`/`shell` request: via the daemon when we own real terminal fds
     (the normal case), else in-process (tests, embedding, TETHER_LINK_DAEMON=0)."""
+    _check_profile(req["name"])
     if _has_fds() and os.environ.get("TETHER_LINK_DAEMON", "1") != "0":
         sys.stdout.flush()
         return run_exec(req)

@@ -176,6 +176,9 @@ def connect(text: str, name: str, *, timeout: float = 20.0) -> ConnectResult:
                 f"but {_fingerprint(existing.host_key)} is pinned for it",
                 "someone may be impersonating it, or the host lost its state; only if you "
                 f"know why, run `tether hosts rm {name}` and pair again")
+        if profiles.secrets.get_secret(profiles.token_key(name)) is None:
+            # the token was lost (another keyring, a wiped secrets file): pair again
+            return _pair_new(cs, name, timeout)
         _check_health(cs.url, timeout)
         updated = profiles.HostProfile(**{**existing.__dict__, "url": cs.url})
         return ConnectResult(updated, False, updated.host_key_alias, _save(updated, None))

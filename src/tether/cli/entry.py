@@ -1,0 +1,38 @@
+"""The `tether` console script: the exec fast path first, then the full CLI.
+
+Importing Typer and building the command tree costs ~30-60 ms, a large share of a
+`tether exec NAME -- true` that goals put under 150 ms; so `exec` is parsed here without
+them (:mod:`tether.cli.exec_fast`) and every other command goes to :func:`tether.cli.main.main`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["exec"]:
+        from tether.errors import TetherError
+
+        try:
+            from tether.cli.exec_fast import fast_main
+
+            code = fast_main(sys.argv[2:])
+        except TetherError as exc:
+            from tether.cli.main import _debug, report_error
+
+            if _debug():
+                raise
+            sys.exit(report_error(exc))
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
+        if code is not None:
+            sys.exit(code)
+    from tether.cli.main import main as full_main
+
+    full_main()
+
+
+if __name__ == "__main__":
+    main()
