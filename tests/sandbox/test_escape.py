@@ -365,3 +365,23 @@ def test_enforcement_is_not_silently_weakened(make_spec, monkeypatch):
     with pytest.raises(EnforcementError, match="seccomp"):
         runner.run(make_spec("permissive", ["true"]))
     assert Path("/proc/self").exists()
+
+
+@pytest.mark.parametrize("profile", ALL)
+def test_cannot_write_host_sysctls(make_spec, profile):
+    # as root the sandbox's uid owns /proc/sys files: it must still not change the host's
+    # kernel (core_pattern is the classic container escape). The probe writes the current
+    # value back, so even a failure of this test changes nothing.
+    r = py(make_spec, profile, """
+        for p in ['/proc/sys/vm/swappiness', '/proc/sys/kernel/core_pattern',
+                  '/proc/sys/kernel/hostname']:
+            value = open(p).read()
+            try:
+                with open(p, 'w') as f:
+                    f.write(value)
+                print('WROTE', p)
+            except OSError as e:
+                print('denied', p, e.errno)
+    """)
+    assert b"WROTE" not in r.stdout, r.stdout
+    assert r.stdout.count(b"denied") == 3, r.stderr

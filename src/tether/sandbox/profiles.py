@@ -442,7 +442,13 @@ def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = N
         else:
             for e in etc_entries(spec, host):
                 a += ["--ro-bind", "/etc/" + e, "/etc/" + e]
-    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+    # bwrap covers /proc/sys read-only only when it looks writable to access(2), which it does
+    # not for its directory mode; but a sandbox whose uid is the host's root owns the files
+    # inside (vm.*, kernel.core_pattern...) and could write host-global sysctls. Values are
+    # resolved against the reader's namespaces, so binding the host's view read-only is exact.
+    a += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys",
+          "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
+          "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
           "--tmpfs", "/var/tmp", "--dir", "/var"]
     if spec.writable_layer is not None:
         a += ["--bind", str(spec.writable_layer), SANDBOX_HOME]
