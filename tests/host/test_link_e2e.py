@@ -274,3 +274,15 @@ def test_gateway_down_is_a_clear_error(host, tmp_path) -> None:
                              cs.host_key_fingerprint)
     code, _, err = e.cli("connect", moved.encode(), "--name", "elsewhere")
     assert code == 1 and "cannot reach the gateway" in err
+
+
+def test_lost_token_pairs_again(host) -> None:
+    e, handle = host
+    from tether import secrets
+
+    secrets.delete_secret(profiles.token_key("lap"))
+    assert e.ssh("tether-lap", "true").returncode == 255
+    code, out, err = e.cli("connect", handle.pair_code(), "--name", "lap", "--json")
+    assert code == 0, err
+    assert json.loads(out)["paired"] is True
+    assert e.ssh("tether-lap", "true").returncode == 0
