@@ -239,3 +239,53 @@ def test_the_generated_token_is_stored_once_and_reused(isolated):
     assert ensure_token() == (token, False)
     rotated, generated = ensure_token(rotate=True)
     assert generated and rotated != token
+
+
+def _start_serve(env, *args):
+    import re
+    import subprocess
+
+    proc = subprocess.Popen(["tether", "serve", "--port", "0", *args], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for _ in range(3):
+        line = proc.stderr.readline()
+        lines.append(line)
+        match = re.search(r"serving the sandbox API on (http://\S+)", line)
+        if match:
+            return proc, match.group(1), lines
+    proc.kill()
+    raise AssertionError(f"tether serve did not start: {lines}")
+
+
+@pytest.mark.timeout(60)
+def test_tether_serve_generates_the_token_once_and_requires_it(isolated, tmp_path):
+    from tether import secrets
+    from tether.sandbox.api import TOKEN_SECRET_KEY
+
+    env = {**isolated.env}
+    work = tmp_path / "proj"
+    work.mkdir()
+    proc, url, lines = _start_serve(env, "--workdir", str(work))
+    try:
+        token = secrets.get_secret(TOKEN_SECRET_KEY)
+        assert token and any(token in line for line in lines)  # shown on first start
+        assert httpx.post(url + "/run", json={"command": ["true"]}).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(url + "/run", json={"command": ["echo", "served"]}, headers=auth)
+        assert r.json().get("stdout") == "served\n", r.text
+        # its own /docs page may call it; any other origin may not
+        assert httpx.get(url + "/sandboxes", headers={**auth, "Origin": url}).status_code == 200
+        evil = {**auth, "Origin": url.replace("127.0.0.1", "evil.example")}
+        assert httpx.get(url + "/sandboxes", headers=evil).status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    proc, url, lines = _start_serve(env, "--workdir", str(work))
+    try:
+        assert not any(token in line for line in lines)  # never shown again
+        assert httpx.get(url + "/sandboxes",
+                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -350,10 +350,6 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, token_file: Path | None = N
         token, generated = ensure_token(token_file, rotate=rotate_token)
         if generated:
             announce(f"API token (shown once; kept in tether's secret store): {token}")
-    settings = ApiSettings(token=token, auth=auth, allowed_origins=allowed_origins,
-                           max_body_bytes=max_body_bytes, workdir=Path(workdir or Path.cwd()),
-                           pool_size=pool_size)
-    app = create_app(settings)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -365,7 +361,14 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, token_file: Path | None = N
                                 "pick another --port (0 picks a free one)") from exc
     sock.listen(128)
     bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-    announce(f"serving the sandbox API on http://{shown}:{bound[1]}")
+    url = f"http://{f'[{bound[0]}]' if family == socket.AF_INET6 else bound[0]}:{bound[1]}"
+    # The API's own /docs page may call it. Its origin is the address we bound, never the
+    # request's Host header (which a DNS-rebinding page controls).
+    own = (url,) + ((f"http://localhost:{bound[1]}",) if _is_loopback(host) else ())
+    settings = ApiSettings(token=token, auth=auth, allowed_origins=(*allowed_origins, *own),
+                           max_body_bytes=max_body_bytes, workdir=Path(workdir or Path.cwd()),
+                           pool_size=pool_size)
+    app = create_app(settings)
+    announce(f"serving the sandbox API on {url}")
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
