@@ -247,3 +247,20 @@ def test_unreachable_hub_is_connect_error(hf_env):
     store = hfstore.open("hf://datasets/alice/x", endpoint=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectError):
         store.get("config")
+
+
+def test_re_put_during_a_commit_is_kept_for_the_next_flush(hub, repo_url):
+    """The lock refresher re-puts its key while a push commits: neither write may be torn."""
+    repo_id = repo_url.removeprefix("hf://datasets/")
+    store = hfstore.open(repo_url)
+    store.put("locks/l1", b"first")
+    hub.on_commit.append(lambda: store.put("locks/l1", b"second"))
+    try:
+        store.flush()
+    finally:
+        hub.on_commit.clear()
+    assert hub.files(repo_id)["locks/l1"] == b"first"
+    assert store.get("locks/l1") == b"second"          # still pending, not lost
+    store.flush()
+    assert hub.files(repo_id)["locks/l1"] == b"second"
+    assert list(store._spool.iterdir()) == []         # no spool file left behind

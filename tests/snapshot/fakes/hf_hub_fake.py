@@ -28,7 +28,8 @@ Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) an
 repo answers 401 RepoNotFound (the Hub does not reveal that it exists); writes need a token.
 
 Test hooks: ``hub.fail_next(status, count=1, path_contains=..., headers=...)`` injects
-failures; ``hub.commits(repo_id)`` and ``hub.files(repo_id)`` inspect state.
+failures; ``hub.on_commit`` runs callables when a commit request arrives;
+``hub.commits(repo_id)`` and ``hub.files(repo_id)`` inspect state.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class FakeHub:
         self.failures: list[Failure] = []
         self.lock = threading.Lock()
         self.url = ""
+        self.on_commit: list = []   # callables run (outside the lock) before a commit is read
 
     # -- test hooks ------------------------------------------------------------------------
     def fail_next(self, status: int, *, count: int = 1, path_contains: str = "",
@@ -213,6 +215,9 @@ class Handler(BaseHTTPRequestHandler):
             self._body()
             self._json(failure.status, {"error": f"injected {failure.status}"}, failure.headers)
             return
+        if "/commit/" in path:
+            for hook in list(self.hub.on_commit):
+                hook()
         try:
             with self.hub.lock:
                 self._route(path, query)

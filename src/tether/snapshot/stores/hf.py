@@ -140,6 +140,9 @@ class HfStore:
         self._commit_lock = threading.Lock()   # one commit sequence at a time
         self._spool: Path | None = None
         self._spool_seq = itertools.count()
+        self._sizes: dict[str, int] = {}               # key -> spooled size, for batching
+        self._pending_total = 0
+        self._garbage: list[Path] = []                 # superseded spool files
         self._pending: dict[str, Path | None] = {}   # key -> spooled file, None = delete
         self._repo_ready = False
         self.commits_made = 0
@@ -203,9 +206,14 @@ class HfStore:
 
     def _set_pending(self, key: str, target: Path | None) -> None:
         old = self._pending.pop(key, None)   # re-insert: a re-put moves to the end of the order
-        if old is not None and old != target:
-            old.unlink(missing_ok=True)
+        if old is not None:
+            # A commit in flight may be reading it: removed once no commit runs.
+            self._garbage.append(old)
+            self._pending_total -= self._sizes.pop(key, 0)
         self._pending[key] = target
+        if target is not None:
+            self._sizes[key] = target.stat().st_size
+            self._pending_total += self._sizes[key]
 
     def get(self, key: str) -> bytes:
         check_key(key)
@@ -297,22 +305,32 @@ class HfStore:
                 shutil.rmtree(self._spool, ignore_errors=True)
                 self._spool = None
             self._pending.clear()
+            self._sizes.clear()
+            self._garbage.clear()
+            self._pending_total = 0
 
     # -- commits ---------------------------------------------------------------------------
     def _maybe_commit(self) -> None:
         with self._lock:
-            sizes = self._pending_sizes()
-        if len(sizes) >= self.commit_files or sum(s for _, s in sizes) >= self.commit_bytes:
+            full = (len(self._pending) >= self.commit_files
+                    or self._pending_total >= self.commit_bytes)
+        if full:
             self._commit_pending(everything=False)
 
     def _pending_sizes(self) -> list[tuple[str, int]]:
-        return [(k, p.stat().st_size if p is not None else 0) for k, p in self._pending.items()]
+        return [(k, self._sizes.get(k, 0)) for k in self._pending]
 
     def _commit_pending(self, everything: bool) -> None:
         """Commit pending operations in put order; without ``everything``, only full batches
         (the tail waits for more puts or ``flush``)."""
         with self._commit_lock:
-            self._commit_pending_locked(everything)
+            try:
+                self._commit_pending_locked(everything)
+            finally:
+                with self._lock:
+                    garbage, self._garbage = self._garbage, []
+                for path in garbage:
+                    path.unlink(missing_ok=True)
 
     def _commit_pending_locked(self, everything: bool) -> None:
         with self._lock:
@@ -330,6 +348,7 @@ class HfStore:
                     # A newer put or delete of the same key stays pending.
                     if self._pending.get(key, "gone") is snapshot[key]:
                         del self._pending[key]
+                        self._pending_total -= self._sizes.pop(key, 0)
                         if snapshot[key] is not None:
                             snapshot[key].unlink(missing_ok=True)
 

@@ -150,6 +150,7 @@ class KaggleStore:
         self._flush_lock = threading.Lock()
         self._spool: Path | None = None
         self._spool_seq = itertools.count()
+        self._garbage: list[Path] = []                  # superseded or carried-over files
         self._pending: dict[str, Path | None] = {}      # key -> spooled file, None = delete
         self._remote: dict[str, int] | None = None       # key -> size of the latest version
         self._dataset_exists: bool | None = None
@@ -229,8 +230,8 @@ class KaggleStore:
 
     def _set_pending(self, key: str, target: Path | None) -> None:
         old = self._pending.pop(key, None)
-        if old is not None and old != target:
-            old.unlink(missing_ok=True)
+        if old is not None:   # a flush in flight may be reading it: removed after the flush
+            self._garbage.append(old)
         self._pending[key] = target
 
     def put(self, key: str, data: bytes) -> None:
@@ -313,7 +314,13 @@ class KaggleStore:
 
     def flush(self) -> None:
         with self._flush_lock:
-            self._flush_locked()
+            try:
+                self._flush_locked()
+            finally:
+                with self._lock:
+                    garbage, self._garbage = self._garbage, []
+                for path in garbage:
+                    path.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:
@@ -321,6 +328,7 @@ class KaggleStore:
                 shutil.rmtree(self._spool, ignore_errors=True)
                 self._spool = None
             self._pending.clear()
+            self._garbage.clear()
         self._api.close()
         self._storage.close()
 
@@ -361,11 +369,15 @@ class KaggleStore:
 
     def _carry_over(self, key: str) -> Path:
         target = self._spool_path("carry/" + key)
+        with self._lock:
+            self._garbage.append(target)
         target.write_bytes(self._download(key).content)
         return target
 
     def _marker(self) -> Path:
         target = self._spool_path("marker")
+        with self._lock:
+            self._garbage.append(target)
         target.write_bytes(b"tether: this repository version has no objects\n")
         return target
 
