@@ -72,3 +72,19 @@ def test_colab_policy_is_stated_and_gpu_env_reaches_ssh(tmp_path, monkeypatch) -
             assert status["platform"] == "Google Colab" and "forbid" in status["policy"]
         finally:
             ws.stop()
+
+
+def test_failed_tunnel_stops_what_started(cli, isolated, monkeypatch) -> None:
+    monkeypatch.setattr("tether.tunnels.cloudflared.which", lambda name: None)
+    before = subprocess.run(["pgrep", "-f", str(isolated.tether_home)], capture_output=True,
+                            text=True).stdout.split()
+    r = cli("up", str(isolated.home), "--tunnel", "cloudflared")
+    assert r.exit_code == 1 and "cloudflared is not installed" in r.stderr
+    assert "--tunnel" in r.stderr  # the hint names the alternatives
+    host_dir = isolated.tether_home / "state" / "host"
+    assert (host_dir / "sshd_config").exists()  # sshd was started, then stopped
+    assert not (host_dir / "run.json").exists()
+    after = subprocess.run(["pgrep", "-f", str(isolated.tether_home)], capture_output=True,
+                           text=True).stdout.split()
+    assert after == before == []
+    assert cli("host", "status", "--json").json()["running"] is False
