@@ -121,3 +121,31 @@ def test_supervisor_restarts_a_killed_tunnel() -> None:
         sup.stop()
         server.stop()
     assert not sup.tunnel.is_alive()
+
+
+def test_ngrok_without_agent_is_a_clear_error(isolated, monkeypatch) -> None:
+    from tether.tunnels.ngrok import NgrokTunnel
+
+    monkeypatch.setenv("NGROK_AUTHTOKEN", "tok-from-env")
+    from pyngrok import conf
+
+    t = NgrokTunnel(1)
+
+    monkeypatch.setattr(conf.PyngrokConfig, "__init__", _config_at(isolated.home / "no-ngrok"))
+    with pytest.raises(SystemDependencyError) as info:
+        t.start()
+    assert "ngrok agent is not installed" in info.value.message
+    assert not t.is_alive()
+    t.stop()
+
+
+def _config_at(path):
+    from pyngrok import conf
+
+    original = conf.PyngrokConfig.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.ngrok_path = str(path)
+
+    return init
