@@ -28,7 +28,7 @@ import enum
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from tether import errors
 
@@ -56,13 +56,13 @@ class HostKeyPolicy(enum.Enum):
 
 def ws_url(url: str) -> str:
     """The bridge endpoint for a gateway base URL: http(s)://h/p -> ws(s)://h/p/.tether/ssh."""
+    from tether.link import connstring
+
     parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.ConfigError(f"not a gateway URL: {url!r}",
                                  "expected http://HOST:PORT or https://HOST")
-    path = parts.path.rstrip("/") + SSH_PATH
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
+    return connstring.ws_url(url, SSH_PATH)
 
 
 def tcp_address(url: str) -> tuple[str, int] | None:
@@ -290,6 +290,10 @@ async def _open_ws_transport(url: str, token: str | None,
                 f"the gateway at {where} refused the access token (HTTP {status})",
                 "pair again with a fresh connection string: tether connect STRING --name NAME",
             ) from exc
+        if status == 502:
+            raise errors.ConnectError(f"the gateway at {where} is up but its sshd is not "
+                                      "answering", "restart the workspace: tether down; "
+                                      "tether up") from exc
         raise errors.ConnectError(
             f"the gateway at {where} answered HTTP {status} instead of opening the SSH bridge",
             "check the URL; is `tether up` running on the host?") from exc
