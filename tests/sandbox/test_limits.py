@@ -1,0 +1,64 @@
+"""Cgroup limit writers against a directory tree laid out like cgroupfs (v2 and v1).
+
+The real v1 hierarchy is exercised by the runner and escape tests on this host; v2 is not
+delegated here, so its writer is checked on a stand-in tree with the same file names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tether.errors import EnforcementError
+from tether.sandbox import limits
+from tether.sandbox.profiles import CgroupFacts, Limits
+
+
+def test_v2_writes_every_limit(tmp_path: Path):
+    cg = limits.create(Limits(memory_bytes=1 << 30, cpus=1.5, pids=64),
+                       CgroupFacts("v2", memory=True, pids=True, cpu=True),
+                       {"unified": tmp_path})
+    (d,) = cg.dirs.values()
+    assert d.parent == tmp_path and d.name.startswith("tether-")
+    assert (d / "memory.max").read_text() == str(1 << 30)
+    assert (d / "pids.max").read_text() == "64"
+    assert (d / "cpu.max").read_text() == "150000 100000"
+    assert cg.procs_files == [str(d / "cgroup.procs")]
+    argv = cg.wrap(["bwrap", "true"])
+    assert argv[:2] == [limits.SHELL, "-c"] and argv[-3:] == ["--", "bwrap", "true"]
+    assert str(d / "cgroup.procs") in argv
+
+
+def test_v1_uses_one_hierarchy_per_controller(tmp_path: Path):
+    base = {c: tmp_path / c for c in ("memory", "pids", "cpu")}
+    for p in base.values():
+        p.mkdir()
+    cg = limits.create(Limits(memory_bytes=256 << 20, pids=10),
+                       CgroupFacts("v1", memory=True, pids=True, cpu=True), base)
+    assert set(cg.dirs) == {"memory", "pids"}          # no cpu limit asked, no cpu cgroup
+    assert (cg.dirs["memory"] / "memory.limit_in_bytes").read_text() == str(256 << 20)
+    assert (cg.dirs["pids"] / "pids.max").read_text() == "10"
+    (cg.dirs["memory"] / "memory.max_usage_in_bytes").write_text("12345\n")
+    (cg.dirs["memory"] / "memory.oom_control").write_text("oom_kill_disable 0\noom_kill 1\n")
+    assert cg.peak_memory() == 12345 and cg.oom_killed() is True
+
+
+@pytest.mark.parametrize("facts,lim,match", [
+    (CgroupFacts(), Limits(pids=10), "pids"),
+    (CgroupFacts("v1", memory=True), Limits(cpus=1), "cpu"),
+], ids=["no-pids-cgroup", "no-cpu-cgroup"])
+def test_refuses_limits_it_cannot_enforce(tmp_path, facts, lim, match):
+    with pytest.raises(EnforcementError, match=match):
+        limits.create(lim, facts, {})
+
+
+def test_memory_without_cgroup_falls_back_to_rlimit_and_says_so():
+    cg = limits.create(Limits(memory_bytes=64 << 20), CgroupFacts(), {})
+    assert cg.rlimit_as == 64 << 20 and "RLIMIT_AS" in cg.notes[0]
+    assert cg.wrap(["x"])[2].startswith(f"ulimit -v {64 << 10}")
+
+
+def test_no_limits_no_wrapper():
+    cg = limits.create(Limits(), CgroupFacts("v1", memory=True, pids=True), {})
+    assert cg.wrap(["bwrap"]) == ["bwrap"] and not cg.dirs
