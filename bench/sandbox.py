@@ -151,7 +151,8 @@ def bench_pool(n: int) -> None:
     work.mkdir()
     os.environ.setdefault("TETHER_HOME", str(tmp / "home"))
     spec = resolve_spec(DEFAULT_PROFILE, ["true"], workdir=work)
-    idle, busy = [], []
+    raw = raw_bwrap_argv(True)
+    idle, busy, bare = [], [], []
     with WarmPool(size=2, scratch_root=tmp / "scratch") as pool:
         pool.warm(spec, wait=True, timeout=60)
         for _ in range(n):
@@ -161,6 +162,10 @@ def bench_pool(n: int) -> None:
             r = pool.run(spec)
             idle.append((time.perf_counter() - t) * 1000)
             assert r.exit_code == 0, r.stderr
+            time.sleep(0.03)  # interleaved: machine noise hits both alike
+            t = time.perf_counter()
+            subprocess.run(raw, check=True)
+            bare.append((time.perf_counter() - t) * 1000)
         pool.warm(spec, wait=True, timeout=60)
         for _ in range(max(n // 3, 5)):
             t = time.perf_counter()
@@ -169,8 +174,13 @@ def bench_pool(n: int) -> None:
         pooled = pool.stats["pooled"]
     shutil.rmtree(tmp, ignore_errors=True)
     p50 = statistics.median(idle)
+    load = os.getloadavg()[0]
     figure("pool_p50_ms", round(p50, 2), "ms", "<= 5", p50 <= 5,
-           f"pooled run of `true` with fresh state ({pooled} pooled runs, {DEFAULT_PROFILE})")
+           f"pooled `true`, fresh state, {DEFAULT_PROFILE}; {pooled} pooled runs; "
+           f"load average {load:.1f} on {os.cpu_count()} cpus")
+    figure("pool_vs_raw_bwrap", round(p50 / statistics.median(bare), 2), "x",
+           note=f"context: raw bwrap one-shot `true` interleaved: "
+                f"{statistics.median(bare):.2f} ms")
     figure("pool_back_to_back_p50_ms", round(statistics.median(busy), 2), "ms",
            note="context: no pause, refills compete with the runs")
 
