@@ -62,3 +62,15 @@ def test_memory_without_cgroup_falls_back_to_rlimit_and_says_so():
 def test_no_limits_no_wrapper():
     cg = limits.create(Limits(), CgroupFacts("v1", memory=True, pids=True), {})
     assert cg.wrap(["bwrap"]) == ["bwrap"] and not cg.dirs
+
+
+def test_sweep_removes_only_old_empty_run_cgroups(tmp_path: Path):
+    import os
+
+    old, fresh, other = tmp_path / "tether-old", tmp_path / "tether-fresh", tmp_path / "user"
+    for d in (old, fresh, other):
+        d.mkdir()
+    os.utime(old, (1, 1))
+    os.utime(other, (1, 1))
+    assert limits.sweep_stale({"pids": tmp_path}) == 1
+    assert not old.exists() and fresh.exists() and other.exists()

@@ -204,3 +204,29 @@ def test_spec_is_reusable_and_runs_are_fresh(make_spec):
 def test_resolve_spec_direct_api(workspace):
     spec = resolve_spec("restrictive", ["echo", "api"], workdir=workspace)
     assert runner.run(spec).stdout == b"api\n"
+
+
+def test_parallel_runs_are_isolated_and_clean_up(make_spec, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tether.sandbox import limits
+
+    made = []
+    real_create = limits.create
+
+    def recording_create(*args, **kw):
+        cg = real_create(*args, **kw)
+        made.extend(cg.dirs.values())
+        return cg
+
+    monkeypatch.setattr(limits, "create", recording_create)
+
+    def one(i: int):
+        spec = make_spec("restrictive", ["sh", "-c", f"echo {i} > /tmp/id; sleep 0.1; "
+                                                    "cat /tmp/id"], pids=32)
+        return runner.run(spec).stdout
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, range(16)))
+    assert outs == [f"{i}\n".encode() for i in range(16)]
+    assert len(made) == 32 and not [d for d in made if d.exists()]   # memory + pids each

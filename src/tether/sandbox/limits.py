@@ -134,6 +134,31 @@ class RunCgroup:
                     time.sleep(0.005)
 
 
+STALE_AFTER_S = 300
+
+
+def sweep_stale(base_dirs: dict[str, Path], now: float | None = None) -> int:
+    """Remove empty run cgroups left by crashed processes (older than STALE_AFTER_S).
+
+    Age matters: a fresh empty one may belong to a run that is about to join it.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for base in base_dirs.values():
+        try:
+            entries = [e for e in os.scandir(base) if e.name.startswith("tether-")]
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if now - e.stat().st_mtime > STALE_AFTER_S:
+                    os.rmdir(e.path)     # fails (EBUSY) if anything still runs in it
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
            *, measure: bool = False) -> RunCgroup:
     """Make the run's cgroup(s) and write the limits; raise EnforcementError if one can't be."""

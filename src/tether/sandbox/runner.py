@@ -236,6 +236,7 @@ def _cgroup_dirs(host: HostFacts) -> dict[str, Path]:
     global _cg_dirs
     if _cg_dirs is None:
         _cg_dirs = _probe.cgroup_dirs() if host.cgroup.version != "none" else {}
+        _limits.sweep_stale(_cg_dirs)
     return _cg_dirs
 
 
