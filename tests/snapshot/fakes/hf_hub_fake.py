@@ -91,6 +91,7 @@ class FakeHub:
         self.failures: list[Failure] = []
         self.lock = threading.Lock()
         self.url = ""
+        self.bytes_sent = 0         # response body bytes, for benchmarks
         self.on_commit: list = []   # callables run (outside the lock) before a commit is read
 
     # -- test hooks ------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+            self.hub.bytes_sent += len(body)
 
     def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers)

@@ -88,6 +88,7 @@ class FakeKaggle:
         self.failures: list[Failure] = []
         self.lock = threading.Lock()
         self.url = ""
+        self.bytes_sent = 0         # response body bytes, for benchmarks
 
     def fail_next(self, status: int, *, count: int = 1, path_contains: str = "",
                   headers: dict[str, str] | None = None) -> None:
@@ -144,6 +145,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+            self.api.bytes_sent += len(body)
 
     def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers)

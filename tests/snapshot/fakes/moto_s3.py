@@ -19,8 +19,11 @@ class MotoS3:
 
 @contextlib.contextmanager
 def serve_moto_s3() -> Iterator[MotoS3]:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
