@@ -216,6 +216,11 @@ def report(host: HostFacts) -> dict:
         "network_allowlist": ("HTTP/CONNECT(+SNI)/SOCKS5 proxy on a bound unix socket"
                               if host.helper_python else "unavailable (no /usr/bin/python3)"),
         "timeout": "SIGKILL of bwrap; the pid namespace dies with it",
+        "identity": ("host root (tether runs as root): the sandbox's files are root's, so "
+                     "confinement rests on the mounts (read-only system, /proc/sys read-only, "
+                     "nothing of home), no capabilities, seccomp and Landlock"
+                     if os.getuid() == 0 else
+                     f"uid {os.getuid()}: the sandbox can touch only what this user can"),
     }
     profiles = {}
     for name in PROFILES:
