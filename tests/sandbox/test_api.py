@@ -144,7 +144,9 @@ def test_run_honours_the_profile_no_network(api_server):
     ({"command": []}, 422),
     ({"command": ["true"], "no_such_option": 1}, 422),
     ({"command": ["true"], "network": "allowlist"}, 400),
-], ids=["unknown-profile", "empty-command", "unknown-field", "allowlist-without-domains"])
+    ({"command": ["cat"], "stdin_b64": "not base64!"}, 400),
+], ids=["unknown-profile", "empty-command", "unknown-field", "allowlist-without-domains",
+        "bad-base64-stdin"])
 def test_bad_run_requests_are_refused_with_a_reason(api_server, body, status):
     with httpx.Client(base_url=api_server.url, headers=api_server.headers()) as c:
         r = c.post("/run", json=body)

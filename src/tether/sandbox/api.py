@@ -167,7 +167,7 @@ def create_app(settings: ApiSettings):
     """The API app for ``settings``. No globals: two apps in one process do not share state."""
     from fastapi import FastAPI
     from tether._version import __version__
-    from tether.sandbox import named, service
+    from tether.sandbox import service
 
     if settings.auth is AuthPolicy.TOKEN_REQUIRED and not settings.token:
         raise errors.ConfigError("the sandbox API needs a token",
@@ -199,9 +199,19 @@ def create_app(settings: ApiSettings):
               responses={200: {"content": {"text/event-stream": {}}}})
     async def run_stream(req: schemas.RunRequest, request: Request):
         prepared = runner.prepare(req)  # bad options fail here, as a normal HTTP error
+        stdin = req.stdin_bytes()
         return StreamingResponse(_stream(lambda cb: runner.run_prepared(
-            prepared, req.stdin_bytes(), via="api", client=_client_of(request), on_output=cb)),
+            prepared, stdin, via="api", client=_client_of(request), on_output=cb)),
             media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    _add_sandbox_routes(app, settings)
+    app.add_middleware(Guard, settings=settings)
+    return app
+
+
+def _add_sandbox_routes(app, settings: ApiSettings) -> None:
+    """/sandboxes: named sandboxes, their exec, logs and files."""
+    from tether.sandbox import named
 
     @app.get("/sandboxes", response_model=list[schemas.SandboxInfo])
     def list_sandboxes() -> list[schemas.SandboxInfo]:
@@ -252,9 +262,6 @@ def create_app(settings: ApiSettings):
         data = await request.body()
         await asyncio.to_thread(named.write_file, name, path, data)
         return Response(status_code=204)
-
-    app.add_middleware(Guard, settings=settings)
-    return app
 
 
 async def _stream(start):

@@ -10,10 +10,12 @@ carry tether's message and hint. stdout is the protocol channel: nothing else ma
 from __future__ import annotations
 
 import base64
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
-from tether.errors import TetherError
+from tether.errors import TetherError, UsageError
 from tether.sandbox import named, schemas
 from tether.sandbox.service import Service
 
@@ -36,6 +38,28 @@ def _tool_error(exc: TetherError) -> Exception:
     return ToolError(text)
 
 
+def _tool(server):
+    """Register a function as a tool whose TetherErrors reach the agent as tool errors."""
+    def register(fn):
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def wrapper(*args, **kw):
+                try:
+                    return await fn(*args, **kw)
+                except TetherError as exc:
+                    raise _tool_error(exc) from exc
+        else:
+            @functools.wraps(fn)
+            def wrapper(*args, **kw):
+                try:
+                    return fn(*args, **kw)
+                except TetherError as exc:
+                    raise _tool_error(exc) from exc
+        server.tool()(wrapper)
+        return fn
+    return register
+
+
 def create_server(workdir: Path | None = None):
     """The MCP server; ``workdir`` is the workspace of ``run`` (default: the current dir)."""
     from mcp.server.mcpserver import MCPServer
@@ -45,101 +69,84 @@ def create_server(workdir: Path | None = None):
     service = Service(workdir=Path(workdir or Path.cwd()))
     server = MCPServer("tether-sandbox", version=__version__, instructions=INSTRUCTIONS,
                        log_level="WARNING")
+    tool = _tool(server)
 
-    @server.tool()
+    @tool
     async def run(command: list[str], profile: str | None = None, network: str | None = None,
                   allow_domains: list[str] | None = None, timeout: float | None = None,
                   stdin: str | None = None) -> dict[str, Any]:
         """Run a command (argv list) in a fresh sandbox; returns exit_code, stdout, stderr."""
-        try:
-            req = schemas.RunRequest(command=command, profile=profile, network=network,
-                                     allow_domains=allow_domains or [], timeout=timeout,
-                                     stdin=stdin)
-            return _result(await service.run(req, via="mcp"))
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+        req = schemas.RunRequest(command=command, profile=profile, network=network,
+                                 allow_domains=allow_domains or [], timeout=timeout, stdin=stdin)
+        return _result(await service.run(req, via="mcp"))
 
-    @server.tool()
+    @tool
     def sandbox_create(name: str, profile: str | None = None, network: str | None = None,
                        allow_domains: list[str] | None = None,
                        command: list[str] | None = None) -> dict[str, Any]:
         """Create a named sandbox with its own persistent /workspace and home."""
-        try:
-            options = schemas.RunOptions(profile=profile, network=network,
-                                         allow_domains=allow_domains or [])
-            return named.create(name, options, command=command,
-                                workdir=service.workdir).to_schema().model_dump()
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+        options = schemas.RunOptions(profile=profile, network=network,
+                                     allow_domains=allow_domains or [])
+        return named.create(name, options, command=command,
+                            workdir=service.workdir).to_schema().model_dump()
 
-    @server.tool()
+    @tool
     def sandbox_list() -> dict[str, Any]:
         """The named sandboxes and their status."""
         return {"sandboxes": [b.to_schema().model_dump() for b in named.list_sandboxes()]}
 
-    @server.tool()
+    @tool
     async def sandbox_exec(name: str, command: list[str], stdin: str | None = None,
                            timeout: float | None = None) -> dict[str, Any]:
         """Run a command in a named sandbox (files persist, processes do not)."""
-        try:
-            data = None if stdin is None else stdin.encode()
-            return _result(await named.exec_async(name, command, stdin=data, timeout=timeout,
-                                                  via="mcp"))
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+        data = None if stdin is None else stdin.encode()
+        return _result(await named.exec_async(name, command, stdin=data, timeout=timeout,
+                                              via="mcp"))
 
-    @server.tool()
+    _file_and_lifecycle_tools(tool)
+    return server
+
+
+def _file_and_lifecycle_tools(tool) -> None:
+    @tool
     def sandbox_read_file(name: str, path: str) -> dict[str, Any]:
         """Read a file from a named sandbox (/workspace/... or /home/sandbox/...)."""
-        try:
-            data = named.read_file(name, path)
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+        data = named.read_file(name, path)
         try:
             return {"path": path, "encoding": "utf-8", "content": data.decode()}
         except UnicodeDecodeError:
             return {"path": path, "encoding": "base64",
                     "content": base64.b64encode(data).decode()}
 
-    @server.tool()
+    @tool
     def sandbox_write_file(name: str, path: str, content: str,
                            encoding: str = "utf-8") -> dict[str, Any]:
         """Write a file into a named sandbox; encoding is utf-8 or base64."""
+        if encoding not in ("utf-8", "base64"):
+            raise UsageError(f"unknown encoding {encoding!r}", "use utf-8 or base64")
         try:
-            if encoding not in ("utf-8", "base64"):
-                raise TetherError(f"unknown encoding {encoding!r}", "use utf-8 or base64")
-            data = base64.b64decode(content) if encoding == "base64" else content.encode()
-            named.write_file(name, path, data)
-            return {"path": path, "bytes": len(data)}
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+            data = base64.b64decode(content, validate=True) if encoding == "base64" \
+                else content.encode()
+        except ValueError as exc:
+            raise UsageError(f"content is not valid base64: {exc}") from exc
+        named.write_file(name, path, data)
+        return {"path": path, "bytes": len(data)}
 
-    @server.tool()
+    @tool
     def sandbox_start(name: str) -> dict[str, Any]:
         """Start a named sandbox's main command in the background."""
-        try:
-            return named.start(name).to_schema().model_dump()
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+        return named.start(name).to_schema().model_dump()
 
-    @server.tool()
+    @tool
     def sandbox_stop(name: str) -> dict[str, Any]:
         """Stop a named sandbox's main command."""
-        try:
-            return named.stop(name).to_schema().model_dump()
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
+        return named.stop(name).to_schema().model_dump()
 
-    @server.tool()
+    @tool
     def sandbox_remove(name: str, force: bool = False) -> dict[str, Any]:
         """Delete a named sandbox and its files."""
-        try:
-            named.remove(name, force=force)
-            return {"removed": name}
-        except TetherError as exc:
-            raise _tool_error(exc) from exc
-
-    return server
+        named.remove(name, force=force)
+        return {"removed": name}
 
 
 def serve_stdio(workdir: Path | None = None) -> None:

@@ -38,7 +38,12 @@ class Stdin(_Strict):
 
     def stdin_bytes(self) -> bytes | None:
         if self.stdin_b64 is not None:
-            return base64.b64decode(self.stdin_b64, validate=True)
+            try:
+                return base64.b64decode(self.stdin_b64, validate=True)
+            except ValueError as exc:
+                from tether.errors import UsageError
+
+                raise UsageError(f"stdin_b64 is not valid base64: {exc}") from exc
         return None if self.stdin is None else self.stdin.encode()
 
 
