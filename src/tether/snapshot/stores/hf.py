@@ -158,7 +158,8 @@ class HfStore:
         return self._spool / f"{next(self._spool_seq)}-{key.replace('/', '~')}"
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        headers = self._api._build_hf_headers(token=self._token)
+        from huggingface_hub.utils import build_hf_headers
+        headers = build_hf_headers(token=self._token, library_name="tether")
         headers.update(extra or {})
         return headers
 
@@ -168,12 +169,11 @@ class HfStore:
                           revision=self.revision, endpoint=self.endpoint)
 
     def _request(self, method: str, key: str, headers: dict[str, str] | None = None) -> Any:
-        import httpx2
         from huggingface_hub.utils import get_session, hf_raise_for_status
         try:
-            response = get_session().request(
-                method, self._resolve_url(key), headers=self._headers(headers),
-                follow_redirects=True, timeout=httpx2.Timeout(60.0, connect=10.0))
+            # huggingface_hub's shared session follows redirects (to the CDN for LFS/Xet).
+            response = get_session().request(method, self._resolve_url(key),
+                                             headers=self._headers(headers), timeout=60.0)
             if response.status_code == 416:
                 return response
             hf_raise_for_status(response)
@@ -387,6 +387,15 @@ class HfStore:
         self.commits_made += 1
 
 
+def _is_transport_error(exc: BaseException) -> bool:
+    """A connection-level failure of whichever HTTP client this huggingface_hub uses
+    (httpx2 in 2.x, httpx in 1.x, requests before)."""
+    clients = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+    names = ("TransportError", "ConnectionError", "Timeout", "TimeoutException")
+    return any(c.__module__.split(".")[0] in clients and c.__name__ in names
+               for c in type(exc).__mro__)
+
+
 def _is_key(name: str) -> bool:
     try:
         check_key(name)
@@ -396,8 +405,7 @@ def _is_key(name: str) -> bool:
 
 
 def _translate(exc: BaseException, what: str, store: HfStore | None = None) -> TetherError:
-    """Map huggingface_hub / httpx2 exceptions to the tether error tree."""
-    import httpx2
+    """Map huggingface_hub and HTTP-client exceptions to the tether error tree."""
     from huggingface_hub import errors as hfe
 
     if isinstance(exc, TetherError):
@@ -421,7 +429,7 @@ def _translate(exc: BaseException, what: str, store: HfStore | None = None) -> T
         if status == 412:
             return PeerError(f"{what}: another commit landed meanwhile (412)")
         return PeerError(f"{what}: Hub error {status}: {exc.server_message or exc}")
-    if isinstance(exc, httpx2.TransportError):
+    if _is_transport_error(exc):
         return ConnectError(f"{what}: {exc}", "check the network and HF_ENDPOINT")
     if isinstance(exc, OSError):
         return LocalIOError(f"{what}: {exc}")
