@@ -178,3 +178,37 @@ def test_forward_cli_until_ctrl_c(paired, tether_bin, web) -> None:
     time.sleep(0.1)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_cli_progress_bar_on_a_terminal(paired, tether_bin, tmp_path) -> None:
+    import pty
+    import select
+
+    src = tmp_path / "p.bin"
+    src.write_bytes(os.urandom(64 * 1024 * 1024))
+    (tmp_path / "dst").mkdir()
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.pop("NO_COLOR", None)
+        os.environ["TERM"] = "xterm"
+        os.execv(tether_bin, [tether_bin, "cp", str(src), f"{paired}:{tmp_path}/dst/"])
+    out = b""
+    try:
+        while True:
+            if not select.select([fd], [], [], 60)[0]:
+                break
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out[-500:]
+    text = out.decode(errors="replace")
+    assert "1 file" in text and "/s" in text  # the bar: label, bytes, rate
+    assert "upload: 1 file," in text
+    assert (tmp_path / "dst" / "p.bin").stat().st_size == src.stat().st_size

@@ -37,5 +37,6 @@ def cp(
             "bytes": result.bytes, "seconds": round(result.duration_s, 3),
             "rate_bytes_per_s": round(result.rate_bytes_per_s)}
     mb = result.bytes / 1e6
-    out.result(data, f"{result.direction}: {result.files} files, {mb:.1f} MB in "
+    noun = "file" if result.files == 1 else "files"
+    out.result(data, f"{result.direction}: {result.files} {noun}, {mb:.1f} MB in "
                      f"{result.duration_s:.2f}s ({result.rate_bytes_per_s / 1e6:.1f} MB/s)")
