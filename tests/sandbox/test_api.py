@@ -291,3 +291,39 @@ def test_tether_serve_generates_the_token_once_and_requires_it(isolated, tmp_pat
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_run_through_a_warm_pool_has_fresh_state(isolated, api_workdir):
+    import time
+
+    from sandbox_service_fixtures import TOKEN, start_server
+    from tether.sandbox.api import ApiSettings
+    from tether.sandbox.schemas import RunRequest
+
+    server, thread, url = start_server(ApiSettings(token=TOKEN, workdir=api_workdir,
+                                                   pool_size=1))
+    try:
+        app_service = server.config.app.state.service
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=url, headers=headers) as c:
+            def run(script):
+                return c.post("/run", json={"command": ["sh", "-c", script]}).json()
+
+            run("true")  # first of its shape: cold, and the pool starts warming it
+            outputs = []
+            for script in ("echo one > /tmp/t; echo one > here; ls",
+                           "cat /tmp/t here 2>&1; ls"):
+                deadline = time.monotonic() + 20
+                spec = app_service.prepare(RunRequest(command=["sh", "-c", script]))
+                while app_service.pool.ready(spec) < 1:
+                    assert time.monotonic() < deadline, "the pool never warmed"
+                    time.sleep(0.02)
+                outputs.append(run(script))
+        assert "here" in outputs[0]["stdout"]
+        assert "one" not in outputs[1]["stdout"] and "here" not in outputs[1]["stdout"].split()
+        assert app_service.pool.stats["pooled"] == 2
+        assert sorted(p.name for p in api_workdir.iterdir()) == ["README"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
