@@ -91,8 +91,9 @@ def test_key_names_round_trip(key, name):
     assert kstore.key_to_name(key) == name and kstore.name_to_key(name) == key
 
 
-def test_own_marker_names_are_not_keys():
-    assert kstore.name_to_key(kstore.EMPTY_MARKER) is None
+@pytest.mark.parametrize("name", [kstore.EMPTY_MARKER, "My Data.csv", "a~~b", ".hidden"])
+def test_names_no_key_produces_are_skipped(name):
+    assert kstore.name_to_key(name) is None
 
 
 @pytest.mark.parametrize("url", [

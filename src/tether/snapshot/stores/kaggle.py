@@ -121,7 +121,15 @@ def key_to_name(key: str) -> str:
 
 
 def name_to_key(name: str) -> str | None:
-    return None if name.startswith("~") else name.replace("~", "/")
+    """The key a file name stands for; None for the store's own names and for files
+    someone added by hand that no key could produce."""
+    if name.startswith("~"):
+        return None
+    key = name.replace("~", "/")
+    try:
+        return check_key(key)
+    except UsageError:
+        return None
 
 
 class KaggleStore:
@@ -130,7 +138,6 @@ class KaggleStore:
     def __init__(self, owner: str, slug: str, *, endpoint: str | None = None,
                  title: str | None = None, license: str = "unknown",
                  ready_timeout: float | str = 900.0, poll_interval: float = 0.5) -> None:
-
         self.owner, self.slug = owner, check_slug(slug)
         self.title = title or slug
         if not 6 <= len(self.title) <= 50:
