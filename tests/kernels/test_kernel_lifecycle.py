@@ -31,6 +31,17 @@ def run(kc, code: str, timeout: float = 20) -> dict:
     return {**reply["content"], "stdout": "".join(out)}
 
 
+def value(kc, expr: str, timeout: float = 20) -> str:
+    """``repr`` of ``expr`` in the kernel, over the shell channel only (iopub may lag)."""
+    msg_id = kc.execute("", silent=True, user_expressions={"v": expr})
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            result = reply["content"]["user_expressions"]["v"]
+            assert result["status"] == "ok", result
+            return result["data"]["text/plain"]
+
+
 def interrupt_while_true(km, kc) -> dict:
     msg_id = kc.execute("while True:\n    pass")
     deadline = time.monotonic() + 10
@@ -70,7 +81,7 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
         assert run(kc, "x = 41; x + 1")["status"] == "ok"
         km.restart_kernel(now=False)
         kc.wait_for_ready(timeout=30)
-        assert run(kc, "print('x' in globals())")["stdout"].strip() == "False"
+        assert value(kc, "'x' in globals()") == "False"
         rec2 = remote_record(kenv.state_dir)
         assert rec2["kernel_pid"] != rec["kernel_pid"]
         assert _wait_dead(rec["launcher_pid"]) and _wait_dead(rec["kernel_pid"])
@@ -177,8 +188,7 @@ def test_link_drop_in_grace_lifetime_reattaches_with_state(kenv):
         # poll() notices the dead link and re-attaches on the same local ports
         assert km.is_alive()
         assert km.provisioner.link is not old_link and km.provisioner.link.alive
-        kc.wait_for_ready(timeout=10)
-        assert run(kc, "print(state['answer'])")["stdout"].strip() == "42"
+        assert value(kc, "state['answer']") == "42"
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
@@ -214,7 +224,7 @@ def test_dead_link_reported_then_cli_attach_finds_state(kenv, tether_bin, tmp_pa
         kc2.load_connection_file()
         kc2.start_channels()
         kc2.wait_for_ready(timeout=30)
-        assert run(kc2, "print(counter + 1)")["stdout"].strip() == "8"
+        assert value(kc2, "counter + 1") == "8"
         kc2.shutdown()  # the attached client ends the kernel: the launcher follows
         assert attach.wait(15) == 0
         kc2.stop_channels()
@@ -284,8 +294,7 @@ def test_argv_shim_serves_frontends_that_ignore_provisioners(kenv):
         assert run(kc, "y = 5")["status"] == "ok"
         reply = interrupt_while_true(km, kc)  # SIGINT to the shim, relayed to the remote
         assert reply["ename"] == "KeyboardInterrupt"
-        r = run(kc, "print(y)")
-        assert r["stdout"].strip() == "5", r
+        assert value(kc, "y") == "5"
     finally:
         kc.stop_channels()
         km.shutdown_kernel()

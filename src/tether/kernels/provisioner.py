@@ -177,8 +177,12 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def _forward(self, link: KernelLink, remote_ports: dict[str, int]) -> None:
         info = self.connection_info
+        bind_ip = str(info.get("ip") or "127.0.0.1")
+        if bind_ip not in LOOPBACK:
+            raise UsageError(f"refusing to expose a remote kernel on {bind_ip}",
+                             "use a connection file with ip 127.0.0.1")
         pairs = [(int(info[name]), int(remote_ports[name])) for name in PORT_NAMES]
-        await asyncio.to_thread(link.forward, str(info.get("ip", "127.0.0.1")), pairs)
+        await asyncio.to_thread(link.forward, bind_ip, pairs)
 
     # -- link drops --------------------------------------------------------------------------
     def _can_reattach(self) -> bool:
