@@ -419,33 +419,51 @@ def _copy_in(host: Path, box: NamedSandbox, inner: str) -> int:
 # -- the supervisor of a started sandbox ---------------------------------------------------
 
 
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
 async def _supervise(name: str) -> int:
+    """Run the main command, its output to main.log; on SIGTERM end it and exit."""
     from tether.sandbox.service import run_spec
 
     box = _load(name)
     spec = spec_for(box, box.command or ())
     log = open(box.log_path, "ab", buffering=0)
+    stopping = False
 
     def on_output(_stream: str, data: bytes) -> None:
         log.write(data)
 
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    ended: dict = {"ended_at": None, "exit_code": None, "stopped": False}
+    def on_term() -> None:
+        # SIGKILL our bwrap: its sandbox dies with it, the runner returns as for any killed
+        # run (cgroup removed, run audited) and we record a stop instead of an exit.
+        nonlocal stopping
+        stopping = True
+        for child in _children_of(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+    ended: dict = {"exit_code": None}
     try:
         result = await run_spec(spec, on_output=on_output, via="start", sandbox=name)
         ended.update(exit_code=result.exit_code, timed_out=result.timed_out)
-    except asyncio.CancelledError:
-        ended["stopped"] = True
     except TetherError as exc:
         log.write(f"tether: {exc.message}\n".encode())
         ended["error"] = exc.message
     finally:
         log.close()
+    if not stopping:
         ended["ended_at"] = time.time()
-        if not ended["stopped"]:
-            paths.atomic_write(box.dir / "exit.json", json.dumps(ended))
+        paths.atomic_write(box.dir / "exit.json", json.dumps(ended))
     return 0
 
 
