@@ -134,6 +134,10 @@ def test_setup_end_to_end_then_idempotent(cli, isolated, monkeypatch, github, fo
     steps = {s["name"]: s["status"] for s in again["steps"]}
     assert steps == {"key": "skipped", "host key": "skipped", "ssh config": "skipped",
                      "upload": "skipped", "test": "done"}
+    human = cli("git", "setup", "github", *forge_ssh.target_args())
+    assert human.exit_code == 0
+    assert "upload" in human.stdout and "has this key already" in human.stdout
+    assert "next:\n  git clone git@github.com:OWNER/REPO.git" in human.stdout
     assert len(github.fake.keys) == 1
 
 
