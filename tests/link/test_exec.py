@@ -202,3 +202,18 @@ def test_status_json(paired, cli) -> None:
     human = cli("status", paired)
     assert "round trip" in human.stdout and "disk" in human.stdout
     assert json.loads(cli("status", paired, "--json").stdout)["hostname"]
+
+
+def test_daemon_reconnects_after_the_gateway_comes_back(paired, host, tether_bin) -> None:
+    import dataclasses
+
+    from tether.link import profiles
+
+    assert _run(tether_bin, "exec", paired, "--", "true").returncode == 0  # warm
+    host.kill_gateway()
+    r = _run(tether_bin, "exec", paired, "--", "true")
+    assert r.returncode == 1 and b"cannot reach the gateway" in r.stderr
+    host.start_gateway()  # a new port, like a new tunnel URL next session
+    profiles.save_profile(dataclasses.replace(profiles.load_profile(paired), url=host.url))
+    r = _run(tether_bin, "exec", paired, "--", "echo back")
+    assert (r.returncode, r.stdout) == (0, b"back\n")
