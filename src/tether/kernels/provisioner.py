@@ -72,6 +72,7 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     remote_ports: dict[str, int] | None = None
     _reattach_failed = False
     _drop_reported = False
+    _reattaching = False
 
     # -- the process-like surface ----------------------------------------------------------
     @property
@@ -87,7 +88,10 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if link.alive:
             return None
         # the session is gone while the kernel was running: a dead link
+        if self._reattaching:
+            return None  # another poll() is re-attaching right now
         if self._can_reattach():
+            self._reattaching = True
             try:
                 await self.reattach()
                 return None
@@ -95,6 +99,8 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 self._reattach_failed = True
                 self.log.warning("tether: link to %s lost and re-attach failed: %s",
                                  self.host, exc)
+            finally:
+                self._reattaching = False
         elif not self._drop_reported:
             self._drop_reported = True
             self.log.warning("tether: link to %s lost (kernel %s); %s", self.host,
