@@ -164,3 +164,82 @@ def test_repository_keys_follow_the_layout(tmp_path, store_url):
     assert tops == {"config", "packs", "index", "snapshots"}   # the push lock is gone
     repo = Repository.open(store)
     assert repo.orphan_packs() == []
+
+
+def _chmod_deep_file(src):
+    os.chmod(src / "sub" / "deeper" / "x.txt", 0o600)
+
+
+def _retime_symlink(src):
+    os.utime(src / "rel_link", ns=(PAST_NS + 5, PAST_NS + 5), follow_symlinks=False)
+
+
+def _chmod_subdir(src):
+    os.chmod(src / "sub" / "deeper", 0o750)
+
+
+def _same_size_same_mtime_edit(src):
+    st = os.stat(src / "sub" / "deeper" / "x.txt")
+    (src / "sub" / "deeper" / "x.txt").write_text("DEEP")
+    os.utime(src / "sub" / "deeper" / "x.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _retarget_symlink(src):
+    os.unlink(src / "rel_link")
+    os.symlink("empty", src / "rel_link")
+    os.utime(src / "rel_link", ns=(PAST_NS, PAST_NS), follow_symlinks=False)
+    os.utime(src, ns=(PAST_NS, PAST_NS))
+
+
+CHANGES = {
+    "chmod-deep-file": _chmod_deep_file,
+    "retime-symlink": _retime_symlink,
+    "chmod-subdir": _chmod_subdir,
+    "same-size-same-mtime-edit": _same_size_same_mtime_edit,
+    "retarget-symlink": _retarget_symlink,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES), ids=list(CHANGES))
+def test_the_next_push_sees_every_kind_of_change(tmp_path, store_url, change):
+    src = make_tree(tmp_path / "src", big=False)
+    first = api.push(store_url, src)
+    assert api.push(store_url, src).tree == first.tree   # cached trees are reused...
+    CHANGES[change](src)
+    second = api.push(store_url, src)
+    assert second.tree != first.tree                      # ...but never past a change
+    api.pull(store_url, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+
+
+def test_cachedir_tag_and_ignore_changes_are_seen(tmp_path, store_url):
+    src = make_tree(tmp_path / "src", big=False)
+    api.push(store_url, src)
+    api.push(store_url, src)
+    (src / "sub" / "deeper" / "CACHEDIR.TAG").write_bytes(
+        b"Signature: 8a477f597d28d172789f06886806bc55")
+    api.push(store_url, src)
+    api.pull(store_url, tmp_path / "out1")
+    assert not (tmp_path / "out1" / "sub" / "deeper").exists()
+    (src / ".tetherignore").write_text("private/\n")
+    api.push(store_url, src)
+    api.pull(store_url, tmp_path / "out2")
+    assert not (tmp_path / "out2" / "private").exists()
+    assert (tmp_path / "out2" / "a.txt").exists()
+
+
+def test_cached_ids_are_rechecked_after_prune(tmp_path, store_url):
+    """Prune replaces index objects, so a folder's stat cache is no longer trusted blindly:
+    here prune dropped everything folder A pushed, and A's next push must upload it again."""
+    a = make_tree(tmp_path / "a", big=False)
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "only").write_text("b")
+    api.push(store_url, a)
+    api.push(store_url, b)
+    api.prune(store_url, keep_last=1)           # keeps only b's snapshot
+    r = api.push(store_url, a)
+    assert r.bytes_read == r.bytes and r.bytes_new > 0   # every byte read and stored again
+    api.pull(f"{store_url}@{r.snapshot_id}", tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(a)
+    assert api.verify(store_url, data=True).ok

@@ -83,6 +83,7 @@ class _Walker:
         self.excluder = excluder
         self.progress = progress
         self.seen: set[bytes] = set()
+        self.trusted = cache.trusted(repo.index().index_keys)
         cfg = repo.config
         self.large = cfg.large_file
         self.cdc = FastCDC(avg_size=cfg.chunk_avg, min_size=cfg.chunk_min,
@@ -126,12 +127,14 @@ class _Walker:
         finally:
             view.release()
 
-    def walk(self, dfd: int, rel: str) -> str:
-        """Store the directory open at ``dfd`` (relative path ``rel``) and return its tree id."""
+    def walk(self, dfd: int, rel: str, dst: os.stat_result) -> tuple[str, bool]:
+        """Store the directory open at ``dfd`` and return (tree id, clean): clean when it and
+        everything below match the stat cache, so the cached tree id is reused unencoded."""
         rows: list[list] = []
         entries = list(os.scandir(dfd))
-        names = {e.name for e in entries}
-        if "pyvenv.cfg" in names:
+        cached_tree = self.cache.dir_tree(rel, dst)
+        clean = cached_tree is not None
+        if any(e.name == "pyvenv.cfg" for e in entries):
             venv = venvmod.describe(dfd, rel)
             if venv is not None:
                 self.venvs.append(venv)
@@ -147,7 +150,9 @@ class _Walker:
             if stat.S_ISREG(mode):
                 ids = self.cache.lookup(path, st)
                 size = st.st_size
-                if ids is None or not all(bytes.fromhex(i) in self.have for i in ids):
+                if ids is None or not (self.trusted or
+                                       all(bytes.fromhex(i) in self.have for i in ids)):
+                    clean = False
                     try:
                         ids, size = self._read_file(dfd, name, path, size)
                     except (FileNotFoundError, PermissionError) as exc:
@@ -157,8 +162,8 @@ class _Walker:
                     self.progress(size)
                     if size == st.st_size:
                         self.cache.remember(path, st, ids)
-                else:
-                    self.cache.remember(path, st, ids)
+                elif not self.cache.remember(path, st, ids):
+                    clean = False
                 rows.append([name, "f", mode & 0o7777, st.st_mtime_ns, size, ids])
                 self.files += 1
                 self.bytes += size
@@ -167,23 +172,36 @@ class _Walker:
                     sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
                 except (FileNotFoundError, PermissionError) as exc:
                     self.skipped.append(f"{path}/: {exc.strerror}")
+                    clean = False
                     continue
                 try:
                     if is_cachedir(sub):
+                        clean = clean and self.cache.dir_tree(path, st) == ""
+                        self.cache.remember_dir(path, st, "")
                         continue
-                    tree = self.walk(sub, path)
+                    tree, sub_clean = self.walk(sub, path, st)
                 finally:
                     os.close(sub)
+                clean = clean and sub_clean
                 rows.append([name, "d", mode & 0o7777, st.st_mtime_ns, 0, tree])
             elif stat.S_ISLNK(mode):
+                clean = self.cache.link_matches(path, st) and clean
                 target = os.readlink(name, dir_fd=dfd)
                 rows.append([name, "l", 0o777, st.st_mtime_ns, 0, target])
             else:
                 self.skipped.append(f"{path}: not a regular file, directory or symlink")
-        rows.sort(key=lambda r: r[0])
+                clean = False
         self.dirs += 1
-        data = json.dumps({"v": fmt.VERSION, "entries": rows}, separators=(",", ":")).encode()
-        return self._store(fmt.TREE, data, self.trees)
+        if clean and cached_tree and (self.trusted or bytes.fromhex(cached_tree) in self.have):
+            tree = cached_tree
+        else:
+            clean = False
+            rows.sort(key=lambda r: r[0])
+            data = json.dumps({"v": fmt.VERSION, "entries": rows},
+                              separators=(",", ":")).encode()
+            tree = self._store(fmt.TREE, data, self.trees)
+        self.cache.remember_dir(rel, dst, tree)
+        return tree, clean
 
 
 def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
@@ -202,17 +220,17 @@ def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
     with repo.lock("push"), ThreadPoolExecutor(threads) as pool, \
             ThreadPoolExecutor(1) as uploader:
         adopted = repo.adopt_orphans()
-        cache = StatCache(repo.config.id, root).load()
+        excluder = Excluder.for_root(root)
+        cache = StatCache(repo.config.id, root, excluder.digest).load()
         data = PackWriter(counting, pool, uploader)
         trees = PackWriter(counting, pool, uploader)
-        walker = _Walker(repo, data, trees, cache, Excluder.for_root(root),
-                         progress or (lambda n: None))
+        walker = _Walker(repo, data, trees, cache, excluder, progress or (lambda n: None))
         try:
             dfd = os.open(root, _DIR_FLAGS)
         except OSError as exc:
             raise LocalIOError(f"cannot open {root}: {exc.strerror}") from exc
         try:
-            tree = walker.walk(dfd, "")
+            tree, _ = walker.walk(dfd, "", os.fstat(dfd))
         finally:
             os.close(dfd)
         written = data.finish()
@@ -226,7 +244,7 @@ def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
                             venvs=tuple(walker.venvs))
         sid = repo.write_snapshot(snap)
         counting.flush()  # the commit point
-    cache.save()
+    cache.save(repo.index().index_keys)
     return PushResult(snapshot_id=sid, tree=tree, files=walker.files, dirs=walker.dirs,
                       bytes=walker.bytes, files_read=walker.files_read,
                       bytes_read=walker.bytes_read,

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tether.errors import IntegrityError, LockedError, NotFoundError, UsageError
 from tether.snapshot import format as fmt
@@ -27,8 +27,7 @@ LOCK_STALE_S = 30 * 60          # a lock not refreshed for this long belongs to 
 LOCK_REFRESH_S = 5 * 60
 
 
-@dataclass(frozen=True)
-class Located:
+class Located(NamedTuple):
     pack: bytes
     entry: fmt.BlobEntry
 

@@ -21,6 +21,7 @@ import ctypes
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -136,7 +137,7 @@ class _Writer:
             for blob in f.ids:
                 self.targets[blob].append((f, off))
                 off += blobs[blob].entry.length
-        self.written = 0
+        self._lock = threading.Lock()
 
     def create_tree(self) -> None:
         for rel, _mode, _mtime in self.p.dirs:
@@ -153,20 +154,26 @@ class _Writer:
             os.close(fd)
 
     def write_blob(self, blob: bytes, data: memoryview, progress: Callable[[int], None]) -> None:
+        """Write ``data`` everywhere it belongs. Called from several worker threads: each
+        blob arrives once; a multi-chunk file's shared fd and counter are under a lock."""
         for f, off in self.targets.pop(blob, ()):
             if len(f.ids) == 1:
                 fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
                 _write_all(fd, data)
                 self._finish(f, fd)
             else:
-                if f.fd < 0:
-                    f.fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
-                _pwrite_all(f.fd, data, off)
-                f.remaining -= 1
-                if f.remaining == 0:
-                    fd, f.fd = f.fd, -1
+                with self._lock:
+                    if f.fd < 0:
+                        f.fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
+                    fd = f.fd
+                _pwrite_all(fd, data, off)
+                with self._lock:
+                    f.remaining -= 1
+                    done = f.remaining == 0
+                    if done:
+                        f.fd = -1
+                if done:
                     self._finish(f, fd)
-            self.written += len(data)
             progress(len(data))
 
     def finish_links_and_dirs(self) -> None:
@@ -238,23 +245,32 @@ def _fetch(repo: Repository, pack: bytes, segs: dict) -> list[tuple[bytes, list]
     return out
 
 
+def _decode_and_write(pack: bytes, frame: bytes, entries: list[fmt.BlobEntry], w: _Writer,
+                      progress: Callable[[int], None]) -> None:
+    for blob, data in _decode_checked(pack, frame, entries):
+        w.write_blob(blob, data, progress)
+
+
 def write_data(repo: Repository, w: _Writer, progress: Callable[[int], None],
                threads: int) -> None:
-    """Fetch packs (one ahead), decompress and check segments in workers, write here."""
+    """Fetch packs (two ahead); workers decompress, check and write segments in parallel:
+    file creation waits on the filesystem journal, so several writers keep the disk busy."""
     by_pack = _segments_by_pack(repo, set(w.targets))
     order = sorted(by_pack)
     with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as fetcher:
         fetches = [fetcher.submit(_fetch, repo, p, by_pack[p]) for p in order[:2]]
+        jobs = []
         for i, pack in enumerate(order):
             frames = fetches[i].result()
             if i + 2 < len(order):
                 fetches.append(fetcher.submit(_fetch, repo, order[i + 2], by_pack[order[i + 2]]))
-            jobs = [pool.submit(_decode_checked, pack, frame, entries)
-                    for frame, entries in frames]
             fetches[i] = None  # type: ignore[call-overload]  # free the pack's bytes early
-            for job in jobs:
-                for blob, data in job.result():
-                    w.write_blob(blob, data, progress)
+            jobs += [pool.submit(_decode_and_write, pack, frame, entries, w, progress)
+                     for frame, entries in frames]
+            while len(jobs) > 4 * threads:  # bound memory: at most a few segments queued
+                jobs.pop(0).result()
+        for job in jobs:
+            job.result()
 
 
 def _stage_dir(dest: Path) -> Path:
@@ -319,7 +335,7 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
         w = _Writer(fd, p, repo.index().blobs)
         try:
             w.create_tree()
-            write_data(repo, w, progress or (lambda n: None), threads or 2)
+            write_data(repo, w, progress or (lambda n: None), threads or 4)
             w.finish_links_and_dirs()
         finally:
             w.close()

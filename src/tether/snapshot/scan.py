@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ DEFAULT_EXCLUDE_NAMES = frozenset({"__pycache__", ".cache"})
 DEFAULT_EXCLUDE_SUFFIXES = (".pyc",)
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 IGNORE_FILE = ".tetherignore"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # RACE: a file changed within the same timestamp tick as our read looks unchanged next time.
 # Entries whose mtime is this close to the scan start are not trusted (git's "racily clean").
 RACY_NS = 2_000_000_000
@@ -34,6 +33,8 @@ class Excluder:
 
     spec: object | None = None
 
+    digest: str = ""
+
     @classmethod
     def for_root(cls, root: Path) -> Excluder:
         try:
@@ -42,7 +43,8 @@ class Excluder:
             return cls(None)
         import pathspec
 
-        return cls(pathspec.PathSpec.from_lines("gitignore", text.splitlines()))
+        return cls(pathspec.PathSpec.from_lines("gitignore", text.splitlines()),
+                   blake3.blake3(text.encode()).hexdigest())
 
     def skip(self, name: str, rel: str, is_dir: bool) -> bool:
         if name in DEFAULT_EXCLUDE_NAMES or name.endswith(DEFAULT_EXCLUDE_SUFFIXES):
@@ -65,43 +67,79 @@ def is_cachedir(dir_fd: int) -> bool:
 
 
 class StatCache:
-    """relpath -> [size, mtime_ns, ino, ctime_ns, [content ids hex]] for one (repo, root)."""
+    """What the last push of one folder to one repository saw, to skip work that is unchanged.
 
-    def __init__(self, repo_id: str, root: Path) -> None:
+    ``files``: relpath -> [size, mtime_ns, ino, ctime_ns, [content ids]]; ``links``: relpath ->
+    [mtime_ns, ino, ctime_ns]; ``dirs``: relpath -> [mtime_ns, ino, ctime_ns, tree id] (a
+    directory whose own stat and every child match needs no new tree: ids are reused).
+    ``index``: the index objects that held every cached id; while they all still exist the ids
+    need no re-check (only prune removes index objects). ``ignore``: the .tetherignore hash;
+    when it changes, the directory entries are stale (the same stats may list other names).
+    """
+
+    def __init__(self, repo_id: str, root: Path, ignore_hash: str = "") -> None:
         key = blake3.blake3(f"{repo_id}\0{root}".encode(errors="surrogateescape")).hexdigest()
         self.path = paths.cache_dir() / "snapshot" / "stat" / f"{key[:32]}.json"
-        self.old: dict[str, list] = {}
-        self.new: dict[str, list] = {}
+        self.ignore_hash = ignore_hash
+        self.files: dict[str, list] = {}
+        self.links: dict[str, list] = {}
+        self.dirs: dict[str, list] = {}
+        self.index: list[str] = []
+        self.new_files: dict[str, list] = {}
+        self.new_links: dict[str, list] = {}
+        self.new_dirs: dict[str, list] = {}
         self.started_ns = time.time_ns()
 
     def load(self) -> StatCache:
         with contextlib.suppress(FileNotFoundError, ValueError, OSError):
             doc = json.loads(self.path.read_bytes())
             if isinstance(doc, dict) and doc.get("v") == CACHE_VERSION:
-                self.old = doc.get("files") or {}
+                self.files = doc.get("files") or {}
+                self.index = doc.get("index") or []
+                if doc.get("ignore") == self.ignore_hash:
+                    self.links = doc.get("links") or {}
+                    self.dirs = doc.get("dirs") or {}
         return self
 
+    def trusted(self, index_keys: set[str]) -> bool:
+        """Every cached id is still indexed (none of the index objects went away)."""
+        return bool(self.index) and index_keys.issuperset(self.index)
+
     def lookup(self, rel: str, st: os.stat_result) -> list[str] | None:
-        row = self.old.get(rel)
+        row = self.files.get(rel)
         if (row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns
                 and row[2] == st.st_ino and row[3] == st.st_ctime_ns):
             return row[4]
         return None
 
-    def remember(self, rel: str, st: os.stat_result, ids: list[str]) -> None:
+    def remember(self, rel: str, st: os.stat_result, ids: list[str]) -> bool:
+        """Cache a file; False if it is too fresh to trust next time (racily clean)."""
         if self.started_ns - st.st_mtime_ns > RACY_NS:
-            self.new[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, ids]
+            self.new_files[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, ids]
+            return True
+        return False
 
-    def save(self) -> None:
-        data = json.dumps({"v": CACHE_VERSION, "files": self.new}, separators=(",", ":"))
+    def link_matches(self, rel: str, st: os.stat_result) -> bool:
+        row = self.links.get(rel)
+        ok = row == [st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        if self.started_ns - st.st_mtime_ns > RACY_NS:
+            self.new_links[rel] = [st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        return ok
+
+    def dir_tree(self, rel: str, st: os.stat_result) -> str | None:
+        """The cached tree id of the directory if its own stat is unchanged."""
+        row = self.dirs.get(rel)
+        if row is not None and row[:3] == [st.st_mtime_ns, st.st_ino, st.st_ctime_ns]:
+            return row[3]
+        return None
+
+    def remember_dir(self, rel: str, st: os.stat_result, tree: str) -> None:
+        if self.started_ns - st.st_mtime_ns > RACY_NS:
+            self.new_dirs[rel] = [st.st_mtime_ns, st.st_ino, st.st_ctime_ns, tree]
+
+    def save(self, index_keys: set[str]) -> None:
+        data = json.dumps({"v": CACHE_VERSION, "ignore": self.ignore_hash,
+                           "index": sorted(index_keys), "files": self.new_files,
+                           "links": self.new_links, "dirs": self.new_dirs},
+                          separators=(",", ":"))
         paths.atomic_write(self.path, data)
-
-
-def kind_of(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return "f"
-    if stat.S_ISDIR(mode):
-        return "d"
-    if stat.S_ISLNK(mode):
-        return "l"
-    return None
