@@ -217,3 +217,9 @@ def test_daemon_reconnects_after_the_gateway_comes_back(paired, host, tether_bin
     profiles.save_profile(dataclasses.replace(profiles.load_profile(paired), url=host.url))
     r = _run(tether_bin, "exec", paired, "--", "echo back")
     assert (r.returncode, r.stdout) == (0, b"back\n")
+
+
+def test_reader_leaving_early(paired, tether_bin) -> None:
+    r = subprocess.run(f"{tether_bin} exec {paired} -- yes | head -n 2", shell=True,
+                       capture_output=True, timeout=30)
+    assert r.stdout == b"y\ny\n" and b"Traceback" not in r.stderr

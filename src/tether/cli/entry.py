@@ -27,6 +27,11 @@ def main() -> None:
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             sys.exit(130)
+        except BrokenPipeError:  # `tether exec h -- yes | head -1`: the reader left
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         if code is not None:
             sys.exit(code)
     from tether.cli.main import main as full_main
