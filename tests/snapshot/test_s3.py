@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -143,15 +144,17 @@ def test_no_credentials_is_auth_error(moto, monkeypatch, isolated):
 
 
 @pytest.fixture
-def iam_user(moto, creds):
-    """An IAM user allowed to use one bucket; moto then enforces signatures and policies."""
+def iam_user(moto, creds, request):
+    """An IAM user allowed to use S3; with auth switched on, moto checks keys and policies."""
     iam = _iam(moto)
-    iam.create_user(UserName="tether")
-    iam.put_user_policy(UserName="tether", PolicyName="s3", PolicyDocument=json.dumps({
+    user = "u-" + request.node.name[-50:]
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="tether")["AccessKey"]
-    moto.client().create_bucket(Bucket="authbucket")
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    with contextlib.suppress(Exception):   # shared by the tests of this module
+        moto.client().create_bucket(Bucket="authbucket")
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
@@ -233,3 +236,19 @@ def test_custom_endpoints_skip_default_checksum_trailers(moto, creds):
     assert custom.response_checksum_validation == "when_required"
     aws = s3store.open("s3://bkt/r", region="us-east-1")._client.meta.config
     assert aws.request_checksum_calculation == "when_supported"
+
+
+def test_credentials_from_an_aws_profile(moto, iam_user, tmp_path, monkeypatch):
+    from moto import settings
+    access, secret = iam_user
+    (tmp_path / "credentials").write_text(
+        f"[backup]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")   # the profile wins
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    store = open_store(f"s3://authbucket/p?profile=backup&endpoint={moto.endpoint}")
+    store.put("config", b"via profile")
+    assert store.get("config") == b"via profile"
+    with pytest.raises(UsageError):
+        s3store.open("s3://authbucket/p?profile=nope", endpoint=moto.endpoint)
