@@ -31,6 +31,12 @@ def test_remote_command_is_one_safely_quoted_shell_line(python):
     assert words == [python, "-c", target.BOOTSTRAP]
 
 
+def test_bootstrap_needs_no_nested_quoting():
+    assert "'" not in target.BOOTSTRAP
+    assert target.remote_command("/usr/bin/python3") == (
+        "/usr/bin/python3 -c '" + target.BOOTSTRAP + "'")
+
+
 def test_master_argv_is_a_control_master_with_the_session_options_and_alias_last():
     argv = target.master_argv(T, Path("/tmp/tk-x/c"), "/usr/bin/python3")
     assert argv[:3] == ["ssh", "-F", "/cfg"]

@@ -22,9 +22,10 @@ from tether.errors import ConfigError, SystemDependencyError, UsageError
 SSH_CONFIG_ENV = "TETHER_SSH_CONFIG"
 
 # Reads the launcher source from stdin and runs it, so the command line stays short and
-# carries nothing secret (docs/kernel-launch.md, "Bootstrap").
-BOOTSTRAP = ("import sys;b=sys.stdin.buffer;"
-             "exec(compile(b.read(int(b.readline())),'tether-launcher','exec'))")
+# carries nothing secret (docs/kernel-launch.md, "The command line"). No single quote inside:
+# quoted once in '...', it reads the same in sh, bash, zsh, fish and csh.
+BOOTSTRAP = ('import sys;b=sys.stdin.buffer;'
+             'exec(compile(b.read(int(b.readline())),"tether-launcher","exec"))')
 
 # Options every kernel session needs whatever the user's config says: no prompts (a kernel
 # launch has no terminal), no tty, no forwards or remote command from the config (they would
