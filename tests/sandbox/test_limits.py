@@ -74,3 +74,45 @@ def test_sweep_removes_only_old_empty_run_cgroups(tmp_path: Path):
     os.utime(other, (1, 1))
     assert limits.sweep_stale({"pids": tmp_path}) == 1
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+@pytest.mark.timeout(30)
+def test_launcher_pool_close_leaves_nothing():
+    import time
+
+    from tether.sandbox import launchers, probe, runner
+
+    host = probe.probe()
+    if host.cgroup.version == "none":
+        pytest.skip("no writable cgroup on this host: the pool is never used")
+    pool = launchers.LauncherPool(host, runner._cgroup_dirs(host), size=2)
+    deadline = time.monotonic() + 10
+    while len(pool._ready) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready = list(pool._ready)
+    assert len(ready) == 2 and all(x.alive() for x in ready)
+    pool.close()
+    assert all(x.proc.poll() is not None for x in ready)
+    assert not [d for x in ready for d in x.cgroup.dirs.values() if d.exists()]
+
+
+@pytest.mark.parametrize("argv,options,command", [
+    (["bwrap", "--a", "--chdir", "/w", "--", "echo", "--", "x"], ["--a", "--chdir", "/w"],
+     ["echo", "--", "x"]),
+    (["bwrap", "--chdir", "/", "--", "true"], ["--chdir", "/"], ["true"]),
+], ids=["dashes-in-command", "minimal"])
+def test_split_argv(argv, options, command):
+    from tether.sandbox.launchers import split_argv
+
+    assert split_argv(argv) == (options, command)
+
+
+@pytest.mark.parametrize("word", ["plain", "it's", "a b", "$HOME", "`x`", '"q"', ""],
+                         ids=["plain", "quote", "space", "dollar", "backtick", "dquote", "empty"])
+def test_sh_quote_round_trips(word):
+    import subprocess
+
+    from tether.sandbox.launchers import sh_quote
+
+    out = subprocess.run(["/bin/sh", "-c", "printf %s " + sh_quote(word)], capture_output=True)
+    assert out.stdout.decode() == word

@@ -206,20 +206,24 @@ def test_resolve_spec_direct_api(workspace):
     assert runner.run(spec).stdout == b"api\n"
 
 
-def test_parallel_runs_are_isolated_and_clean_up(make_spec, monkeypatch):
+@pytest.fixture
+def used_cgroups(monkeypatch):
+    """The cgroup directories each run actually used (pre-joined launcher or its own)."""
+    used: list[Path] = []
+    real_prepare = runner._prepare
+
+    def recording_prepare(*args, **kw):
+        p = real_prepare(*args, **kw)
+        if p.cgroup is not None:
+            used.extend(p.cgroup.dirs.values())
+        return p
+
+    monkeypatch.setattr(runner, "_prepare", recording_prepare)
+    return used
+
+
+def test_parallel_runs_are_isolated_and_clean_up(make_spec, used_cgroups):
     from concurrent.futures import ThreadPoolExecutor
-
-    from tether.sandbox import limits
-
-    made = []
-    real_create = limits.create
-
-    def recording_create(*args, **kw):
-        cg = real_create(*args, **kw)
-        made.extend(cg.dirs.values())
-        return cg
-
-    monkeypatch.setattr(limits, "create", recording_create)
 
     def one(i: int):
         spec = make_spec("restrictive", ["sh", "-c", f"echo {i} > /tmp/id; sleep 0.1; "
@@ -229,4 +233,27 @@ def test_parallel_runs_are_isolated_and_clean_up(make_spec, monkeypatch):
     with ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(one, range(16)))
     assert outs == [f"{i}\n".encode() for i in range(16)]
-    assert len(made) == 32 and not [d for d in made if d.exists()]   # memory + pids each
+    assert len(used_cgroups) >= 32 and not [d for d in used_cgroups if d.exists()]
+
+
+@pytest.mark.parametrize("launchers", ["1", "0"], ids=["pre-joined", "joins-itself"])
+def test_limited_runs_in_both_start_paths(make_spec, used_cgroups, monkeypatch, launchers):
+    import time
+
+    monkeypatch.setenv("TETHER_SANDBOX_LAUNCHERS", launchers)
+    spec = make_spec("moderate", ["sh", "-c", "echo \"$1\"; echo $SECRET; cat",
+                                  "tether", "it's \"quoted\""],
+                     pids=20, memory="256M", env=["SECRET=s3"])
+    results = []
+    for _ in range(3):
+        results.append(runner.run(spec, stdin=b"in"))
+        time.sleep(0.2)       # let the pool refill
+    for r in results:
+        assert (r.exit_code, r.stdout) == (0, b"it's \"quoted\"\ns3\nin"), r.stderr
+        assert r.peak_memory_bytes and r.peak_memory_bytes < 256 << 20
+    assert not [d for d in used_cgroups if d.exists()]
+    fork = make_spec("moderate", ["python3", "-c", "import os\nfor i in range(40): os.fork() "
+                                  "or os.sched_yield() or __import__('time').sleep(5)"],
+                     pids=20, timeout=10)
+    r = runner.run(fork)
+    assert b"BlockingIOError" in r.stderr and not r.timed_out

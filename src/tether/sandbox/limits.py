@@ -160,8 +160,12 @@ def sweep_stale(base_dirs: dict[str, Path], now: float | None = None) -> int:
 
 
 def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
-           *, measure: bool = False) -> RunCgroup:
-    """Make the run's cgroup(s) and write the limits; raise EnforcementError if one can't be."""
+           *, measure: bool = False, every_controller: bool = False) -> RunCgroup:
+    """Make the run's cgroup(s) and write the limits; raise EnforcementError if one can't be.
+
+    every_controller: make a cgroup in every writable controller even without a limit for it
+    (pre-joined launchers take their limits later, see apply_limits).
+    """
     if limits.pids and not facts.pids:
         raise EnforcementError("the pids limit cannot be enforced here (no writable pids cgroup)",
                                hint="run `tether sandbox probe`; or drop --pids / use a "
@@ -173,9 +177,14 @@ def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
     cg = RunCgroup(version=facts.version)
     try:
         if facts.version == "v2":
-            _make_v2(cg, base_dirs["unified"] / name, limits, facts)
+            _open_procs(cg, "unified", base_dirs["unified"] / name)
         elif facts.version == "v1":
-            _make_v1(cg, base_dirs, name, limits, facts, measure)
+            wanted = {"memory": facts.memory and (bool(limits.memory_bytes) or measure),
+                      "pids": bool(limits.pids), "cpu": bool(limits.cpus)}
+            for c, have in (("memory", facts.memory), ("pids", facts.pids), ("cpu", facts.cpu)):
+                if have and (wanted[c] or every_controller):
+                    _open_procs(cg, c, base_dirs[c] / name)
+        apply_limits(cg, limits, facts)
         if limits.memory_bytes and not facts.memory:
             cg.rlimit_as = limits.memory_bytes
             cg.notes.append("memory limit enforced with RLIMIT_AS per process (no memory "
@@ -193,35 +202,29 @@ def _open_procs(cg: RunCgroup, key: str, d: Path) -> None:
     cg.procs_files.append(str(d / "cgroup.procs"))
 
 
-def _make_v2(cg: RunCgroup, d: Path, limits: Limits, facts: CgroupFacts) -> None:
-    _open_procs(cg, "unified", d)
-    if limits.memory_bytes and facts.memory:
-        (d / "memory.max").write_text(str(limits.memory_bytes))
-        if (d / "memory.swap.max").exists():
-            (d / "memory.swap.max").write_text("0")
-    if limits.pids:
-        (d / "pids.max").write_text(str(limits.pids))
-    if limits.cpus:
-        (d / "cpu.max").write_text(f"{int(limits.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
-
-
-def _make_v1(cg: RunCgroup, base_dirs: dict[str, Path], name: str, limits: Limits,
-             facts: CgroupFacts, measure: bool) -> None:
-    if facts.memory and (limits.memory_bytes or measure):
-        d = base_dirs["memory"] / name
-        _open_procs(cg, "memory", d)
-        if limits.memory_bytes:
-            (d / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
-            # without this the run could push pages to swap and keep going
-            memsw = d / "memory.memsw.limit_in_bytes"
-            if memsw.exists():
-                memsw.write_text(str(limits.memory_bytes))
-    if limits.pids:
-        d = base_dirs["pids"] / name
-        _open_procs(cg, "pids", d)
-        (d / "pids.max").write_text(str(limits.pids))
-    if limits.cpus:
-        d = base_dirs["cpu"] / name
-        _open_procs(cg, "cpu", d)
+def apply_limits(cg: RunCgroup, limits: Limits, facts: CgroupFacts) -> None:
+    """Write `limits` into the run's existing cgroup directories (before anything runs)."""
+    if cg.version == "v2":
+        d = cg.dirs["unified"]
+        if limits.memory_bytes and facts.memory:
+            (d / "memory.max").write_text(str(limits.memory_bytes))
+            if (d / "memory.swap.max").exists():
+                (d / "memory.swap.max").write_text("0")
+        if limits.pids:
+            (d / "pids.max").write_text(str(limits.pids))
+        if limits.cpus:
+            (d / "cpu.max").write_text(f"{int(limits.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+        return
+    if limits.memory_bytes and "memory" in cg.dirs:
+        d = cg.dirs["memory"]
+        (d / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+        # without this the run could push pages to swap and keep going
+        memsw = d / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            memsw.write_text(str(limits.memory_bytes))
+    if limits.pids and "pids" in cg.dirs:
+        (cg.dirs["pids"] / "pids.max").write_text(str(limits.pids))
+    if limits.cpus and "cpu" in cg.dirs:
+        d = cg.dirs["cpu"]
         (d / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
         (d / "cpu.cfs_quota_us").write_text(str(int(limits.cpus * CPU_PERIOD_US)))

@@ -174,8 +174,14 @@ class _Prepared:
         self.cgroup: _limits.RunCgroup | None = None
         self.proxy = None
         self.kept: Path | None = None
+        self.launcher = None            # a pre-joined launcher (see launchers.py), unused yet
+        self.seccomp_filter = b""
+        self.host: HostFacts | None = None
 
     def close(self) -> None:
+        if self.launcher is not None:
+            self.launcher.discard()     # removes its cgroup, which is also self.cgroup
+            self.launcher = None
         for fd in self.pass_fds:
             os.close(fd)
         self.pass_fds.clear()
@@ -185,12 +191,21 @@ class _Prepared:
             self.proxy.close()
 
 
-def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool) -> _Prepared:
+def _wants_cgroup(spec: SandboxSpec, host: HostFacts) -> bool:
+    lim = spec.limits
+    return bool(lim.pids or lim.cpus or (lim.memory_bytes and host.cgroup.memory))
+
+
+def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool,
+             use_launcher: bool = False) -> _Prepared:
+    """Check, then set up everything a run needs; use_launcher lets `run` take a pre-joined
+    launcher (other callers spawn bwrap themselves from argv/pass_fds/cgroup)."""
     from tether.sandbox import seccomp
 
     check_enforceable(spec, host)
     _check_paths(spec)
     p = _Prepared()
+    p.host = host
     try:
         if keep and spec.writable_layer is None:
             import tempfile
@@ -214,12 +229,24 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool) -> _Prepared:
             helper = landlock.helper_argv(spec, host)
             # the helper keeps AF_UNIX for the forwarder and stacks the socket rule itself
             filtered = filtered and spec.network is not NetworkMode.ALLOWLIST
-        rfd, wfd = os.pipe()
-        p.pass_fds.append(rfd)
-        os.write(wfd, seccomp.cached_filter(host.arch, filtered))
-        os.close(wfd)
-        p.cgroup = _limits.create(spec.limits, host.cgroup, _cgroup_dirs(host))
-        p.argv = bwrap_argv(spec, host, seccomp_fd=rfd, etc_dir=_etc_dir(etc_entries(spec, host)), helper=helper,
+        p.seccomp_filter = seccomp.cached_filter(host.arch, filtered)
+        # the launcher's trampoline is the sandbox's /bin/sh: the host's, not a rootfs's
+        if use_launcher and _wants_cgroup(spec, host) and spec.rootfs is None:
+            from tether.sandbox import launchers
+
+            ready = launchers.pool(host, _cgroup_dirs(host))
+            p.launcher = ready.take() if ready is not None else None
+        if p.launcher is not None:
+            p.cgroup = p.launcher.cgroup
+            seccomp_fd = p.launcher.filter_fd
+        else:
+            seccomp_fd, wfd = os.pipe()
+            p.pass_fds.append(seccomp_fd)
+            os.write(wfd, p.seccomp_filter)
+            os.close(wfd)
+            p.cgroup = _limits.create(spec.limits, host.cgroup, _cgroup_dirs(host))
+        p.argv = bwrap_argv(spec, host, seccomp_fd=seccomp_fd,
+                            etc_dir=_etc_dir(etc_entries(spec, host)), helper=helper,
                             proxy_socket=proxy_socket,
                             helper_file=landlock.HELPER_FILE if helper else None)
         p.env = sandbox_environ(spec)
@@ -244,7 +271,7 @@ def run(spec: SandboxSpec, *, stdin: bytes | None = None, on_output: OnOutput | 
         keep: bool = False) -> RunResult:
     """Run `spec.command` in a fresh sandbox and wait for it (and everything it started)."""
     host = probe()
-    prepared = _prepare(spec, host, keep)
+    prepared = _prepare(spec, host, keep, use_launcher=True)
     try:
         return _execute(prepared, spec, stdin, on_output)
     finally:
@@ -265,15 +292,8 @@ async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
 def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
              on_output: OnOutput | None) -> RunResult:
     cg = p.cgroup
-    argv = cg.wrap(p.argv) if cg is not None else p.argv
     start = time.perf_counter()
-    try:
-        proc = subprocess.Popen(
-            argv, env=p.env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=p.pass_fds)
-    except OSError as exc:
-        raise EnforcementError(f"cannot start bwrap: {exc}",
-                               hint="run `tether sandbox probe`") from exc
+    proc = _start(p, spec, stdin)
     for fd in p.pass_fds:   # bwrap has its copy; ours would only keep the pipe alive
         os.close(fd)
     p.pass_fds.clear()
@@ -300,6 +320,26 @@ def _notes(p: _Prepared) -> tuple[str, ...]:
     if p.proxy is not None and p.proxy.refused:
         notes.append("proxy refused: " + ", ".join(p.proxy.refused))
     return tuple(notes)
+
+
+def _start(p: _Prepared, spec: SandboxSpec, stdin: bytes | None) -> subprocess.Popen:
+    if p.launcher is not None:
+        launcher, p.launcher = p.launcher, None
+        try:
+            return launcher.start(p.argv, p.env, p.seccomp_filter, spec.limits, p.host,
+                                  stdin=bool(stdin))
+        except OSError as exc:      # the launcher died under us: its cgroup goes with p
+            launcher.discard()
+            raise EnforcementError(f"cannot start bwrap: {exc}",
+                                   hint="run `tether sandbox probe`") from exc
+    argv = p.cgroup.wrap(p.argv) if p.cgroup is not None else p.argv
+    try:
+        return subprocess.Popen(
+            argv, env=p.env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=p.pass_fds)
+    except OSError as exc:
+        raise EnforcementError(f"cannot start bwrap: {exc}",
+                               hint="run `tether sandbox probe`") from exc
 
 
 def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
