@@ -38,10 +38,10 @@ def _provider(name: str):
 
 
 def _target(provider, base_url, ssh_host, ssh_port, ssh_user, known_hosts):
-    from tether.forges.accounts import account_info
+    from tether.forges.accounts import resolve_base_url
     from tether.forges.setup import default_target
 
-    return default_target(provider, base_url or account_info(provider).get("base_url"),
+    return default_target(provider, resolve_base_url(provider, base_url),
                           ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user,
                           known_hosts=known_hosts)
 

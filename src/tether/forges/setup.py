@@ -217,11 +217,11 @@ def setup(provider: Provider, *, key_name: str = "id_ed25519", title: str | None
           base_url: str | None = None, target: SshTarget | None = None,
           passphrase: str | None = None, run_test: bool = True) -> SetupReport:
     """Key if missing, host key pin, config block, upload, test; returns what happened."""
-    from tether.forges.accounts import client_for
+    from tether.forges.accounts import client_for, resolve_base_url
     from tether.ssh import config as ssh_config
     from tether.ssh import keys as ssh_keys
 
-    target = target or default_target(provider, base_url)
+    target = target or default_target(provider, resolve_base_url(provider, base_url))
     client = client_for(provider, base_url)  # fails before anything is written when logged out
     report = SetupReport(provider.value, key_name)
     with client:
