@@ -223,3 +223,19 @@ def test_reader_leaving_early(paired, tether_bin) -> None:
     r = subprocess.run(f"{tether_bin} exec {paired} -- yes | head -n 2", shell=True,
                        capture_output=True, timeout=30)
     assert r.stdout == b"y\ny\n" and b"Traceback" not in r.stderr
+
+
+async def test_cancelling_stops_the_remote_command(paired, tmp_path) -> None:
+    import asyncio
+
+    marker = tmp_path / "still-running"
+    task = asyncio.create_task(tether.exec_async(
+        paired, f"trap 'exit 9' TERM; while :; do touch {marker}; sleep 0.1; done"))
+    await asyncio.sleep(1.5)
+    assert marker.exists()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    marker.unlink()
+    await asyncio.sleep(0.5)
+    assert not marker.exists()  # the loop is gone, not orphaned on the host

@@ -254,7 +254,7 @@ class RemoteProcess:
         import asyncssh
 
         try:
-            await self.session.done
+            await asyncio.shield(self.session.done)  # a cancelled waiter must not end it
         except (asyncssh.Error, ConnectionError, OSError) as exc:
             raise errors.ConnectError(f"the link dropped while running {self.command!r}: "
                                       f"{exc}", "check the host, then run it again") from exc
@@ -315,6 +315,9 @@ async def run_captured(conn: Any, command: str, *, input: bytes | None = None,
             await proc.send_signal("KILL")  # closing alone leaves a non-tty command running
             raise errors.DeadlineError(f"{command!r} did not finish within {timeout:g}s",
                                        "raise the timeout, or run it in the background") from exc
+        except asyncio.CancelledError:  # Ctrl-C in the sync API, a cancelled task
+            await asyncio.shield(proc.send_signal("TERM"))
+            raise
     finally:
         proc.close()
     return ExecResult(command, outcome.exit_code, b"".join(out), b"".join(err),
