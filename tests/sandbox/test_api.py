@@ -327,3 +327,39 @@ def test_run_through_a_warm_pool_has_fresh_state(isolated, api_workdir):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def _processes_with(marker: str) -> list[str]:
+    import os
+    from pathlib import Path
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stream_client_that_goes_away_ends_the_run(api_server):
+    import os
+    import time
+
+    marker = f"tether-api-orphan-{os.getpid()}"
+    script = f"echo started; (exec -a {marker} sleep 300)"
+    with httpx.Client(base_url=api_server.url, headers=api_server.headers()) as c:
+        with c.stream("POST", "/run/stream", json={"command": ["bash", "-c", script]}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break  # the first chunk arrived: the run is going; now hang up
+            assert _processes_with(marker)
+    deadline = time.monotonic() + 10
+    while _processes_with(marker):
+        assert time.monotonic() < deadline, "the run outlived its client"
+        time.sleep(0.1)
+    while not audit.read() or audit.read()[-1].error is None:
+        assert time.monotonic() < deadline, "the cancelled run was not audited"
+        time.sleep(0.1)
+    assert "cancelled" in audit.read()[-1].error

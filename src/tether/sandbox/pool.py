@@ -305,27 +305,30 @@ class WarmPool:
         return w
 
     def run(self, spec, *, stdin: bytes | None = None,
-            on_output: Callable[[str, bytes], None] | None = None):
-        """Run ``spec`` in a warm sandbox if one of its shape is ready, else cold."""
-        from tether.sandbox import runner
+            on_output: Callable[[str, bytes], None] | None = None, handle=None):
+        """Run ``spec`` in a warm sandbox if one of its shape is ready, else cold.
+
+        ``handle`` (a ``service.RunHandle``) lets another thread cancel the run."""
+        from tether.sandbox.service import run_blocking
 
         if not poolable(spec):
-            return runner.run(spec, stdin=stdin, on_output=on_output)
+            return run_blocking(spec, stdin=stdin, on_output=on_output, handle=handle)
         w = self._take(spec)
         if w is None:
             self.stats["cold"] += 1
-            return runner.run(spec, stdin=stdin, on_output=on_output)
+            return run_blocking(spec, stdin=stdin, on_output=on_output, handle=handle)
         self.stats["pooled"] += 1
         try:
-            return self._run_warm(w, spec, stdin, on_output)
+            return self._run_warm(w, spec, stdin, on_output, handle)
         finally:
             if self._closed:
                 self._discard(w)
             else:
                 self._wanted.put(w)  # cleaned up by the spawner thread, off the hot path
 
-    def _run_warm(self, w: _Warm, spec, stdin, on_output):
+    def _run_warm(self, w: _Warm, spec, stdin, on_output, handle=None):
         from tether.sandbox import runner
+        from tether.sandbox.service import result_from
 
         message = json.dumps({"argv": list(spec.command), "cwd": spec.cwd}).encode()
         start = time.perf_counter()
@@ -336,27 +339,17 @@ class WarmPool:
             w.proc.stdin.close()
         deadline = start + spec.limits.timeout_s if spec.limits.timeout_s else None
         cg = w.prepared.cgroup
+        if handle is not None:
+            handle.started(w.proc, cg)
         out, err, timed_out, status, rusage = runner._pump(w.proc, stdin or None, deadline,
                                                            on_output, cg)
-        duration = time.perf_counter() - start
-        exit_code = os.waitstatus_to_exitcode(status)
-        sig = None
-        if exit_code < 0:
-            sig, exit_code = -exit_code, 128 - exit_code
-        elif exit_code > 128:
-            sig = exit_code - 128  # bwrap reports a signalled command as 128+N
-        peak = cg.peak_memory() if cg is not None else None
-        if peak is None and rusage is not None:
-            peak = rusage.ru_maxrss * 1024
-        return runner.RunResult(exit_code=exit_code, stdout=out, stderr=err,
-                                duration_s=duration, peak_memory_bytes=peak,
-                                timed_out=timed_out, signal=sig,
-                                oom_killed=bool(cg and cg.oom_killed()),
-                                notes=tuple(cg.notes) if cg else ())
+        return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start,
+                           cg)
 
     async def run_async(self, spec, *, stdin: bytes | None = None, on_output=None):
-        """``run`` off the event loop; ``on_output`` may be a coroutine function."""
-        from tether.sandbox.service import thread_relay
+        """``run`` off the event loop; ``on_output`` may be a coroutine function; cancelling
+        the caller kills the run."""
+        from tether.sandbox.service import run_in_thread, thread_relay
 
         relay = thread_relay(on_output, asyncio.get_running_loop())
-        return await asyncio.to_thread(self.run, spec, stdin=stdin, on_output=relay)
+        return await run_in_thread(self.run, spec, stdin=stdin, on_output=relay)

@@ -12,6 +12,8 @@ import concurrent.futures
 import contextlib
 import inspect
 import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -111,25 +113,116 @@ def thread_relay(cb: OutputCallback | None, loop: asyncio.AbstractEventLoop):
     return relay
 
 
+class RunHandle:
+    """What cancelling a run needs: its bwrap and its cgroup, set once it has started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc = None
+        self._cgroup = None
+        self.cancelled = False
+
+    def started(self, proc, cgroup) -> None:
+        with self._lock:
+            self._proc, self._cgroup = proc, cgroup
+            kill_now = self.cancelled
+        if kill_now:
+            self.kill()
+
+    def kill(self) -> None:
+        """End the run now: bwrap's sandbox dies with it, the cgroup is emptied."""
+        with self._lock:
+            self.cancelled = True
+            proc, cg = self._proc, self._cgroup
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        if cg is not None:
+            cg.kill_all()
+
+
+def result_from(status: int, rusage, out: bytes, err: bytes, timed_out: bool,
+                duration: float, cg):
+    """A ``runner.RunResult`` from what ``runner._pump`` returned (as the runner builds it)."""
+    from tether.sandbox import runner
+
+    exit_code = os.waitstatus_to_exitcode(status)
+    sig = None
+    if exit_code < 0:
+        sig, exit_code = -exit_code, 128 - exit_code
+    elif exit_code > 128:
+        sig = exit_code - 128  # bwrap reports a signalled command as 128+N
+    peak = cg.peak_memory() if cg is not None else None
+    if peak is None and rusage is not None:
+        peak = rusage.ru_maxrss * 1024
+    return runner.RunResult(exit_code=exit_code, stdout=out, stderr=err, duration_s=duration,
+                            peak_memory_bytes=peak, timed_out=timed_out, signal=sig,
+                            oom_killed=bool(cg and cg.oom_killed()),
+                            notes=tuple(cg.notes) if cg else ())
+
+
+def run_blocking(spec, *, stdin: bytes | None = None, on_output=None,
+                 handle: RunHandle | None = None):
+    """``runner.run`` that ``handle`` can cancel from another thread (a client went away)."""
+    import subprocess
+
+    from tether.sandbox import runner
+
+    prepared = runner._prepare(spec, runner.probe(), False)
+    try:
+        proc = spawn_prepared(prepared, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        start = time.perf_counter()
+        cg = prepared.cgroup
+        if handle is not None:
+            handle.started(proc, cg)
+        deadline = start + spec.limits.timeout_s if spec.limits.timeout_s else None
+        out, err, timed_out, status, rusage = runner._pump(proc, stdin, deadline, on_output, cg)
+        return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg)
+    finally:
+        prepared.close()
+
+
+async def run_in_thread(fn, *args, **kw):
+    """Run a blocking sandbox run in a thread; if the caller is cancelled, kill the run and
+    wait for its cleanup before passing the cancellation on."""
+    handle = RunHandle()
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, handle=handle, **kw))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        handle.kill()
+        await asyncio.wait([task])
+        raise
+
+
 async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallback | None = None,
                    via: str, client: str | None = None, sandbox: str | None = None,
                    pool=None):
-    """Run ``spec`` (pooled if ``pool`` has a warm sandbox for it) and audit the run."""
+    """Run ``spec`` (pooled if ``pool`` has a warm sandbox for it) and audit the run.
+
+    Cancelling the caller (an SSE client that went away) kills the run.
+    """
     from tether.errors import TetherError
-    from tether.sandbox import runner
 
     started = time.monotonic()
+    relay = thread_relay(on_output, asyncio.get_running_loop())
     try:
         if pool is not None:
-            result = await pool.run_async(spec, stdin=stdin, on_output=on_output)
+            result = await run_in_thread(pool.run, spec, stdin=stdin, on_output=relay)
         else:
-            relay = thread_relay(on_output, asyncio.get_running_loop())
-            result = await asyncio.to_thread(runner.run, spec, stdin=stdin, on_output=relay)
+            result = await run_in_thread(run_blocking, spec, stdin=stdin, on_output=relay)
     except TetherError as exc:
         audit.record_run(via=via, command=spec.command, profile=spec.profile,
                          network=spec.network, exit_code=None,
                          duration_s=time.monotonic() - started, sandbox=sandbox, client=client,
                          error=exc.message)
+        raise
+    except asyncio.CancelledError:
+        audit.record_run(via=via, command=spec.command, profile=spec.profile,
+                         network=spec.network, exit_code=None,
+                         duration_s=time.monotonic() - started, sandbox=sandbox, client=client,
+                         error="cancelled: the client went away")
         raise
     audit.record_result(spec, result, via=via, sandbox=sandbox, client=client)
     return result
