@@ -57,7 +57,8 @@ def run(
         list(command), profile=profile, workdir=workdir, no_network=no_network,
         allow_domains=tuple(allow_domain or ()), mounts=tuple(mount or ()),
         env=tuple(env or ()), memory=memory, cpus=cpus, pids=pids, timeout=timeout,
-        rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else stream)
+        rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else stream,
+        prestart=False)
     out.result(result.to_dict(), lambda o: None)
     for note in result.notes:
         out.warn(note)

@@ -268,10 +268,14 @@ def _cgroup_dirs(host: HostFacts) -> dict[str, Path]:
 
 
 def run(spec: SandboxSpec, *, stdin: bytes | None = None, on_output: OnOutput | None = None,
-        keep: bool = False) -> RunResult:
-    """Run `spec.command` in a fresh sandbox and wait for it (and everything it started)."""
+        keep: bool = False, prestart: bool = True) -> RunResult:
+    """Run `spec.command` in a fresh sandbox and wait for it (and everything it started).
+
+    prestart: runs with cgroup limits may use (and keep ready) pre-joined launchers
+    (launchers.py); a one-shot caller such as the CLI passes False.
+    """
     host = probe()
-    prepared = _prepare(spec, host, keep, use_launcher=True)
+    prepared = _prepare(spec, host, keep, use_launcher=prestart)
     try:
         return _execute(prepared, spec, stdin, on_output)
     finally:
@@ -469,6 +473,8 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
 
 
 def sandbox_run(command: list[str], *, stdin: bytes | None = None,
-                on_output: OnOutput | None = None, keep: bool = False, **flags) -> RunResult:
+                on_output: OnOutput | None = None, keep: bool = False, prestart: bool = True,
+                **flags) -> RunResult:
     """The one call behind `tether sandbox run`: build the spec (see build_spec) and run it."""
-    return run(build_spec(command, **flags), stdin=stdin, on_output=on_output, keep=keep)
+    return run(build_spec(command, **flags), stdin=stdin, on_output=on_output, keep=keep,
+               prestart=prestart)
