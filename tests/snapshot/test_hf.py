@@ -243,7 +243,7 @@ def test_failed_commit_keeps_pending_puts_for_the_next_flush(hub, repo_url):
 
 
 def test_unreachable_hub_is_connect_error(hf_env):
-    from conftest import free_port
+    from tests.conftest import free_port
     store = hfstore.open("hf://datasets/alice/x", endpoint=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectError):
         store.get("config")
@@ -264,3 +264,9 @@ def test_re_put_during_a_commit_is_kept_for_the_next_flush(hub, repo_url):
     store.flush()
     assert hub.files(repo_id)["locks/l1"] == b"second"
     assert list(store._spool.iterdir()) == []         # no spool file left behind
+
+
+@pytest.mark.parametrize("query", ["commit_files=0", "commit_bytes=big", "commit_files=1.5"])
+def test_bad_option_values_are_usage_errors(query, hf_env):
+    with pytest.raises(UsageError):
+        open_store(f"hf://datasets/alice/ws?{query}")

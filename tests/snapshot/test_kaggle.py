@@ -256,7 +256,7 @@ def test_failed_version_keeps_the_old_one_and_the_pending_puts(kaggle, slug):
 
 
 def test_unreachable_endpoint_is_connect_error(kenv):
-    from conftest import free_port
+    from tests.conftest import free_port
     store = kstore.open("kaggle://alice/my-workspace", endpoint=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectError):
         store.list()
@@ -284,3 +284,9 @@ def test_official_kaggle_client_reads_what_the_store_wrote(kaggle, slug):
     download.owner_slug, download.dataset_slug = "alice", slug
     download.file_name, download.raw = "packs~ab~p1", True
     assert client.datasets.dataset_api_client.download_dataset(download).content == b"pack bytes"
+
+
+@pytest.mark.parametrize("query", ["ready_timeout=soon", "ready_timeout=-1"])
+def test_bad_option_values_are_usage_errors(query, kenv):
+    with pytest.raises(UsageError):
+        open_store(f"kaggle://alice/my-workspace?{query}")

@@ -124,7 +124,7 @@ def test_missing_bucket_is_not_found_with_hint(moto, creds):
 
 
 def test_unreachable_endpoint_is_connect_error(creds):
-    from conftest import free_port
+    from tests.conftest import free_port
     store = s3store.open(f"s3://bkt/r?endpoint=http://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectError):
         store.get("config")
@@ -252,3 +252,10 @@ def test_credentials_from_an_aws_profile(moto, iam_user, tmp_path, monkeypatch):
     assert store.get("config") == b"via profile"
     with pytest.raises(UsageError):
         s3store.open("s3://authbucket/p?profile=nope", endpoint=moto.endpoint)
+
+
+@pytest.mark.parametrize("query", ["multipart_threshold=lots", "multipart_chunksize=1024",
+                                   "addressing=sideways"])
+def test_bad_option_values_are_usage_errors(query, creds):
+    with pytest.raises(UsageError):
+        open_store(f"s3://bkt/r?{query}")

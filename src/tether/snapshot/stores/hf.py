@@ -43,6 +43,7 @@ from tether.errors import (
     TetherError,
     UsageError,
 )
+from tether.snapshot.stores._options import number_option
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -130,10 +131,8 @@ class HfStore:
         self.url = f"hf://datasets/{repo_id}" + (f"/{prefix.rstrip('/')}" if prefix else "")
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT")
                          or "https://huggingface.co").rstrip("/")
-        self.commit_bytes = int(commit_bytes)
-        self.commit_files = int(commit_files)
-        if self.commit_bytes < 1 or self.commit_files < 1:
-            raise UsageError("commit_bytes and commit_files must be positive")
+        self.commit_bytes = number_option("commit_bytes", commit_bytes, minimum=1)
+        self.commit_files = number_option("commit_files", commit_files, minimum=1)
         self._token = secrets.get_secret("store:hf:token") or None
         self._api = HfApi(endpoint=self.endpoint, token=self._token)
         self._lock = threading.Lock()          # guards _pending and the spool

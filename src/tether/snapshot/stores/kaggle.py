@@ -57,6 +57,7 @@ from tether.errors import (
     RateLimitedError,
     UsageError,
 )
+from tether.snapshot.stores._options import number_option
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 GB = 1000 * 1000 * 1000
@@ -147,7 +148,8 @@ class KaggleStore:
         self.url = f"kaggle://{owner}/{slug}"
         self.endpoint = (endpoint or os.environ.get("TETHER_KAGGLE_ENDPOINT")
                          or DEFAULT_ENDPOINT).rstrip("/")
-        self.ready_timeout = float(ready_timeout)
+        self.ready_timeout = number_option("ready_timeout", ready_timeout, minimum=0,
+                                           kind=float)
         self.poll_interval = poll_interval
         timeout = httpx.Timeout(120.0, connect=10.0)
         tls = _tls_context()

@@ -35,6 +35,7 @@ from tether.errors import (
     TetherError,
     UsageError,
 )
+from tether.snapshot.stores._options import number_option
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -112,15 +113,19 @@ class S3Store:
                         s3={"addressing_style": style},
                         request_checksum_calculation=checksums,
                         response_checksum_validation=checksums)
+        # S3 refuses parts under 5 MiB (but the last).
+        self._transfer = TransferConfig(
+            multipart_threshold=number_option("multipart_threshold", multipart_threshold,
+                                              minimum=5 * MiB),
+            multipart_chunksize=number_option("multipart_chunksize", multipart_chunksize,
+                                              minimum=5 * MiB),
+            max_concurrency=4)
         try:
             self._client = _session(profile).client(
                 "s3", endpoint_url=endpoint, region_name=region, config=config,
                 **_secret_credentials(bucket, profile))
         except Exception as exc:
             raise _translate(exc, f"s3 store {self.url}") from exc
-        self._transfer = TransferConfig(multipart_threshold=int(multipart_threshold),
-                                        multipart_chunksize=int(multipart_chunksize),
-                                        max_concurrency=4)
 
     # -- helpers ---------------------------------------------------------------------------
     def _key(self, key: str) -> str:
