@@ -270,3 +270,21 @@ def test_re_put_during_a_commit_is_kept_for_the_next_flush(hub, repo_url):
 def test_bad_option_values_are_usage_errors(query, hf_env):
     with pytest.raises(UsageError):
         open_store(f"hf://datasets/alice/ws?{query}")
+
+
+def test_cdn_redirect_keeps_range_and_drops_the_token(hub, repo_url):
+    """Big files resolve to a CDN on another origin: ranges still work, the token stays home."""
+    store = hfstore.open(repo_url)
+    data = bytes(range(256)) * 16
+    store.put("packs/ab/big", data)
+    store.flush()
+    hub.cdn_over, hub.cdn_auth_seen[:] = 1000, []
+    try:
+        fresh = hfstore.open(repo_url)
+        assert fresh.get("packs/ab/big") == data
+        assert fresh.get_range("packs/ab/big", -16, 16) == data[-16:]
+        assert fresh.get_range("packs/ab/big", 100, 10) == data[100:110]
+        assert fresh.exists("packs/ab/big")
+    finally:
+        hub.cdn_over = None
+    assert len(hub.cdn_auth_seen) >= 3 and set(hub.cdn_auth_seen) == {None}

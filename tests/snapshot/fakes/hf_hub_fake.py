@@ -22,6 +22,8 @@ https://huggingface.co/docs/hub/api and the client source):
 - ``GET|HEAD /{type}s/{ns}/{name}/resolve/{rev}/{path}`` (models without the type prefix)
   -> the bytes with ``ETag``, ``X-Repo-Commit``, ``Content-Length``, ``Accept-Ranges``;
   ``Range: bytes=a-b`` / ``bytes=-n`` -> 206 with ``Content-Range``; 416 past the end.
+  With ``hub.cdn_over`` set, bigger files answer 302 to ``/cdn/{oid}`` on another origin
+  (``localhost``), as the Hub does for LFS/Xet files, with ``X-Linked-Size``/``X-Linked-Etag``.
 
 Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) and
 ``X-Error-Message`` like the Hub. Without a valid ``Authorization: Bearer`` token a private
@@ -92,6 +94,9 @@ class FakeHub:
         self.lock = threading.Lock()
         self.url = ""
         self.bytes_sent = 0         # response body bytes, for benchmarks
+        self.cdn_over: int | None = None   # files above this size resolve via a CDN redirect
+        self.cdn_blobs: dict[str, bytes] = {}
+        self.cdn_auth_seen: list[str | None] = []
         self.on_commit: list = []   # callables run (outside the lock) before a commit is read
 
     # -- test hooks ------------------------------------------------------------------------
@@ -240,6 +245,8 @@ class Handler(BaseHTTPRequestHandler):
         if match:
             repo_type, repo_id, rest = match.group(1)[:-1], match.group(2), match.group(3) or ""
             return self._api_repo(repo_type, repo_id, rest, query)
+        if self.command in ("GET", "HEAD") and path.startswith("/cdn/"):
+            return self._cdn(path[len("/cdn/"):])
         match = _RESOLVE.match(path)
         if match and self.command in ("GET", "HEAD"):
             repo_type = (match.group(1) or "models")[:-1]
@@ -380,6 +387,25 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(404, "EntryNotFound", f"{path} does not exist on {unquote(rev)}")
         headers = {"ETag": f'"{git_blob_oid(data)}"', "X-Repo-Commit": commit.oid,
                    "Accept-Ranges": "bytes"}
+        if self.hub.cdn_over is not None and len(data) > self.hub.cdn_over:
+            # Like LFS/Xet files on the Hub: a redirect to a CDN on another origin
+            # ("localhost" vs "127.0.0.1"), with the size and hash in X-Linked-* headers.
+            oid = git_blob_oid(data)
+            self.hub.cdn_blobs[oid] = data
+            port = self.server.server_address[1]
+            headers.update({"Location": f"http://localhost:{port}/cdn/{oid}?sig=fake",
+                            "X-Linked-Size": str(len(data)), "X-Linked-Etag": f'"{oid}"'})
+            return self._send(302, b"", headers)
+        self._send_bytes(data, headers)
+
+    def _cdn(self, oid: str) -> None:
+        self.hub.cdn_auth_seen.append(self.headers.get("Authorization"))
+        data = self.hub.cdn_blobs.get(oid)
+        if data is None:
+            raise HubError(404, None, "no such blob")
+        self._send_bytes(data, {"Accept-Ranges": "bytes"})
+
+    def _send_bytes(self, data: bytes, headers: dict[str, str]) -> None:
         spec = self.headers.get("Range")
         if not spec:
             return self._send(200, data, headers, "application/octet-stream")
