@@ -180,6 +180,7 @@ def test_deleting_everything_keeps_a_valid_empty_version(kaggle, slug):
 
 
 def test_reads_use_ranges_on_the_signed_storage_url(kaggle, slug):
+    kaggle.storage_auth_seen.clear()
     store = fast(slug)
     store.put("packs/aa/p", bytes(range(100)))
     store.flush()
@@ -189,6 +190,8 @@ def test_reads_use_ranges_on_the_signed_storage_url(kaggle, slug):
     assert fresh.get_range("packs/aa/p", 200, 4) == b""
     with pytest.raises(NotFoundError):
         fresh.get("packs/aa/missing")
+    # Upload and download URLs are signed: Kaggle credentials never go there.
+    assert len(kaggle.storage_auth_seen) >= 4 and set(kaggle.storage_auth_seen) == {None}
 
 
 @pytest.mark.parametrize("how", ["env", "kaggle-json", "tether-secrets", "bearer-token"])

@@ -88,6 +88,7 @@ class FakeKaggle:
         self.failures: list[Failure] = []
         self.lock = threading.Lock()
         self.url = ""
+        self.storage_auth_seen: list[str | None] = []   # Authorization on upload/storage URLs
         self.bytes_sent = 0         # response body bytes, for benchmarks
 
     def fail_next(self, status: int, *, count: int = 1, path_contains: str = "",
@@ -209,6 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"token": token, "createUrl": f"{self.api.url}/upload/{token}"})
 
     def _upload(self, token: str) -> None:
+        self.api.storage_auth_seen.append(self.headers.get("Authorization"))
         upload = self.api.uploads.get(token)
         if upload is None:
             raise ApiError(404, "upload session expired or unknown")
@@ -306,6 +308,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(302, b"", {"Location": f"{self.api.url}/storage/{blob}/{name}?sig=fake"})
 
     def _storage(self, blob: str, query: dict) -> None:
+        self.api.storage_auth_seen.append(self.headers.get("Authorization"))
         data = self.api.blobs.get(blob)
         if data is None or query.get("sig") != ["fake"]:
             raise ApiError(404, "no such object")
