@@ -288,3 +288,16 @@ def test_cdn_redirect_keeps_range_and_drops_the_token(hub, repo_url):
     finally:
         hub.cdn_over = None
     assert len(hub.cdn_auth_seen) >= 3 and set(hub.cdn_auth_seen) == {None}
+
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    pytest.param("offline", ConnectError, id="offline-mode"),
+    pytest.param("no-token", AuthError, id="no-local-token"),
+    pytest.param("disk", PeerError, id="unknown-is-peer"),
+])
+def test_library_errors_are_translated(exc, expected):
+    from huggingface_hub import errors as hfe
+    raised = {"offline": hfe.OfflineModeIsEnabled("HF_HUB_OFFLINE=1"),
+              "no-token": hfe.LocalTokenNotFoundError("no token"),
+              "disk": ValueError("odd")}[exc]
+    assert type(hfstore._translate(raised, "get config")) is expected

@@ -410,6 +410,9 @@ def _translate(exc: BaseException, what: str, store: HfStore | None = None) -> T
     if isinstance(exc, TetherError):
         return exc
     token_hint = "set HF_TOKEN, run `hf auth login`, or store the tether secret store:hf:token"
+    if isinstance(exc, hfe.OfflineModeIsEnabled):
+        return ConnectError(f"{what}: huggingface_hub is in offline mode",
+                            "unset HF_HUB_OFFLINE to reach the Hub")
     if isinstance(exc, hfe.LocalTokenNotFoundError):
         return AuthError(f"{what}: no Hugging Face token", token_hint)
     if isinstance(exc, hfe.HfHubHTTPError):
