@@ -243,7 +243,7 @@ def test_secrets_never_on_argv():
     (FULL_HOST, {}, []),
     (HostFacts(), {}, ["bwrap", "userns", "seccomp"]),
     (HostFacts(bwrap="b", userns=True, seccomp=True), {"profile": "restrictive"},
-     ["landlock", "helper_python", "pids"]),
+     ["landlock", "helper", "pids"]),
     (HostFacts(bwrap="b", userns=True, seccomp=True, helper_python="p",
                cgroup=CgroupFacts("v1", pids=True)), {"cpus": 1}, ["cpu"]),
     (HostFacts(bwrap="b", userns=True, seccomp=True, cgroup=CgroupFacts("v1", pids=True)),
@@ -304,3 +304,22 @@ def test_helper_parses_what_the_host_writes():
     assert config["ports"] == [3128, 1080] and config["landlock"] == 7
     assert "/out" in config["writable"] and config["dev_writable"] == ["/dev"]
     assert bytes.fromhex(config["socket_filter"]) == seccomp.build_socket_filter("x86_64")
+
+
+@pytest.mark.parametrize("native,kw,program,bound", [
+    ("/c/helper", {}, "/run/tether/helper", "/c/helper"),
+    (None, {}, "/usr/bin/python3", "_helper.py"),
+    ("/c/helper", {"allow_domains": ["a.org"]}, "/usr/bin/python3", "_helper.py"),
+], ids=["native-for-landlock", "python-without-compiler", "python-for-forwarder"])
+def test_helper_choice(native, kw, program, bound):
+    from dataclasses import replace
+
+    from tether.sandbox.landlock import helper_argv, helper_file
+
+    host = replace(FULL_HOST, helper_native=native)
+    s = spec("restrictive", **kw)
+    assert helper_argv(s, host)[0] == program
+    assert helper_file(s, host).endswith(bound)
+    argv = bwrap_argv(s, host, helper=helper_argv(s, host), helper_file=helper_file(s, host))
+    target = "/run/tether/helper.py" if bound.endswith(".py") else "/run/tether/helper"
+    assert (helper_file(s, host), target) in _pairs(argv, "--ro-bind")

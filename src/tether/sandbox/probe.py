@@ -55,10 +55,16 @@ def probe() -> HostFacts:
     helper = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
                    if os.access(p, os.X_OK)), None)
     if helper is None:
-        problems.append("no /usr/bin/python3: Landlock and the domain allowlist need it inside")
+        problems.append("no /usr/bin/python3: the domain allowlist needs it inside")
+    native = None
+    if abi:
+        from tether.sandbox._helper_c import helper_binary
+
+        native = helper_binary()
     return HostFacts(bwrap=bwrap, bwrap_version=version, userns=userns, seccomp=seccomp_ok,
                      arch=arch, landlock_abi=abi, cgroup=cg, system_dirs=tuple(system_dirs),
-                     etc_entries=etc, helper_python=helper, problems=tuple(problems))
+                     etc_entries=etc, helper_python=helper, helper_native=native,
+                     problems=tuple(problems))
 
 
 def _bwrap_version(bwrap: str) -> str | None:
@@ -208,7 +214,8 @@ def report(host: HostFacts) -> dict:
                      "home, /dev" + ("; abstract unix sockets and signals scoped"
                                      if host.landlock_abi >= 6 else "")
                      + " (profiles with landlock = true: restrictive; elsewhere the mount "
-                       "namespace alone confines files)"
+                       "namespace alone confines files); helper: "
+                     + ("native" if host.helper_native else "python")
                      if host.landlock_abi else "unavailable (mount namespace confines files)"),
         "cgroup": (f"{cg.version}: " + ", ".join(
             n for n, ok in (("memory", cg.memory), ("pids", cg.pids), ("cpu", cg.cpu)) if ok)

@@ -139,6 +139,7 @@ class HostFacts:
     system_dirs: tuple[tuple[str, str | None], ...] = ()
     etc_entries: tuple[str, ...] = ()     # ETC_ALLOW + ETC_NETWORK entries present
     helper_python: str | None = None      # a python3 usable inside the sandbox
+    helper_native: str | None = None      # the built C helper (Landlock without a Python start)
     problems: tuple[str, ...] = ()
 
 
@@ -369,8 +370,10 @@ def required_features(spec: SandboxSpec) -> list[str]:
     need = ["bwrap", "userns", "seccomp"]
     if spec.landlock:
         need.append("landlock")
-    if needs_helper(spec):
-        need.append("helper_python")
+    if spec.network is NetworkMode.ALLOWLIST:
+        need.append("helper_python")        # the forwarder is Python
+    elif spec.landlock:
+        need.append("helper")
     if spec.limits.memory_bytes:
         need.append("memory")
     if spec.limits.pids:
@@ -384,6 +387,7 @@ def missing_features(spec: SandboxSpec, host: HostFacts) -> list[str]:
     have = {
         "bwrap": host.bwrap is not None, "userns": host.userns, "seccomp": host.seccomp,
         "landlock": host.landlock_abi >= 1, "helper_python": host.helper_python is not None,
+        "helper": host.helper_python is not None or host.helper_native is not None,
         # memory falls back to RLIMIT_AS (per process; reported as such); pids and cpu have
         # no honest rlimit equivalent (RLIMIT_NPROC is per user and root ignores it).
         "memory": True, "pids": host.cgroup.pids, "cpu": host.cgroup.cpu,
@@ -415,7 +419,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = N
     etc_dir: a host directory holding copies of `etc_entries(spec, host)` plus generated
         passwd, group and hostname, bound as /etc (unused with a rootfs).
     helper: argv of the in-sandbox helper to run before the command (see needs_helper),
-        whose script `helper_file` is bound read-only at HELPER_DIR/helper.py.
+        whose script or binary `helper_file` is bound read-only at HELPER_DIR/helper(.py).
     proxy_socket: the host path of the allowlist proxy's unix socket.
     """
     a: list[str] = [host.bwrap or "bwrap", "--unshare-all"]
@@ -457,7 +461,8 @@ def bwrap_argv(spec: SandboxSpec, host: HostFacts, *, seccomp_fd: int | None = N
     for m in spec.mounts:
         a += ["--ro-bind" if m.read_only else "--bind", str(m.source), str(m.target)]
     if helper_file is not None:
-        a += ["--ro-bind", helper_file, HELPER_DIR + "/helper.py"]
+        target = "/helper.py" if helper_file.endswith(".py") else "/helper"
+        a += ["--ro-bind", helper_file, HELPER_DIR + target]
     if proxy_socket is not None:
         a += ["--bind", proxy_socket, PROXY_SOCKET]
     if seccomp_fd is not None:

@@ -39,7 +39,8 @@ _HINTS = {
     "seccomp": "a kernel with seccomp filters is needed",
     "landlock": "use a kernel with Landlock, or pass landlock = false (the mount namespace "
                 "still confines files)",
-    "helper_python": "install python3 in /usr/bin (the in-sandbox helper needs it)",
+    "helper_python": "install python3 in /usr/bin (the allowlist forwarder needs it)",
+    "helper": "install a C compiler (cc) or python3 in /usr/bin for the Landlock helper",
     "pids": "no writable pids cgroup: drop --pids or run where cgroups are delegated",
     "cpu": "no writable cpu cgroup: drop --cpus or run where cgroups are delegated",
 }
@@ -248,7 +249,7 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool,
         p.argv = bwrap_argv(spec, host, seccomp_fd=seccomp_fd,
                             etc_dir=_etc_dir(etc_entries(spec, host)), helper=helper,
                             proxy_socket=proxy_socket,
-                            helper_file=landlock.HELPER_FILE if helper else None)
+                            helper_file=landlock.helper_file(spec, host) if helper else None)
         p.env = sandbox_environ(spec)
     except BaseException:
         p.close()

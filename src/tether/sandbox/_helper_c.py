@@ -1,0 +1,143 @@
+"""The native in-sandbox helper: Landlock + the stacked socket filter, then exec (no forwarder).
+
+Same flags and behaviour as `_helper.py` minus `--forward`, in C, because a Python start is
+15-50 ms and this runs before every Landlock-confined command. Built once per machine with the
+system C compiler (static when libc.a is there, so it also runs inside a --rootfs) and cached;
+without a compiler the Python helper does the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+SOURCE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+#define MAX_RULES 512
+#define FS_WRITE_FILE (1ULL << 1)
+#define FS_WRITE_ALL_V1 ((1ULL << 1) | (1ULL << 4) | (1ULL << 5) | (1ULL << 6) | (1ULL << 7) | \
+                         (1ULL << 8) | (1ULL << 9) | (1ULL << 10) | (1ULL << 11) | (1ULL << 12))
+#define FS_REFER (1ULL << 13)
+#define FS_TRUNCATE (1ULL << 14)
+
+struct ruleset_attr { uint64_t fs, net, scoped; };
+struct path_beneath { uint64_t allowed; int32_t fd; } __attribute__((packed));
+
+static void fail(const char *what) {
+    fprintf(stderr, "tether-sandbox: %s: %s\n", what, strerror(errno));
+    _exit(126);
+}
+
+static void usage(void) {
+    fprintf(stderr, "tether-sandbox: usage: helper [OPTIONS] -- CMD...\n");
+    _exit(126);
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+static void add_rule(int ruleset, const char *path, uint64_t access) {
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0) return;                       /* nothing there: nothing to allow */
+    struct path_beneath rule = { access, fd };
+    if (syscall(445, ruleset, 1, &rule, 0) != 0) fail(path);
+    close(fd);
+}
+
+static void landlock(int abi, const char **rw, int nrw, const char **dev, int ndev) {
+    uint64_t handled = FS_WRITE_ALL_V1 | (abi >= 2 ? FS_REFER : 0) | (abi >= 3 ? FS_TRUNCATE : 0);
+    struct ruleset_attr attr = { handled, 0, abi >= 6 ? 3 : 0 };
+    size_t size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8);
+    int ruleset = (int)syscall(444, &attr, size, 0);
+    if (ruleset < 0) fail("landlock_create_ruleset");
+    for (int i = 0; i < nrw; i++) add_rule(ruleset, rw[i], handled);
+    for (int i = 0; i < ndev; i++)
+        add_rule(ruleset, dev[i], FS_WRITE_FILE | (abi >= 3 ? FS_TRUNCATE : 0));
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs");
+    if (syscall(446, ruleset, 0) != 0) fail("landlock_restrict_self");
+    close(ruleset);
+}
+
+static void stack_filter(const char *hex) {
+    size_t n = strlen(hex) / 2;
+    if (n == 0 || n % 8 != 0) { errno = EINVAL; fail("seccomp filter"); }
+    unsigned char *buf = malloc(n);
+    if (!buf) fail("malloc");
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) { errno = EINVAL; fail("seccomp filter"); }
+        buf[i] = (unsigned char)(hi << 4 | lo);
+    }
+    struct sock_fprog prog = { (unsigned short)(n / 8), (struct sock_filter *)buf };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs");
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) fail("seccomp filter");
+}
+
+int main(int argc, char **argv) {
+    int abi = 0, nrw = 0, ndev = 0, i = 1;
+    const char *rw[MAX_RULES], *dev[MAX_RULES], *filter = NULL;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (i + 1 >= argc) usage();
+        const char *flag = argv[i], *value = argv[i + 1];
+        if (!strcmp(flag, "--landlock")) abi = atoi(value);
+        else if (!strcmp(flag, "--rw") && nrw < MAX_RULES) rw[nrw++] = value;
+        else if (!strcmp(flag, "--dev") && ndev < MAX_RULES) dev[ndev++] = value;
+        else if (!strcmp(flag, "--filter")) filter = value;
+        else usage();
+    }
+    if (i >= argc - 1) usage();
+    char **command = argv + i + 1;
+    if (abi > 0) landlock(abi, rw, nrw, dev, ndev);
+    if (filter) stack_filter(filter);
+    execvp(command[0], command);
+    int err = errno;
+    fprintf(stderr, "tether-sandbox: %s: %s\n", command[0], strerror(err));
+    _exit(err == ENOENT ? 127 : 126);
+}
+"""
+
+
+@lru_cache(maxsize=1)
+def helper_binary() -> str | None:
+    """Path of the built helper (building it on first use), or None without a compiler."""
+    from tether import paths
+
+    digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
+    target = paths.cache_dir() / "sandbox" / f"helper-{os.uname().machine}-{digest}"
+    if target.is_file():
+        return str(target)
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, out = Path(tmp) / "helper.c", Path(tmp) / "helper"
+        src.write_text(SOURCE)
+        for extra in (["-static"], []):      # static runs in any rootfs; dynamic as fallback
+            r = subprocess.run([cc, "-O2", "-Wall", *extra, "-o", str(out), str(src)],
+                               capture_output=True, timeout=120)
+            if r.returncode == 0:
+                out.chmod(0o755)
+                os.replace(out, target)
+                return str(target)
+    return None
