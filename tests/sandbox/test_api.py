@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from sandbox_service_fixtures import ApiServer, api_server, api_workdir  # noqa: F401
+from .sandbox_service_fixtures import ApiServer, api_server, api_workdir  # noqa: F401
 from tether import errors
 from tether.sandbox import audit
 from tether.sandbox.api import STATUS_CODES, status_for
@@ -73,7 +73,7 @@ def test_browser_cross_origin_requests_are_refused_even_with_the_token(api_serve
 
 
 def test_an_allowed_origin_passes(isolated, api_workdir):
-    from sandbox_service_fixtures import TOKEN, start_server
+    from .sandbox_service_fixtures import TOKEN, start_server
     from tether.sandbox.api import ApiSettings
 
     server, thread, url = start_server(ApiSettings(
@@ -127,7 +127,7 @@ def test_binary_output_comes_back_base64(api_server):
 
 
 def test_run_honours_the_profile_no_network(api_server):
-    from sandbox_service_fixtures import host_listener
+    from .sandbox_service_fixtures import host_listener
 
     listener, port = host_listener()
     try:
@@ -297,7 +297,7 @@ def test_tether_serve_generates_the_token_once_and_requires_it(isolated, tmp_pat
 def test_run_through_a_warm_pool_has_fresh_state(isolated, api_workdir):
     import time
 
-    from sandbox_service_fixtures import TOKEN, start_server
+    from .sandbox_service_fixtures import TOKEN, start_server
     from tether.sandbox.api import ApiSettings
     from tether.sandbox.schemas import RunRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox_service_fixtures import ApiServer, api_server, api_workdir  # noqa: F401
+from .sandbox_service_fixtures import ApiServer, api_server, api_workdir  # noqa: F401
 from tether import errors
 from tether.sandbox import AsyncClient, Client
 from tether.sandbox.client import error_from, parse_sse_lines
@@ -76,7 +76,7 @@ async def test_async_client_streams_and_maps_errors(api_server: ApiServer):
 
 
 def test_client_without_a_server_says_so(isolated):
-    from sandbox_service_fixtures import host_listener
+    from .sandbox_service_fixtures import host_listener
 
     sock, port = host_listener()
     sock.close()  # nothing listens on this port now

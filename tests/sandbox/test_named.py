@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_service_fixtures import tether_proc
+from .sandbox_service_fixtures import tether_proc
 from tether import errors
 from tether.sandbox import asciicast, named
 
@@ -86,7 +86,7 @@ def test_each_sandbox_has_its_own_layer(isolated):
 
 
 def test_restrictive_named_sandbox_keeps_its_profile(isolated):
-    from sandbox_service_fixtures import host_listener
+    from .sandbox_service_fixtures import host_listener
 
     from tether.sandbox.schemas import RunOptions
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_service_fixtures import host_listener
+from .sandbox_service_fixtures import host_listener
 from tether.sandbox.pool import WarmPool, shape_of
 from tether.sandbox.profiles import Mount, resolve_spec, with_command
 

@@ -163,8 +163,6 @@ def _locked(name: str) -> Iterator[None]:
 def create(name: str, options: RunOptions | None = None, *, command: Sequence[str] | None = None,
            mounts: Sequence[str] = (), workdir: Path | None = None) -> NamedSandbox:
     """Make the sandbox's state (nothing runs yet); options are checked by resolving them."""
-    from tether.sandbox.service import build_spec
-
     check_name(name)
     options = options or RunOptions()
     base = Path(workdir or Path.cwd())
@@ -174,14 +172,18 @@ def create(name: str, options: RunOptions | None = None, *, command: Sequence[st
         if (sdir / "sandbox.json").exists():
             raise AlreadyExistsError(f"a sandbox named {name!r} exists already",
                                      f"use it, or 'tether sandbox rm {name}' first")
-        build_spec(options, list(command or ["true"]), workdir=base, mounts=parsed)
         box = NamedSandbox(name=name, dir=sdir, created_at=time.time(),
                            command=tuple(command) if command else None, options=options,
                            mounts=tuple(_mount_text(m) for m in parsed))
         paths.ensure_dir(sdir)
-        paths.ensure_dir(box.home, 0o755)
-        paths.ensure_dir(box.workspace, 0o755)
-        paths.atomic_write(sdir / "sandbox.json", json.dumps(box.to_json(), indent=1))
+        try:
+            paths.ensure_dir(box.home, 0o755)
+            paths.ensure_dir(box.workspace, 0o755)
+            spec_for(box, list(command or ["true"]))  # bad options fail here, not at exec
+            paths.atomic_write(sdir / "sandbox.json", json.dumps(box.to_json(), indent=1))
+        except BaseException:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
     return box
 
 
