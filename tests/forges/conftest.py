@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_fakes import (Account, FakeBitbucket, FakeForge, FakeGitHub, FakeGitLab, ForgeSsh,
+from .forge_fakes import (Account, FakeBitbucket, FakeForge, FakeGitHub, FakeGitLab, ForgeSsh,
                          make_forge_ssh)
 from tether.forges.base import SPECS, Credentials, Provider
 

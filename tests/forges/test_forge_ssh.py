@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from forge_fakes import make_forge_ssh
+from .forge_fakes import make_forge_ssh
 from tether.forges.base import Provider
 
 pytestmark = pytest.mark.timeout(60)
