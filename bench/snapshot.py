@@ -13,7 +13,8 @@ Then measures, against a file:// store:
 - restore_ratio  pull wall time / `zstd -dc | tar -x`
 
 Both sides skip the same files (__pycache__, *.pyc, .cache). Timings are the best of
-``--runs`` (default 3), interleaved, because the machine is shared.
+``--runs`` (default 3), interleaved, each started after ``sync``, because the machine is
+shared. The file:// store fsyncs every pack (durable); tar's output is not fsynced.
 
 Usage: python bench/snapshot.py [--json] [--runs N] [--workspace DIR] [--rebuild]
 """
@@ -65,6 +66,7 @@ def build_workspace(ws: Path) -> None:
 
 
 def timed(fn) -> float:
+    os.sync()  # start each measurement with no dirty pages of the previous one in flight
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t

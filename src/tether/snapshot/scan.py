@@ -138,6 +138,9 @@ class StatCache:
             self.new_dirs[rel] = [st.st_mtime_ns, st.st_ino, st.st_ctime_ns, tree]
 
     def save(self, index_keys: set[str]) -> None:
+        if (self.new_files == self.files and self.new_links == self.links
+                and self.new_dirs == self.dirs and sorted(index_keys) == self.index):
+            return  # the no-change push: nothing to write
         data = json.dumps({"v": CACHE_VERSION, "ignore": self.ignore_hash,
                            "index": sorted(index_keys), "files": self.new_files,
                            "links": self.new_links, "dirs": self.new_dirs},
