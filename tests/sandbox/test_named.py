@@ -228,3 +228,11 @@ def test_state_is_private(isolated):
     box = named.create("priv")
     assert (box.dir.stat().st_mode & 0o777) == 0o700
     assert (os.stat(box.dir / "sandbox.json").st_mode & 0o777) == 0o600
+
+
+def test_create_works_from_the_home_directory(isolated, cli, monkeypatch):
+    # `tether sandbox run` refuses to expose $HOME as a workspace; a named sandbox never uses
+    # the current directory as its workspace, so creating one from $HOME is fine
+    monkeypatch.chdir(isolated.home)
+    assert cli("sandbox", "create", "athome").exit_code == 0
+    assert named.exec_sync("athome", ["pwd"]).stdout == b"/workspace\n"
