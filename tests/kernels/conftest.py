@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kernel_helpers import kernel_pids
+
+# the helpers module must import the same way whether or not tests/ is a package
+sys.path.insert(0, str(Path(__file__).parent))
+from kernel_helpers import kernel_pids  # noqa: E402
 
 from tether.kernels import specs
 

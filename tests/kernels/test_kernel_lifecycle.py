@@ -299,3 +299,22 @@ def test_argv_shim_serves_frontends_that_ignore_provisioners(kenv):
         kc.stop_channels()
         km.shutdown_kernel()
     assert wait_gone(kenv.state_dir) == []
+
+
+def test_a_silently_dead_link_still_ends_the_kernel(kenv):
+    """No FIN ever reaches sshd (the client is frozen): the launcher's keepalive watch acts."""
+    kenv.spec("rk", lifetime="session")
+    km = KernelManager(kernel_name="tether-rk")
+    config = km.kernel_spec.metadata["kernel_provisioner"]["config"]
+    config["keepalive_s"] = 0.25  # silence limit: 4 * 0.25 + 5 = 6 s
+    km.start_kernel()
+    link = km.provisioner.link
+    try:
+        rec = remote_record(kenv.state_dir)
+        os.kill(link.pid, signal.SIGSTOP)
+        assert _alive(rec["kernel_pid"])
+        assert wait_gone(kenv.state_dir, timeout=20) == []
+        assert _wait_dead(rec["launcher_pid"])
+    finally:
+        os.kill(link.pid, signal.SIGCONT)
+        km.shutdown_kernel(now=True)

@@ -71,10 +71,11 @@ class Out(object):
 class Controller(object):
     """One party giving orders: the launching SSH session, or a later attach."""
 
-    def __init__(self, reader, out, events, name):
+    def __init__(self, reader, out, events, name, sock=None):
         self.reader = reader
         self.out = out
         self.name = name
+        self.sock = sock
         self.closed = False
         self.thread = threading.Thread(target=self._read, args=(events,), daemon=True)
         self.thread.start()
@@ -95,12 +96,15 @@ class Controller(object):
             events.put(("msg", self, msg))
 
     def close(self):
+        # Never close a reader another thread is blocked in: BufferedReader.close() waits for
+        # that read to return, which on a silent link is never. A socket is shut down instead
+        # (that wakes its reader); stdin is left to the process's exit.
         self.closed = True
         self.out.broken = True
-        for stream in (self.reader, self.out.stream):
+        if self.sock is not None:
             try:
-                stream.close()
-            except (OSError, ValueError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
 
 
@@ -303,7 +307,7 @@ class Launcher(object):
             except OSError:
                 return
             ctl = Controller(sock.makefile("rb"), Out(sock.makefile("wb")), self.events,
-                             "attach")
+                             "attach", sock)
             self.events.put(("attach", ctl, None))
 
     def _wait_kernel(self):
