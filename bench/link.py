@@ -8,11 +8,13 @@ sshd + gateway, paired over loopback) in temp dirs, then measures:
 - exec_ratio: p50 of `true` through the Python API on a warm link / p50 of
   `ssh tether-bench true` with an OpenSSH ControlMaster already open.
 - cli_exec_ms: p50 wall time of `tether exec bench -- true` (the real binary, Python start-up
-  included, link daemon warm).
+  included, link daemon warm). cli_overhead_ms: its p50 excess over the API call of the same
+  round, i.e. what the CLI adds to the remote command.
 - echo_p50_ms: one byte echoed through the bridge by a PTY session (`cat` in raw mode).
 
-Both exec figures include what the login shell does for every command (Debian's bash sources
-~/.bashrc for ssh commands); `remote_true_ms` shows that share, measured on the warm link.
+All exec figures include what the host's login shell does for every command (Debian's bash
+sources ~/.bashrc for ssh commands); remote_true_ms shows that floor, measured on the warm
+link. The three exec series are interleaved run by run, so load drift hits them alike.
 
 Usage: python bench/link.py [--json] [--size-mb N] [--runs N]
 """
@@ -136,37 +138,40 @@ class Bench:
 
     # -- exec -------------------------------------------------------------------------------
 
-    def exec_ratio(self) -> None:
+    def exec_figures(self) -> None:
+        """API, ControlMaster ssh and CLI, interleaved run by run so load drift hits all
+        three alike."""
         import tether
-
-        tether.exec("bench", "true")  # warm
-        api = _timed(lambda: tether.exec("bench", "true"), self.runs)
-        control = str(self.root / "cm-%C")
-        base = ["ssh", "-F", str(self.ssh_config), "-o", f"ControlPath={control}"]
-        subprocess.run([*base, "-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-f",
-                        "-N", "tether-bench"], check=True, timeout=60)
-        try:
-            subprocess.run([*base, "tether-bench", "true"], check=True, timeout=60)
-            ssh = _timed(lambda: subprocess.run([*base, "tether-bench", "true"], check=True,
-                                                timeout=60), self.runs)
-        finally:
-            subprocess.run([*base, "-O", "exit", "tether-bench"], capture_output=True)
-        self.figures["api_exec_p50_ms"] = _p50(api)
-        self.figures["ssh_controlmaster_p50_ms"] = _p50(ssh)
-        self.figures["exec_ratio"] = _p50(api) / _p50(ssh)
-
-    def cli_exec(self) -> None:
-        cmd = [self.tether, "exec", "bench", "--", "true"]
-        subprocess.run(cmd, check=True, env=self.env, stdin=subprocess.DEVNULL)  # daemon up
-        runs = _timed(lambda: subprocess.run(cmd, check=True, env=self.env,
-                                             stdin=subprocess.DEVNULL), self.runs)
-        self.figures["cli_exec_ms"] = _p50(runs)
         from tether.link.daemon_client import request
 
-        request("shutdown")
+        control = str(self.root / "cm-%C")
+        base = ["ssh", "-F", str(self.ssh_config), "-o", f"ControlPath={control}"]
+        cli = [self.tether, "exec", "bench", "--", "true"]
+        subprocess.run([*base, "-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-f",
+                        "-N", "tether-bench"], check=True, timeout=60)
+        api, ssh, cli_ms = [], [], []
+        try:
+            tether.exec("bench", "true")  # warm: the API's connection
+            subprocess.run([*base, "tether-bench", "true"], check=True, timeout=60)
+            subprocess.run(cli, check=True, env=self.env, stdin=subprocess.DEVNULL)  # daemon
+            for _ in range(self.runs):
+                api += _timed(lambda: tether.exec("bench", "true"), 1)
+                ssh += _timed(lambda: subprocess.run([*base, "tether-bench", "true"],
+                                                     check=True, timeout=60), 1)
+                cli_ms += _timed(lambda: subprocess.run(cli, check=True, env=self.env,
+                                                        stdin=subprocess.DEVNULL), 1)
+        finally:
+            subprocess.run([*base, "-O", "exit", "tether-bench"], capture_output=True)
+            request("shutdown")
+        f = self.figures
+        f["api_exec_p50_ms"] = _p50(api)
+        f["ssh_controlmaster_p50_ms"] = _p50(ssh)
+        f["exec_ratio"] = _p50(api) / _p50(ssh)
+        f["cli_exec_ms"] = _p50(cli_ms)
+        # what tether adds on top of the remote command itself (Python start-up, daemon hop)
+        f["cli_overhead_ms"] = _p50([c - a for c, a in zip(cli_ms, api)])
 
     def echo_and_remote_cost(self) -> None:
-        from tether.link import exec as lexec
         from tether.link.pool import run_sync
 
         self.figures.update(run_sync(_echo(self.runs * 10)))
@@ -219,8 +224,7 @@ def main() -> None:
     bench = Bench(root, args.size_mb, args.runs)
     try:
         bench.up()
-        bench.exec_ratio()
-        bench.cli_exec()
+        bench.exec_figures()
         bench.echo_and_remote_cost()
         bench.copy()
     finally:
