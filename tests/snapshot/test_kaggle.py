@@ -131,6 +131,7 @@ def test_first_flush_creates_private_dataset_and_waits_until_ready(kaggle, slug)
 
 
 def test_every_version_is_a_complete_repository(kaggle, slug):
+    before_downloads = len(kaggle.requests)
     store = fast(slug)
     store.put("config", b"cfg")
     store.put("packs/aa/p1", b"pack1")
@@ -141,6 +142,8 @@ def test_every_version_is_a_complete_repository(kaggle, slug):
     store.put("snapshots/s1", b"snap")
     store.delete("packs/aa/p1")
     store.flush()
+    # What this store wrote itself is re-uploaded from its local copy, not downloaded again.
+    assert not any("DownloadDataset" in r for r in kaggle.requests[before_downloads:])
     ref = f"alice/{slug}"
     assert [sorted(kaggle.files(ref, v.number)) for v in kaggle.versions(ref)] == [
         ["config", "packs~aa~p1"],
@@ -160,7 +163,10 @@ def test_objects_of_a_concurrent_writer_are_carried_over(kaggle, slug):
     a.put("snapshots/from-a", b"a")
     a.flush()
     b.put("snapshots/from-b", b"b")   # b last looked before a's second version
+    mark = len(kaggle.requests)
     b.flush()
+    downloads = [r for r in kaggle.requests[mark:] if "DownloadDataset" in r]
+    assert len(downloads) == 2        # config and a's snapshot: b had no copy of either
     assert fast(slug).list() == ["config", "snapshots/from-a", "snapshots/from-b"]
 
 

@@ -162,6 +162,7 @@ class KaggleStore:
         self._spool: Path | None = None
         self._spool_seq = itertools.count()
         self._garbage: list[Path] = []                  # superseded or carried-over files
+        self._retained: dict[str, Path] = {}            # local copy of the last version written
         self._pending: dict[str, Path | None] = {}      # key -> spooled file, None = delete
         self._remote: dict[str, int] | None = None       # key -> size of the latest version
         self._dataset_exists: bool | None = None
@@ -340,6 +341,7 @@ class KaggleStore:
                 self._spool = None
             self._pending.clear()
             self._garbage.clear()
+            self._retained.clear()
         self._api.close()
         self._storage.close()
 
@@ -357,28 +359,41 @@ class KaggleStore:
         if final == set(remote) and not any(p is not None for p in pending.values()):
             self._forget(pending)   # only deletes of absent keys: nothing to write
             return
-        tokens = []
+        tokens, sources = [], {}
         for key in sorted(final):
-            source = pending.get(key) or self._carry_over(key)
-            tokens.append({"token": self._upload(key_to_name(key), source)})
+            sources[key] = pending.get(key) or self._carry_over(key, remote[key])
+            tokens.append({"token": self._upload(key_to_name(key), sources[key])})
         if not final:
             tokens.append({"token": self._upload(EMPTY_MARKER, self._marker())})
         self._create_version(tokens, len(final))
         self._wait_ready()
         self.versions_made += 1
-        self._remote = {k: (remote[k] if k not in pending else pending[k].stat().st_size)
-                        for k in final}
-        self._forget(pending)
+        self._remote = {k: p.stat().st_size for k, p in sources.items()}
+        self._retain(sources)
+        self._forget(pending, keep=set(sources.values()))
 
-    def _forget(self, flushed: dict[str, Path | None]) -> None:
+    def _retain(self, sources: dict[str, Path]) -> None:
+        """Keep the local copy of the version just written, so the next flush of this store
+        object re-uploads from disk instead of downloading it all again."""
+        keep = set(sources.values())
+        with self._lock:
+            self._garbage = [p for p in self._garbage if p not in keep]
+            self._garbage += [p for p in self._retained.values() if p not in keep]
+            self._retained = dict(sources)
+
+    def _forget(self, flushed: dict[str, Path | None], keep: set[Path] = frozenset()) -> None:
         with self._lock:
             for key, spooled in flushed.items():
                 if self._pending.get(key, "gone") is spooled:   # not re-put meanwhile
                     del self._pending[key]
-                    if spooled is not None:
+                    if spooled is not None and spooled not in keep:
                         spooled.unlink(missing_ok=True)
 
-    def _carry_over(self, key: str) -> Path:
+    def _carry_over(self, key: str, size: int) -> Path:
+        cached = self._retained.get(key)
+        # Keys are content-addressed or unique, so a same-sized local copy is the object.
+        if cached is not None and cached.exists() and cached.stat().st_size == size:
+            return cached
         target = self._spool_path("carry/" + key)
         with self._lock:
             self._garbage.append(target)
