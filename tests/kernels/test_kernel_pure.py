@@ -207,3 +207,24 @@ def test_resolve_target_maps_a_tether_host_name_to_its_block(isolated):
 def test_resolve_target_rejects(isolated, host, ssh_config, cls):
     with pytest.raises(cls):
         target.resolve_target(host, ssh_config)
+
+
+def test_kernel_records_round_trip_prefix_lookup_and_pruning(isolated):
+    import stat
+
+    from tether.kernels import registry
+
+    def rec(kid, started):
+        return registry.KernelRecord(kid, "gpu", "box", "/p", "", "", "grace", started)
+
+    registry.save_record(rec("aaaa-1111", 1000.0))
+    registry.save_record(rec("aaaa-2222", 2000.0))
+    path = registry.records_dir() / "aaaa-1111.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert registry.find_record("aaaa-2").kernel_id == "aaaa-2222"
+    with pytest.raises(errors.UsageError, match="ambiguous"):
+        registry.find_record("aaaa")
+    with pytest.raises(errors.NotFoundError):
+        registry.find_record("zzzz")
+    registry.save_record(rec("bbbb-3333", 2000.0 + registry.PRUNE_AFTER_S + 1))
+    assert [r.kernel_id for r in registry.list_records()] == ["bbbb-3333"]

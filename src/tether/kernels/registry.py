@@ -33,9 +33,15 @@ def records_dir() -> Path:
     return paths.state_dir() / "kernels"
 
 
+PRUNE_AFTER_S = 30 * 86400  # a kernel that old is gone; its record only clutters lookups
+
+
 def save_record(record: KernelRecord) -> None:
     data = {"v": RECORD_VERSION, **asdict(record)}
     paths.atomic_write(records_dir() / f"{record.kernel_id}.json", json.dumps(data, indent=2))
+    for old in list_records():
+        if record.started_at - old.started_at > PRUNE_AFTER_S:
+            forget_record(old.kernel_id)
 
 
 def forget_record(kernel_id: str) -> None:
