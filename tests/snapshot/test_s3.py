@@ -259,3 +259,9 @@ def test_credentials_from_an_aws_profile(moto, iam_user, tmp_path, monkeypatch):
 def test_bad_option_values_are_usage_errors(query, creds):
     with pytest.raises(UsageError):
         open_store(f"s3://bkt/r?{query}")
+
+
+def test_a_mistaken_secret_in_the_url_is_refused_and_not_echoed(creds):
+    with pytest.raises(UsageError) as info:
+        open_store("s3://bkt/r?secret_key=wJalrXUtnFEMI")
+    assert "wJalrXUtnFEMI" not in info.value.message + (info.value.hint or "")

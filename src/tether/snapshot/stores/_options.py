@@ -16,3 +16,9 @@ def number_option(name: str, value: float | str, *, minimum: float,
     if number < minimum:
         raise UsageError(f"store option {name}={value!r} is below {minimum:g}")
     return number
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may appear in a message: without its query, where a mistaken secret
+    (``?secret_key=...``) would otherwise be echoed to the terminal and logs."""
+    return url.split("?", 1)[0].split("#", 1)[0]

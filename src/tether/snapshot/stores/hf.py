@@ -43,7 +43,7 @@ from tether.errors import (
     TetherError,
     UsageError,
 )
-from tether.snapshot.stores._options import number_option
+from tether.snapshot.stores._options import number_option, shown_url
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -65,10 +65,10 @@ def parse_url(url: str) -> HfLocation:
     """``hf://datasets/alice/ws/sub?revision=main`` -> HfLocation. Pure."""
     parts = urlsplit(url)
     if parts.scheme != "hf":
-        raise UsageError(f"not a Hugging Face store URL: {url!r}", "use hf://datasets/OWNER/NAME")
+        raise UsageError(f"not a Hugging Face store URL: {shown_url(url)!r}", "use hf://datasets/OWNER/NAME")
     segments = [s for s in (parts.netloc + unquote(parts.path)).split("/") if s]
     if len(segments) < 3 or segments[0] != "datasets":
-        raise UsageError(f"not a Hugging Face dataset URL: {url!r}",
+        raise UsageError(f"not a Hugging Face dataset URL: {shown_url(url)!r}",
                          "use hf://datasets/OWNER/NAME (snapshots live in dataset repos)")
     owner, name = segments[1], segments[2]
     for part in (owner, name):

@@ -57,7 +57,7 @@ from tether.errors import (
     RateLimitedError,
     UsageError,
 )
-from tether.snapshot.stores._options import number_option
+from tether.snapshot.stores._options import number_option, shown_url
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 GB = 1000 * 1000 * 1000
@@ -90,10 +90,10 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     """``kaggle://alice/my-workspace?title=...`` -> ("alice", "my-workspace", {...}). Pure."""
     parts = urlsplit(url)
     if parts.scheme != "kaggle" or not parts.netloc:
-        raise UsageError(f"not a Kaggle store URL: {url!r}", "use kaggle://OWNER/SLUG")
+        raise UsageError(f"not a Kaggle store URL: {shown_url(url)!r}", "use kaggle://OWNER/SLUG")
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) != 1:
-        raise UsageError(f"not a Kaggle dataset URL: {url!r}", "use kaggle://OWNER/SLUG")
+        raise UsageError(f"not a Kaggle dataset URL: {shown_url(url)!r}", "use kaggle://OWNER/SLUG")
     owner, slug = parts.netloc, segments[0]
     if not _OWNER.fullmatch(owner):
         raise UsageError(f"invalid Kaggle user name {owner!r}",

@@ -35,7 +35,7 @@ from tether.errors import (
     TetherError,
     UsageError,
 )
-from tether.snapshot.stores._options import number_option
+from tether.snapshot.stores._options import number_option, shown_url
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -69,7 +69,7 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     """``s3://bucket/a/b?region=x`` -> ("bucket", "a/b/", {"region": "x"}). Pure."""
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
-        raise UsageError(f"not an s3 store URL: {url!r}", "use s3://BUCKET/PREFIX")
+        raise UsageError(f"not an s3 store URL: {shown_url(url)!r}", "use s3://BUCKET/PREFIX")
     bucket = parts.netloc
     if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in ".-_" for c in bucket):
         raise UsageError(f"invalid bucket name {bucket!r}",
@@ -81,7 +81,7 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     query: dict[str, str] = {}
     for name, values in parse_qs(parts.query, keep_blank_values=True).items():
         if name not in _OPTIONS:
-            raise UsageError(f"unknown s3 store option {name!r} in {url!r}",
+            raise UsageError(f"unknown s3 store option {name!r}",
                              f"known: {', '.join(sorted(_OPTIONS))}")
         query[name] = values[-1]
     return bucket, prefix, query
