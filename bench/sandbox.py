@@ -40,9 +40,11 @@ def p50_ms(fn: Callable[[], object], n: int) -> float:
 
 
 def interleaved_p50(fns: dict[str, Callable[[], object]], n: int) -> dict[str, float]:
+    """Alternate the order every round (ABBA) so load drifts hit every candidate alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(n):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for i in range(n):
+        for name, fn in (order if i % 2 == 0 else order[::-1]):
             t = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t) * 1000)
@@ -75,7 +77,9 @@ def bench_runner(n: int) -> None:
     share = default.network is NetworkMode.FULL
     raw = raw_bwrap_argv(share)
     api()()          # warm: probe, prepared /etc, compiled filter
-    res = interleaved_p50({"api": api(), "raw": lambda: subprocess.run(raw, check=True)}, n)
+    # both collect the command's output through pipes
+    res = interleaved_p50({"api": api(), "raw": lambda: subprocess.run(raw, check=True,
+                                                                       capture_output=True)}, n)
     ratio = res["api"] / res["raw"]
     figure("run_ratio", round(ratio, 2), "x", "<= 2", ratio <= 2,
            f"api {res['api']:.2f} ms / raw bwrap {res['raw']:.2f} ms ({DEFAULT_PROFILE})")
@@ -88,7 +92,7 @@ def bench_runner(n: int) -> None:
                       ("allowlist_p50_ms", api(allow_domains=["pypi.org"])),
                       ("with_limits_p50_ms", api(pids=256, memory="1G")),
                       ("raw_bwrap_no_net_p50_ms",
-                       lambda: subprocess.run(raw_nonet, check=True))):
+                       lambda: subprocess.run(raw_nonet, check=True, capture_output=True))):
         figure(label, round(p50_ms(fn, max(n // 2, 5)), 2), "ms", note="context")
     shutil.rmtree(work, ignore_errors=True)
 
@@ -113,13 +117,17 @@ def bench_other_runtimes(n: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("-n", type=int, default=60, help="runs per figure")
+    ap.add_argument("-n", type=int, default=100, help="runs per figure")
     args = ap.parse_args(argv)
     bench_runner(args.n)
     bench_other_runtimes(max(args.n // 6, 3))
     extra = globals().get("EXTRA_BENCHES", [])
     for fn in extra:        # other helpers register callables here
         fn(args.n)
+    import os
+
+    figure("load_average", round(os.getloadavg()[0], 2), "", note=f"{os.cpu_count()} cpus; "
+           "figures on a loaded machine are noisy")
     if args.json:
         print(json.dumps({"figures": FIGURES}, indent=2))
     else:

@@ -8,7 +8,6 @@ then kills every process in the sandbox's pid namespace; the run's cgroup is emp
 
 from __future__ import annotations
 
-import asyncio
 import os
 import selectors
 import signal as _signal
@@ -269,16 +268,20 @@ def _cgroup_dirs(host: HostFacts) -> dict[str, Path]:
 
 
 def run(spec: SandboxSpec, *, stdin: bytes | None = None, on_output: OnOutput | None = None,
-        keep: bool = False, prestart: bool = True) -> RunResult:
+        keep: bool = False, prestart: bool = True,
+        on_start: Callable[[subprocess.Popen, _limits.RunCgroup | None], None] | None = None,
+        ) -> RunResult:
     """Run `spec.command` in a fresh sandbox and wait for it (and everything it started).
 
     prestart: runs with cgroup limits may use (and keep ready) pre-joined launchers
     (launchers.py); a one-shot caller such as the CLI passes False.
+    on_start(proc, cgroup): called once bwrap runs, e.g. to let another thread cancel the run
+    (kill proc, then cgroup.kill_all()); used by the sandbox service (API streams, pool).
     """
     host = probe()
     prepared = _prepare(spec, host, keep, use_launcher=prestart)
     try:
-        return _execute(prepared, spec, stdin, on_output)
+        return _execute(prepared, spec, stdin, on_output, on_start)
     finally:
         prepared.close()
 
@@ -286,6 +289,8 @@ def run(spec: SandboxSpec, *, stdin: bytes | None = None, on_output: OnOutput | 
 async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
                     on_output: OnOutput | None = None, keep: bool = False) -> RunResult:
     """`run` without blocking the event loop; on_output is called on the loop's thread."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     relay = None
     if on_output is not None:
@@ -295,10 +300,12 @@ async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
 
 
 def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
-             on_output: OnOutput | None) -> RunResult:
+             on_output: OnOutput | None, on_start=None) -> RunResult:
     cg = p.cgroup
     start = time.perf_counter()
     proc = _start(p, spec, stdin)
+    if on_start is not None:
+        on_start(proc, cg)
     for fd in p.pass_fds:   # bwrap has its copy; ours would only keep the pipe alive
         os.close(fd)
     p.pass_fds.clear()
