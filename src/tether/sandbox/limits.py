@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +172,7 @@ def create(limits: Limits, facts: CgroupFacts, base_dirs: dict[str, Path],
     if limits.cpus and not facts.cpu:
         raise EnforcementError("the cpu limit cannot be enforced here (no writable cpu cgroup)",
                                hint="run `tether sandbox probe`; or drop --cpus")
-    name = "tether-" + uuid.uuid4().hex[:12]
+    name = "tether-" + os.urandom(6).hex()
     cg = RunCgroup(version=facts.version)
     try:
         if facts.version == "v2":
