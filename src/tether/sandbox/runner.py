@@ -32,6 +32,10 @@ from tether.sandbox.profiles import (
 )
 
 OnOutput = Callable[[str, bytes], None]
+# per stream: a command printing without end must not exhaust the host's memory; the rest is
+# still streamed to on_output, and the captured bytes end with TRUNCATED
+MAX_CAPTURE = 64 << 20
+TRUNCATED = b"\n[tether: output truncated at 64 MiB]\n"
 _HINTS = {
     "bwrap": "install bubblewrap (apt-get install bubblewrap)",
     "userns": "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)",
@@ -359,6 +363,7 @@ def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
     """Copy stdin in and stdout/stderr out until bwrap exits; kill it at the deadline."""
     sel = selectors.DefaultSelector()
     bufs: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    sizes = {"stdout": 0, "stderr": 0}
     for name in ("stdout", "stderr"):
         f = getattr(proc, name)
         os.set_blocking(f.fileno(), False)
@@ -401,7 +406,11 @@ def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
                         sel.unregister(key.fd)
                         open_streams -= 1
                     else:
-                        bufs[name].append(data)
+                        if sizes[name] < MAX_CAPTURE:
+                            bufs[name].append(data[:MAX_CAPTURE - sizes[name]])
+                            if sizes[name] + len(data) >= MAX_CAPTURE:
+                                bufs[name].append(TRUNCATED)
+                        sizes[name] += len(data)
                         if on_output is not None:
                             on_output(name, data)
     finally:

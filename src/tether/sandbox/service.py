@@ -164,23 +164,10 @@ def result_from(status: int, rusage, out: bytes, err: bytes, timed_out: bool,
 def run_blocking(spec, *, stdin: bytes | None = None, on_output=None,
                  handle: RunHandle | None = None):
     """``runner.run`` that ``handle`` can cancel from another thread (a client went away)."""
-    import subprocess
-
     from tether.sandbox import runner
 
-    prepared = runner._prepare(spec, runner.probe(), False)
-    try:
-        proc = spawn_prepared(prepared, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        start = time.perf_counter()
-        cg = prepared.cgroup
-        if handle is not None:
-            handle.started(proc, cg)
-        deadline = start + spec.limits.timeout_s if spec.limits.timeout_s else None
-        out, err, timed_out, status, rusage = runner._pump(proc, stdin, deadline, on_output, cg)
-        return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg)
-    finally:
-        prepared.close()
+    return runner.run(spec, stdin=stdin, on_output=on_output,
+                      on_start=handle.started if handle is not None else None)
 
 
 async def run_in_thread(fn, *args, **kw):
