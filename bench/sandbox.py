@@ -172,7 +172,7 @@ def bench_pool(n: int) -> None:
             assert r.exit_code == 0, r.stderr
             time.sleep(0.03)  # interleaved: machine noise hits both alike
             t = time.perf_counter()
-            subprocess.run(raw, check=True)
+            subprocess.run(raw, check=True, capture_output=True)  # pipes, as the pool
             bare.append((time.perf_counter() - t) * 1000)
         pool.warm(spec, wait=True, timeout=60)
         for _ in range(max(n // 3, 5)):
