@@ -257,3 +257,13 @@ def test_limited_runs_in_both_start_paths(make_spec, used_cgroups, monkeypatch, 
                      pids=20, timeout=10)
     r = runner.run(fork)
     assert b"BlockingIOError" in r.stderr and not r.timed_out
+
+
+def test_output_capture_is_bounded(make_spec, monkeypatch):
+    monkeypatch.setattr(runner, "MAX_CAPTURE", 1 << 20)
+    streamed = []
+    r = runner.run(make_spec("moderate", ["head", "-c", str(5 << 20), "/dev/zero"]),
+                   on_output=lambda s, d: streamed.append(len(d)))
+    assert r.exit_code == 0 and sum(streamed) == 5 << 20
+    assert len(r.stdout) == (1 << 20) + len(runner.TRUNCATED)
+    assert r.stdout.endswith(runner.TRUNCATED)
