@@ -318,3 +318,31 @@ def test_a_silently_dead_link_still_ends_the_kernel(kenv):
     finally:
         os.kill(link.pid, signal.SIGCONT)
         km.shutdown_kernel(now=True)
+
+
+def test_a_local_port_taken_before_forwarding_is_replaced(kenv):
+    """The manager picks free local ports; if one is taken before ssh binds it, the
+    provisioner picks new ones and the manager's connection file follows."""
+    import socket
+
+    kenv.spec("rk")
+    km = KernelManager(kernel_name="tether-rk")
+    km.pre_start_kernel()  # picks the ports and writes the connection file
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", km.shell_port))
+    squatter.listen()
+    taken = km.shell_port
+    km.provisioner.ports_cached = True
+    km.cleanup_resources(restart=True)  # keep the same ports for the real start
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=30)
+        assert km.shell_port != taken
+        assert json.loads(Path(km.connection_file).read_text())["shell_port"] == km.shell_port
+        assert value(kc, "1 + 1") == "2"
+    finally:
+        squatter.close()
+        kc.stop_channels()
+        km.shutdown_kernel()

@@ -24,7 +24,7 @@ from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import CaselessStrEnum, Float, List, Unicode
 
-from tether.errors import TetherError, UsageError
+from tether.errors import ConnectError, TetherError, UsageError
 from tether.kernels import registry
 from tether.kernels.link import LINK_LOST, PORT_NAMES, PROTOCOL, KernelLink
 from tether.kernels.target import resolve_target
@@ -169,7 +169,15 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         started = await asyncio.to_thread(link.open, request, self.launch_timeout,
                                           self.keepalive_s)
         try:
-            await self._forward(link, started["ports"])
+            try:
+                await self._forward(link, started["ports"])
+            except ConnectError:
+                if self.parent is None:
+                    raise  # the ports belong to a frontend's connection file (the shim)
+                # RACE: a local port the manager picked was taken before ssh bound it; pick
+                # new ones once: the manager rewrites its connection file from what we return
+                self._pick_new_local_ports()
+                await self._forward(link, started["ports"])
         except BaseException:
             await asyncio.to_thread(link.close)
             raise
@@ -180,6 +188,14 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             ssh_config=str(target.config_file or ""), state_dir=self.remote_state_dir,
             lifetime=self.lifetime, started_at=registry.now()))
         return self.connection_info
+
+    def _pick_new_local_ports(self) -> None:
+        lpc = LocalPortCache.instance()
+        ip = str(self.connection_info.get("ip") or "127.0.0.1")
+        info = dict(self.connection_info)
+        for name in PORT_NAMES:
+            info[name] = lpc.find_available_port(ip)
+        self.connection_info = info
 
     async def _forward(self, link: KernelLink, remote_ports: dict[str, int]) -> None:
         info = self.connection_info
