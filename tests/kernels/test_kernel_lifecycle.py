@@ -346,3 +346,21 @@ def test_a_local_port_taken_before_forwarding_is_replaced(kenv):
         squatter.close()
         kc.stop_channels()
         km.shutdown_kernel()
+
+
+def test_a_killed_launcher_takes_its_kernel_along(kenv):
+    """JPY_PARENT_PID: even a SIGKILLed launcher leaves no kernel behind."""
+    kenv.spec("rk", lifetime="grace", grace_s=60)
+    km = KernelManager(kernel_name="tether-rk")
+    km.kernel_spec.metadata["kernel_provisioner"]["config"]["on_link_drop"] = "report"
+    km.start_kernel()
+    try:
+        rec = remote_record(kenv.state_dir)
+        os.kill(rec["launcher_pid"], signal.SIGKILL)
+        assert _wait_dead(rec["kernel_pid"])
+        deadline = time.monotonic() + 10
+        while km.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not km.is_alive()
+    finally:
+        km.shutdown_kernel(now=True)
