@@ -236,3 +236,41 @@ def test_create_works_from_the_home_directory(isolated, cli, monkeypatch):
     monkeypatch.chdir(isolated.home)
     assert cli("sandbox", "create", "athome").exit_code == 0
     assert named.exec_sync("athome", ["pwd"]).stdout == b"/workspace\n"
+
+
+def test_attach_from_a_real_terminal_passes_its_size_and_restores_it(isolated):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+
+    named.create("term")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(["tether", "sandbox", "attach", "term", "--", "sh", "-c",
+                             "stty size; read line; echo got:$line"],
+                            stdin=slave, stdout=slave, stderr=slave, env=isolated.env,
+                            start_new_session=True)
+    seen = b""
+    deadline = time.monotonic() + 30
+    sent = False
+    while proc.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            seen += os.read(master, 4096)
+        if b"33 101" in seen and not sent:
+            os.write(master, b"typed\r")  # raw mode: the sandbox's pty turns CR into a line
+            sent = True
+    assert proc.wait(10) == 0
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            seen += os.read(master, 4096)
+        except OSError:
+            break
+    assert b"33 101" in seen and b"got:typed" in seen
+    assert termios.tcgetattr(slave) == before  # the user's terminal is back to how it was
+    os.close(master)
+    os.close(slave)
