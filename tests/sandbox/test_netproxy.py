@@ -103,9 +103,17 @@ def test_plain_http(proxy, origin, host, status):
                   "Proxy-Authorization: x\r\n\r\n".encode())
     assert reply.split(b" ")[1] == status
     if status == b"200":
-        assert reply.endswith(f"origin saw {host} /p?q=1".encode())
+        assert reply.endswith(f"origin saw {host}:{origin} /p?q=1".encode())
     else:
         assert host in proxy.refused
+
+
+def test_host_header_cannot_front_another_domain(proxy, origin):
+    reply = _talk(proxy.socket_path,
+                  f"GET http://allowed.test:{origin}/f HTTP/1.1\r\nHost: evil.example\r\n"
+                  "\r\n".encode())
+    assert reply.split(b" ")[1] == b"200"
+    assert reply.endswith(f"origin saw allowed.test:{origin} /f".encode())
 
 
 def test_connect_tunnel_and_sni_check(proxy, origin):

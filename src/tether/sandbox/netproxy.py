@@ -235,10 +235,13 @@ def _http(h: ProxyHandle, conn: socket.socket) -> None:
                 return
             _pipe(conn, up, first)
             return
+        # Host is rewritten to the checked name: a CDN routes by Host, so a request for an
+        # allowed name carrying another Host would reach that other site (domain fronting)
         headers = [ln for ln in lines[1:] if not ln.lower().startswith(
-            (b"proxy-", b"connection:", b"keep-alive:"))]
-        new_head = b"\r\n".join([f"{method} {path} {version}".encode("latin-1"), *headers,
-                                 b"Connection: close"]) + b"\r\n\r\n"
+            (b"proxy-", b"connection:", b"keep-alive:", b"host:"))]
+        host_header = f"Host: {authority}".encode("latin-1")
+        new_head = b"\r\n".join([f"{method} {path} {version}".encode("latin-1"), host_header,
+                                 *headers, b"Connection: close"]) + b"\r\n\r\n"
         _pipe(conn, up, new_head + rest)
 
 
