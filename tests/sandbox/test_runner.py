@@ -267,3 +267,16 @@ def test_output_capture_is_bounded(make_spec, monkeypatch):
     assert r.exit_code == 0 and sum(streamed) == 5 << 20
     assert len(r.stdout) == (1 << 20) + len(runner.TRUNCATED)
     assert r.stdout.endswith(runner.TRUNCATED)
+
+
+def test_cli_binary_streams_and_pipes_stdin(tether_bin, workspace, isolated):
+    import subprocess
+
+    r = subprocess.run([tether_bin, "sandbox", "run", "--stdin", "--profile", "restrictive",
+                        "--", "sh", "-c", "tr a-z A-Z; echo done >&2; exit 4"],
+                       input=b"piped\n", capture_output=True, cwd=workspace, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (4, b"PIPED\n", b"done\n")
+    # without --stdin the command reads nothing, even from an open pipe
+    r = subprocess.run([tether_bin, "sandbox", "run", "--", "cat"], input=b"ignored",
+                       capture_output=True, cwd=workspace, timeout=60)
+    assert (r.returncode, r.stdout) == (0, b"")
