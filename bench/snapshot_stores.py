@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "snapshot" / "fakes"))
+sys.path.insert(0, str(ROOT))   # the local servers live with the tests
 
 MiB = 1024 * 1024
 
@@ -40,8 +40,8 @@ def timed(fn) -> float:
 
 def bench_s3(tmp: Path, rounds: int) -> tuple[float, float]:
     from boto3.s3.transfer import TransferConfig
-    from moto_s3 import serve_moto_s3
 
+    from tests.snapshot.fakes.moto_s3 import serve_moto_s3
     from tether.snapshot.stores import s3
 
     files = []
@@ -71,8 +71,7 @@ def bench_s3(tmp: Path, rounds: int) -> tuple[float, float]:
 
 
 def bench_hf_commits() -> int:
-    from hf_hub_fake import serve_fake_hub
-
+    from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
     from tether.snapshot.stores import hf
 
     with serve_fake_hub() as hub:
@@ -89,9 +88,8 @@ def bench_hf_commits() -> int:
 
 
 def bench_tail_reads() -> int:
-    from hf_hub_fake import serve_fake_hub
-    from kaggle_api_fake import serve_fake_kaggle
-
+    from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
+    from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
     from tether.snapshot.stores import hf, kaggle
 
     data = os.urandom(32 * MiB)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from hf_hub_fake import Commit, serve_fake_hub
-
+from tests.snapshot.fakes.hf_hub_fake import Commit, serve_fake_hub
 from tether import secrets
 from tether.errors import (
     AuthError,

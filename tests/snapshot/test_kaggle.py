@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from kaggle_api_fake import serve_fake_kaggle
-
+from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
 from tether import secrets
 from tether.errors import (
     AuthError,

@@ -9,16 +9,13 @@ snapshot object, and on kaggle:// every version is a complete, verifiable reposi
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from hf_hub_fake import serve_fake_hub
-from kaggle_api_fake import serve_fake_kaggle
-from moto_s3 import serve_moto_s3
-
+from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
+from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
+from tests.snapshot.fakes.moto_s3 import serve_moto_s3
 from tether.snapshot import api
 from tether.snapshot.stores import open_store
 

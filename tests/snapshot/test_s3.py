@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from moto_s3 import serve_moto_s3
-
+from tests.snapshot.fakes.moto_s3 import serve_moto_s3
 from tether import secrets
 from tether.errors import (
     AuthError,

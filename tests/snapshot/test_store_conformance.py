@@ -8,18 +8,14 @@ the same repository: what a second machine (or the next push) sees.
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from hf_hub_fake import serve_fake_hub
-from kaggle_api_fake import serve_fake_kaggle
-from moto_s3 import serve_moto_s3
-
+from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
+from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
+from tests.snapshot.fakes.moto_s3 import serve_moto_s3
 from tether.errors import NotFoundError, UsageError
 from tether.snapshot.stores import Store, StoreCapabilities, open_store
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-from store_doubles import FlakyStore, MemoryStore
-
+from tests.snapshot.fakes.store_doubles import FlakyStore, MemoryStore
 from tether.errors import (
     AuthError,
     ConnectError,
