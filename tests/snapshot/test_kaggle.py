@@ -269,7 +269,7 @@ def test_unreachable_endpoint_is_connect_error(kenv):
 
 def test_official_kaggle_client_reads_what_the_store_wrote(kaggle, slug):
     """The fake follows kagglesdk's wire format, and the store's versions look normal to it."""
-    kagglesdk = pytest.importorskip("kagglesdk", reason="the optional kaggle extra")
+    import kagglesdk  # installed with the kaggle package (a test extra)
     from kagglesdk.datasets.types.dataset_api_service import (
         ApiDownloadDatasetRequest,
         ApiListDatasetFilesRequest,
