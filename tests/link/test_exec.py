@@ -114,16 +114,22 @@ def test_daemon_exits_when_idle(paired, tether_bin, monkeypatch) -> None:
 
 def test_ctrl_c_is_forwarded_as_a_signal(paired, tether_bin) -> None:
     script = "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done"
-    proc = subprocess.Popen([tether_bin, "exec", paired, "--", script],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    procs = [subprocess.Popen([tether_bin, "exec", paired, "--", script],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
     try:
-        assert proc.stdout.readline() == b"ready\n"
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
+        for proc in procs:
+            assert proc.stdout.readline() == b"ready\n"
+        procs[0].send_signal(signal.SIGINT)
+        out, _ = procs[0].communicate(timeout=20)
+        assert out == b"got-int\n" and procs[0].returncode == 7
+        assert procs[1].poll() is None  # only the signalled command's session got it
+        procs[1].send_signal(signal.SIGINT)
+        assert procs[1].communicate(timeout=20)[0] == b"got-int\n"
+        assert procs[1].returncode == 7
     finally:
-        proc.kill()
-    assert out == b"got-int\n" and proc.returncode == 7
+        for proc in procs:
+            proc.kill()
 
 
 def _spawn_in_pty(argv: list[str], rows: int, cols: int) -> tuple[int, int]:

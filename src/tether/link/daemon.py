@@ -128,6 +128,7 @@ class Daemon:
         conn = await self.pool.get(request["name"])
         paused = False
         proc: lexec.RemoteProcess | None = None
+        tasks: list[asyncio.Task] = []
 
         async def drain_then_resume() -> None:
             nonlocal paused
@@ -141,19 +142,23 @@ class Daemon:
             nonlocal paused
             writer.write(wire.encode(wire.STDOUT if stream == lexec.STDOUT else wire.STDERR,
                                      data))
-            if not paused and writer.transport.get_write_buffer_size() > HIGH_WATER:
+            if (not paused and proc is not None
+                    and writer.transport.get_write_buffer_size() > HIGH_WATER):
                 paused = True
-                proc.pause_output()  # type: ignore[union-attr]
-                asyncio.get_running_loop().create_task(drain_then_resume())
+                proc.pause_output()
+                tasks[:] = [t for t in tasks if not t.done()]
+                tasks.append(asyncio.get_running_loop().create_task(drain_then_resume()))
 
         proc = await lexec.start(conn, line, on_output=on_output, pty=pty_spec)
         if not request.get("stdin", True):
             proc.write_eof()
-        pump = asyncio.create_task(self._client_input(reader, proc))
+        tasks.append(asyncio.create_task(self._client_input(reader, proc)))
         try:
             outcome = await proc.wait()
         finally:
-            pump.cancel()
+            for task in tasks:  # the input pump and any pending drain: none outlives the exec
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             proc.close()
         return {"exit_code": outcome.exit_code, "signal": outcome.signal}
 

@@ -127,17 +127,17 @@ def kill_script(exec_id: str, signal_name: str) -> str:
     """
     if signal_name not in _SIGNALS or not re.fullmatch(r"[0-9a-f]{8,32}", exec_id):
         raise errors.UsageError(f"cannot forward signal {signal_name!r}")
-    # The tag is matched in a process's environment (children of the remote shell) or in
-    # its command line (the shell itself: `sh -c "export TETHER_EXEC_ID=..; ..."`). The
-    # pattern is assembled at run time so this script's own command line never matches.
+    # The tag is matched in a process's command line (the shell itself: `sh -c "export
+    # TETHER_EXEC_ID=..; ..."`) or its environment (children). One grep per kind, not one per
+    # process: hosts run hundreds. The pattern is assembled at run time so this script's own
+    # command line never matches; grep's own pid is not in the glob, expanded before it ran.
     return (
         f'pat="TETHER_EXEC_ID=""{exec_id}"; '
-        "for d in /proc/[0-9]*; do "
-        'if grep -qaF -- "$pat;" "$d/cmdline" 2>/dev/null || '
-        'grep -qzx -- "$pat" "$d/environ" 2>/dev/null; then '
-        's=$(ps -o sid= -p "${d#/proc/}" 2>/dev/null | tr -d " "); '
-        f'if [ -n "$s" ] && kill -s {signal_name} -- "-$s" 2>/dev/null; then exit 0; fi; '
-        "fi; done; exit 1")
+        'f=$( { grep -lazF -- "$pat;" /proc/[0-9]*/cmdline; '
+        'grep -lazxF -- "$pat" /proc/[0-9]*/environ; } 2>/dev/null | head -n 1); '
+        '[ -n "$f" ] || exit 1; p=${f#/proc/}; p=${p%%/*}; '
+        's=$(ps -o sid= -p "$p" 2>/dev/null | tr -d " "); '
+        f'[ -n "$s" ] && kill -s {signal_name} -- "-$s"')
 
 
 def exit_code_of(exit_status: int | None, exit_signal: str | None) -> int | None:
