@@ -280,3 +280,24 @@ def test_cli_binary_streams_and_pipes_stdin(tether_bin, workspace, isolated):
     r = subprocess.run([tether_bin, "sandbox", "run", "--", "cat"], input=b"ignored",
                        capture_output=True, cwd=workspace, timeout=60)
     assert (r.returncode, r.stdout) == (0, b"")
+
+
+def test_cancelling_run_async_kills_the_sandbox(make_spec):
+    import subprocess
+    import time
+    import uuid
+
+    marker = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 977}"
+
+    async def main():
+        task = asyncio.create_task(runner.run_async(make_spec("moderate", ["sleep", marker])))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 3
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"sleep {marker}" not in ps

@@ -292,7 +292,10 @@ def run(spec: SandboxSpec, *, stdin: bytes | None = None, on_output: OnOutput | 
 
 async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
                     on_output: OnOutput | None = None, keep: bool = False) -> RunResult:
-    """`run` without blocking the event loop; on_output is called on the loop's thread."""
+    """`run` without blocking the event loop; on_output is called on the loop's thread.
+
+    Cancelling the awaiting task kills the sandbox (everything in it) before it re-raises.
+    """
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -300,7 +303,36 @@ async def run_async(spec: SandboxSpec, *, stdin: bytes | None = None,
     if on_output is not None:
         def relay(stream: str, data: bytes) -> None:
             loop.call_soon_threadsafe(on_output, stream, data)
-    return await asyncio.to_thread(run, spec, stdin=stdin, on_output=relay, keep=keep)
+    import contextlib
+    import threading
+
+    from tether.errors import TetherError
+
+    lock = threading.Lock()
+    state: dict = {"cancelled": False, "proc": None, "cgroup": None}
+
+    def started(proc: subprocess.Popen, cg: _limits.RunCgroup | None) -> None:
+        with lock:
+            state["proc"], state["cgroup"] = proc, cg
+            if state["cancelled"]:
+                _kill(proc, cg)
+
+    def cancel() -> None:
+        with lock:
+            state["cancelled"] = True
+            if state["proc"] is not None:
+                _kill(state["proc"], state["cgroup"])
+
+    future = asyncio.ensure_future(asyncio.to_thread(
+        run, spec, stdin=stdin, on_output=relay, keep=keep, on_start=started))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel()
+        # wait until the sandbox (everything in it) is gone; its own failure no longer matters
+        with contextlib.suppress(TetherError):
+            await future
+        raise
 
 
 def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
