@@ -67,24 +67,26 @@ def describe(root: Path) -> dict[str, tuple]:
 
 
 class CrashAfter:
-    """A Store wrapper that raises after ``n`` successful puts, like a push killed mid-way."""
+    """A Store wrapper that raises instead of doing the first put ``when(key, data, n)``
+    accepts (``n``: puts done so far, locks and config not counted), like a push killed
+    at that moment."""
 
     class Crash(Exception):
         pass
 
-    def __init__(self, inner: Store, n: int, only_prefix: str = "") -> None:
+    def __init__(self, inner: Store, when) -> None:
         self.inner = inner
         self.url = inner.url
         self.capabilities = inner.capabilities
-        self.left = n
-        self.only_prefix = only_prefix
+        self.when = when
+        self.done = 0
         self.put_keys: list[str] = []
 
     def put(self, key: str, data: bytes) -> None:
-        if key.startswith(self.only_prefix) and not key.startswith("locks/"):
-            if self.left <= 0:
+        if not key.startswith(("locks/", "config")):
+            if self.when(key, data, self.done):
                 raise CrashAfter.Crash(f"crash before put {key}")
-            self.left -= 1
+            self.done += 1
         self.inner.put(key, data)
         self.put_keys.append(key)
 

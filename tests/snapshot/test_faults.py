@@ -43,28 +43,27 @@ def _pack_keys(store) -> set[str]:
     return set(store.list("packs/"))
 
 
-def _crash_point(tmp_path: Path, src: Path, where: str) -> int:
-    """How many puts a push of ``src`` makes before ``where`` (a dry run in another store)."""
-    probe = CrashAfter(open_store(f"file://{tmp_path}/probe"), 10**6)
-    api.push(probe, src)
-    keys = [k for k in probe.put_keys if not k.startswith(("locks/", "config"))]
-    data_packs = len(keys) - 3    # every key but the tree pack, the index and the snapshot
-    return {"first-pack": 0, "mid-packs": data_packs // 2, "before-tree-pack": data_packs,
-            "before-index": next(i for i, k in enumerate(keys) if k.startswith("index/")),
-            "before-snapshot": next(i for i, k in enumerate(keys)
-                                    if k.startswith("snapshots/"))}[where]
+def _is_tree_pack(key: str, data: bytes) -> bool:
+    return key.startswith("packs/") and fmt.split_pack(data)[0].type == fmt.TREE
 
 
-@pytest.mark.parametrize("where", ["first-pack", "mid-packs", "before-tree-pack",
-                                   "before-index", "before-snapshot"])
+CRASH_AT = {  # where -> when(key, data, puts done so far)
+    "first-pack": lambda k, d, n: True,
+    "mid-packs": lambda k, d, n: n == 3,
+    "before-tree-pack": lambda k, d, n: _is_tree_pack(k, d),
+    "before-index": lambda k, d, n: k.startswith("index/"),
+    "before-snapshot": lambda k, d, n: k.startswith("snapshots/"),
+}
+
+
+@pytest.mark.parametrize("where", list(CRASH_AT))
 def test_push_crashing_mid_way_leaves_a_readable_repo(tmp_path, isolated, small_packs, where):
     url = f"file://{tmp_path}/repo"
     base = make_tree(tmp_path / "base", big=False)
     first = api.push(url, base)
     src = _random_tree(tmp_path / "src")
-    crash_after = _crash_point(tmp_path, src, where)
     store = open_store(url)
-    crashing = CrashAfter(store, crash_after)
+    crashing = CrashAfter(store, CRASH_AT[where])
     with pytest.raises(CrashAfter.Crash):
         api.push(crashing, src)
     # the repository still reads: the old snapshot restores, verify finds nothing wrong

@@ -243,3 +243,13 @@ def test_cached_ids_are_rechecked_after_prune(tmp_path, store_url):
     api.pull(f"{store_url}@{r.snapshot_id}", tmp_path / "out")
     assert describe(tmp_path / "out") == describe(a)
     assert api.verify(store_url, data=True).ok
+
+
+def test_a_store_inside_the_pushed_folder_is_not_pushed_into_itself(tmp_path, isolated):
+    src = make_tree(tmp_path / "src", big=False)
+    url = f"file://{src}/.snapshots"
+    api.push(url, src)
+    second = api.push(url, src)
+    assert second.files == 9
+    api.pull(url, tmp_path / "out")
+    assert not (tmp_path / "out" / ".snapshots").exists()

@@ -275,7 +275,7 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
                     s.delete(f"snapshots/{sid}")
                     res.forgotten.append(sid)
                 snaps = snaps[-keep_last:]
-            repo.adopt_orphans()
+            orphans = set(repo.adopt_orphans())
             idx = repo.index()
             used: set[bytes] = set()
             problems: list[str] = []
@@ -289,8 +289,11 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
             by_pack: dict[bytes, list[fmt.BlobEntry]] = {p: [] for p in idx.packs}
             for blob, loc in idx.blobs.items():
                 by_pack[loc.pack].append(loc.entry)
+            # Where list() may lag, a pack no index names yet may belong to a push whose lock
+            # we could not see: keep such packs (the grace rule); the next push adopts them.
+            grace = set() if s.capabilities.consistent_list else orphans
             for pack, entries in by_pack.items():
-                if any(e.id in used for e in entries):
+                if pack in grace or any(e.id in used for e in entries):
                     keep[pack] = entries
                 else:
                     drop.append(pack)

@@ -221,6 +221,9 @@ def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
             ThreadPoolExecutor(1) as uploader:
         adopted = repo.adopt_orphans()
         excluder = Excluder.for_root(root)
+        store_root = getattr(store, "root", None)  # never back up the repository into itself
+        if isinstance(store_root, Path) and store_root.is_relative_to(root) and store_root != root:
+            excluder.skip_paths = frozenset({str(store_root.relative_to(root))})
         cache = StatCache(repo.config.id, root, excluder.digest).load()
         data = PackWriter(counting, pool, uploader)
         trees = PackWriter(counting, pool, uploader)

@@ -240,6 +240,8 @@ class RepoLock:
 
     def __enter__(self) -> RepoLock:
         self._write()
+        if self.repo.store.capabilities.batched:
+            self.repo.store.flush()  # others must see the lock before we rely on it
         others = [(k, lk) for k, lk in self.repo.locks() if k != self.key]
         blocking = [lk for _, lk in others if self.kind == "prune" or lk.kind == "prune"]
         if blocking:
@@ -258,6 +260,8 @@ class RepoLock:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self.repo.store.delete(self.key)
+        if self.repo.store.capabilities.batched:
+            self.repo.store.flush()
 
 
 class PackWriter:

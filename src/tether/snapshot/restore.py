@@ -294,19 +294,23 @@ def _exchange(a: Path, b: Path) -> bool:
     return True
 
 
-def swap_in(stage: Path, dest: Path) -> None:
+def swap_in(stage: Path, dest: Path) -> Path | None:
+    """Put ``stage`` at ``dest`` atomically; returns where the previous tree now is."""
     if not os.path.lexists(dest):
         os.rename(stage, dest)
-        return
+        return None
     if dest.is_symlink() or not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a directory", "pull into a directory")
     if _exchange(stage, dest):
-        shutil.rmtree(stage)
-        return
+        return stage
     old = dest.with_name(f".{dest.name}.tether-old-{secrets.token_hex(4)}")
     os.rename(dest, old)
-    os.rename(stage, dest)
-    shutil.rmtree(old)
+    try:
+        os.rename(stage, dest)
+    except OSError:
+        os.rename(old, dest)  # put the original back: the destination stays untouched
+        raise
+    return old
 
 
 def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = False,
@@ -341,7 +345,7 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
             w.close()
             os.close(fd)
         os.chmod(stage, 0o755)
-        swap_in(stage, dest)
+        old = swap_in(stage, dest)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _rmtree_stage(stage)
@@ -349,8 +353,15 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
             raise LocalIOError(f"restore into {dest} failed: {exc}",
                                "the destination was left as it was") from exc
         raise
+    warnings = []
+    if old is not None:  # the swap is done; failing to clean up the old tree is not fatal
+        try:
+            _rmtree_stage(old)
+        except OSError as exc:
+            warnings.append(f"restored, but could not remove the previous {dest} kept at "
+                            f"{old}: {exc.strerror}")
     return PullResult(sid, str(dest), len(p.files), len(p.dirs), len(p.links), p.total,
-                      time.perf_counter() - started), p
+                      time.perf_counter() - started, warnings), p
 
 
 def _rmtree_stage(stage: Path) -> None:

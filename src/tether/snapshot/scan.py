@@ -46,8 +46,12 @@ class Excluder:
         return cls(pathspec.PathSpec.from_lines("gitignore", text.splitlines()),
                    blake3.blake3(text.encode()).hexdigest())
 
+    skip_paths: frozenset[str] = frozenset()   # exact relpaths, e.g. a store inside the folder
+
     def skip(self, name: str, rel: str, is_dir: bool) -> bool:
         if name in DEFAULT_EXCLUDE_NAMES or name.endswith(DEFAULT_EXCLUDE_SUFFIXES):
+            return True
+        if rel in self.skip_paths:
             return True
         if self.spec is not None:
             return self.spec.match_file(rel + "/" if is_dir else rel)  # type: ignore[attr-defined]
