@@ -458,10 +458,12 @@ def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
 
 
 def _kill(proc: subprocess.Popen, cg: _limits.RunCgroup | None) -> None:
-    try:
-        os.kill(proc.pid, _signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # once reaped (returncode set right after wait4) the pid may belong to someone else
+    if proc.returncode is None:
+        try:
+            os.kill(proc.pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass      # exited, not yet reaped: nothing left to kill
     if cg is not None:
         cg.kill_all()
 
