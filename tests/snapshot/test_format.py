@@ -141,11 +141,19 @@ def test_bad_pack_trailers(data, match):
         fmt.decode_pack_trailer(data)
 
 
-def test_corrupt_segment_is_an_integrity_error():
-    frame = bytearray(fmt.encode_segment([b"hello world" * 100], fmt.compressor()))
-    frame[len(frame) // 2] ^= 0xFF
-    with pytest.raises(IntegrityError):
-        fmt.decode_segment(bytes(frame))
+@pytest.mark.parametrize("where", [0, 5, 0.5, -1], ids=["magic", "header", "middle", "end"])
+def test_a_corrupt_segment_never_passes_for_the_original(where):
+    """Frames carry no checksum (blob ids are checked instead): a flipped byte either fails to
+    decode or decodes to something whose id no longer matches."""
+    blob = b"hello world " * 500
+    frame = bytearray(fmt.encode_segment([blob], fmt.compressor()))
+    pos = int(len(frame) * where) if isinstance(where, float) else where
+    frame[pos] ^= 0xFF
+    try:
+        out = fmt.decode_segment(bytes(frame), len(blob))
+    except IntegrityError:
+        return
+    assert fmt.blob_id(out) != fmt.blob_id(blob)
 
 
 @pytest.mark.parametrize("cfg", [
