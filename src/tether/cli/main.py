@@ -40,6 +40,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "serve": "tether.cli.serve:app",
     "mcp": "tether.cli.mcp:app",
     "agents": "tether.cli.agents:app",
+    "ide": "tether.cli.ide:app",
 }
 
 # One table maps errors to exit codes (documented in docs/cli.md); the most specific class

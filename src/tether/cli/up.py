@@ -27,6 +27,10 @@ def render_started(o: Output, info: dict) -> None:
     o.out.print(f"  {info['connection_string']}", markup=False)
     o.out.print("\non your laptop run:", markup=False)
     o.out.print(f"  {info['connect_command']}", markup=False)
+    if info.get("ide"):
+        from tether.cli.ide import render_ide
+
+        render_ide(o, info["ide"])
 
 
 @app.command()
@@ -45,20 +49,35 @@ def up(
     connect: Annotated[str | None, typer.Option(
         "--connect", help="Also pair this machine under NAME (then `ssh tether-NAME`)",
         metavar="NAME")] = None,
+    ide: Annotated[bool, typer.Option("--ide", help="Also serve VS Code (code-server) in the "
+                                      "browser at the gateway URL, behind a password")] = False,
+    show_password: Annotated[bool, typer.Option(
+        "--show-password", help="With --ide: print the IDE password (else `tether ide "
+        "password` shows it)")] = False,
+    extension: Annotated[list[str] | None, typer.Option(
+        "--extension", help="With --ide: install an extension at start (marketplace id or "
+        ".vsix file; repeatable)", metavar="ID|FILE")] = None,
+    idle_timeout: Annotated[str | None, typer.Option(
+        "--idle-timeout", help="With --ide: stop the IDE after this long without a browser "
+        "(e.g. 30m, 2h)", metavar="DURATION")] = None,
     json: JsonOption = False,
 ) -> None:
     """Start a workspace here: key-only sshd, the gateway and a tunnel; print how to connect."""
+    from tether.cli.ide import ide_up_options
+
     out = Output(json)
+    ide_opts = ide_up_options(ide, show_password, extension, idle_timeout)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
                                                        signal.SIGHUP)}
     try:
-        _run(out, directory, tunnel, port, public_url, detach, connect, json)
+        _run(out, directory, tunnel, port, public_url, detach, connect, json, ide_opts)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _run(out: Output, directory, tunnel, port, public_url, detach, connect, json) -> None:
+def _run(out: Output, directory, tunnel, port, public_url, detach, connect, json,
+         ide_opts: dict) -> None:
     from tether.host.api import up as start_workspace
 
     if not detach:
@@ -70,12 +89,17 @@ def _run(out: Output, directory, tunnel, port, public_url, detach, connect, json
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupt)
     handle = start_workspace(directory, tunnel=tunnel, port=port, public_url=public_url,
-                             connect=connect, detach=detach, announce=out.info)
+                             connect=connect, detach=detach, announce=out.info,
+                             **ide_opts["up"])
     if not detach:
         workspace = handle._workspace
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: workspace.request_stop())
     data = {k: v for k, v in handle.info.items() if k != "state_dir"}
+    if ide_opts["show_password"] and handle.info.get("ide"):
+        from tether.ide.password import show
+
+        handle.info["ide"]["password"] = data["ide"]["password"] = show()
     data["detached"] = detach
     if detach:
         out.result(data, lambda o: render_started(o, handle.info))

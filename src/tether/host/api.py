@@ -97,7 +97,7 @@ def _result(state: HostState, workspace_dir: Path, connect_name: str | None,
         "host_key_fingerprint": cs.host_key_fingerprint, "pid": run.get("pid"),
         "sshd_port": run.get("sshd_port"), "gateway_port": run.get("gateway_port"),
         "platform": info.name, "policy": info.remote_shell_policy,
-        "connected": connected, "state_dir": str(state.dir),
+        "connected": connected, "state_dir": str(state.dir), "ide": run.get("ide"),
     }
 
 
@@ -110,10 +110,13 @@ def _connect_self(state: HostState, name: str) -> dict:
 def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int | None = None,
        public_url: str | None = None, connect: str | None = None, detach: bool = False,
        proxy_upstream: str | None = None, code_ttl_s: int = DEFAULT_CODE_TTL_S,
-       state_dir: str | Path | None = None, announce=None) -> HostHandle:
+       state_dir: str | Path | None = None, announce=None, ide: bool = False,
+       ide_extensions: tuple[str, ...] = (), ide_idle_timeout_s: int | None = None
+       ) -> HostHandle:
     """Start the workspace (sshd, gateway, tunnel) and return a handle.
 
     ``connect=NAME`` also pairs this machine with it under NAME (`ssh tether-NAME`).
+    ``ide=True`` serves code-server behind the gateway at ``/`` (see tether.ide).
     """
     global _active
     if connect is not None:
@@ -127,7 +130,9 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
     options = UpOptions(directory=workspace_dir, tunnel=tunnel, port=port,
                         public_url=public_url, proxy_upstream=proxy_upstream,
                         code_ttl_s=code_ttl_s,
-                        state_dir=Path(state_dir) if state_dir else None)
+                        state_dir=Path(state_dir) if state_dir else None, ide=ide,
+                        ide_extensions=tuple(ide_extensions),
+                        ide_idle_timeout_s=ide_idle_timeout_s)
     from tether.tunnels import open_tunnel
 
     open_tunnel(tunnel, 1, public_url=public_url)  # validate flags before starting anything

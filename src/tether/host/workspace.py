@@ -40,6 +40,9 @@ class UpOptions:
     supervise_interval_s: float = 1.0
     pair_limit_per_client: int = 10
     pair_limit_overall: int = 60
+    ide: bool = False  # code-server behind the gateway at / (tether.ide)
+    ide_extensions: tuple[str, ...] = ()  # marketplace ids or .vsix paths, installed at start
+    ide_idle_timeout_s: int | None = None
 
 
 def login_user() -> str:
@@ -62,6 +65,7 @@ class Workspace:
         self.platform = plat.detect()
         self.sshd = None
         self.supervisor = None
+        self.ide = None  # tether.ide.api.IdeSession when options.ide
         self.url: str | None = None
         self.local_url: str | None = None
         self.gateway_port = 0
@@ -98,6 +102,12 @@ class Workspace:
         try:
             if self.platform.remote_shell_policy:
                 self.announce(f"{self.platform.name}: {self.platform.remote_shell_policy}")
+            if self.options.ide:
+                from tether.ide.api import open_ide
+
+                self.ide = open_ide(self.options.directory.resolve(), self.dir,
+                                    extensions=tuple(self.options.ide_extensions),
+                                    idle_timeout_s=self.options.ide_idle_timeout_s)
             sshd_path = sshd_mod.ensure_sshd(self.platform, announce=self.announce)
             env = sshd_mod.session_env(dict(os.environ), self.platform.kind,
                                        self.options.directory.resolve())
@@ -105,6 +115,8 @@ class Workspace:
             self.sshd.start(sshd_path)
             self._start_gateway()
             self._start_tunnel()
+            if self.ide is not None:
+                self.ide.start([self.local_url, self.url, self.options.public_url])
             self.started_at = int(time.time())
             self._write_run()
         except BaseException:
@@ -130,7 +142,8 @@ class Workspace:
             state_dir=self.dir, sshd_port=self.sshd.port,
             workspace_id=self.state.workspace_id(),
             host_public_key=host_public_key(self.sshd.host_key), user=login_user(),
-            proxy_upstream=self.options.proxy_upstream,
+            proxy_upstream=self.options.proxy_upstream or (self.ide.upstream if self.ide
+                                                           else None),
             pair_limit_per_client=self.options.pair_limit_per_client,
             pair_limit_overall=self.options.pair_limit_overall,
             trust_forwarded_for=self.options.tunnel != "local")
@@ -201,6 +214,7 @@ class Workspace:
                 host_public_key(self.sshd.host_key)),
             "tunnel_restarts": self.supervisor.restarts if self.supervisor else 0,
             "platform": self.platform.kind.value, "user": login_user(),
+            "ide": self.ide.info(self.url) if self.ide is not None else None,
         })
 
     # -- while running ------------------------------------------------------------------
@@ -234,6 +248,8 @@ class Workspace:
 
     def stop(self) -> None:
         """Stop the tunnel, the gateway and sshd (its whole process group). Idempotent."""
+        if self.ide is not None:
+            self.ide.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
