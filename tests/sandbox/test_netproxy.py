@@ -76,11 +76,14 @@ def test_split_host_port(authority, default, expected):
     assert netproxy.split_host_port(authority, default) == expected
 
 
-def _talk(path: str, payload: bytes, read_until_close: bool = True) -> bytes:
+def _talk(path: str, payload: bytes, read_until_close: bool = True,
+          half_close: bool = False) -> bytes:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(path)
     s.sendall(payload)
+    if half_close:
+        s.shutdown(socket.SHUT_WR)
     chunks = []
     while True:
         data = s.recv(65536)
@@ -210,3 +213,14 @@ def test_sandbox_reaches_only_allowed_domains(make_spec, origin, profile):
     assert lines[3] == "socks-denied 2"
     assert lines[4].startswith("direct-refused")
     assert any("denied.test" in n for n in r.notes)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x05\x01\x00\x05\x01\x00\x09", b"GARBAGE\r\n\r\n", b"CONNECT x:y:z HTTP/1.1\r\n\r\n",
+    b"\x05\x01\x00\x05\x01\x00\x03\x05\xff\xfe\xfd\xfc\xfb\x00\x50", b"\x05",
+], ids=["socks-bad-atyp", "garbage", "bad-authority", "socks-binary-name", "truncated"])
+def test_garbage_never_kills_the_proxy(proxy, origin, payload):
+    _talk(proxy.socket_path, payload, half_close=True)
+    reply = _talk(proxy.socket_path,
+                  f"GET http://allowed.test:{origin}/ok HTTP/1.1\r\n\r\n".encode())
+    assert reply.split(b" ")[1] == b"200"

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from tether.sandbox.profiles import domain_allowed
 
 MAX_HEAD = 64 * 1024
+MAX_CONNECTIONS = 256      # per run: each costs two host threads; more wait for a free slot
+HANDSHAKE_TIMEOUT = 30.0   # a client that never finishes its request gives its slot back
 # where the host's own and its LAN's services live: never reachable through a name
 INTERNAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
@@ -35,7 +37,7 @@ INTERNAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
 
 
 def is_internal(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
+    ip = ipaddress.ip_address(address.split("%", 1)[0])    # drop an IPv6 zone id
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in net for net in INTERNAL_NETWORKS)
@@ -52,6 +54,8 @@ class ProxyHandle:
     _thread: threading.Thread | None = None
     _dir: str | None = None
     _closing: bool = False
+    _slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_CONNECTIONS))
 
     def close(self) -> None:
         self._closing = True
@@ -88,10 +92,12 @@ def _accept_loop(h: ProxyHandle) -> None:
             conn, _ = h._listener.accept()
         except OSError:
             return
+        h._slots.acquire()
         threading.Thread(target=_handle, args=(h, conn), daemon=True).start()
 
 
 def _handle(h: ProxyHandle, conn: socket.socket) -> None:
+    conn.settimeout(HANDSHAKE_TIMEOUT)      # _pipe clears it once a tunnel is up
     try:
         first = conn.recv(1, socket.MSG_PEEK)
         if not first:
@@ -100,10 +106,11 @@ def _handle(h: ProxyHandle, conn: socket.socket) -> None:
             _socks5(h, conn)
         else:
             _http(h, conn)
-    except OSError:
-        pass       # the client went away mid-handshake; nothing to report to anyone
+    except (OSError, ValueError, UnicodeError):
+        pass       # a client that went away or spoke garbage: the sandbox sees a closed socket
     finally:
         conn.close()
+        h._slots.release()
 
 
 def _refuse(h: ProxyHandle, host: str) -> None:
