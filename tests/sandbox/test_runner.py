@@ -193,6 +193,9 @@ def test_cli_probe_json(cli):
     assert set(data["profiles"]) == {"restrictive", "moderate", "permissive"}
     assert data["profiles"]["restrictive"]["network"] == "none"
     assert data["mechanisms"]["seccomp"].startswith("raw BPF")
+    facts = data["facts"]
+    assert facts["userns"] is True and facts["cgroup"]["version"] in ("v1", "v2", "none")
+    assert isinstance(facts["landlock_abi"], int)
 
 
 def test_spec_is_reusable_and_runs_are_fresh(make_spec):

@@ -236,8 +236,12 @@ def report(host: HostFacts) -> dict:
         profiles[name] = {"enforceable": not missing, "missing": missing,
                           "network": spec.network.value, "landlock": spec.landlock,
                           "limits": {k: v for k, v in vars(spec.limits).items() if v}}
+    from dataclasses import asdict
+
+    facts = asdict(host)
+    facts["system_dirs"] = [list(x) for x in host.system_dirs]
     return {"arch": host.arch, "mechanisms": mechanisms, "profiles": profiles,
-            "problems": list(host.problems)}
+            "facts": facts, "problems": list(host.problems)}
 
 
 def sandbox_probe() -> dict:
