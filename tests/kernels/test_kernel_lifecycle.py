@@ -306,7 +306,7 @@ def test_a_silently_dead_link_still_ends_the_kernel(kenv):
     kenv.spec("rk", lifetime="session")
     km = KernelManager(kernel_name="tether-rk")
     config = km.kernel_spec.metadata["kernel_provisioner"]["config"]
-    config["keepalive_s"] = 0.25  # silence limit: 4 * 0.25 + 5 = 6 s
+    config["keepalive_s"] = 0.25  # silence limit: 4 * 0.25 + 3 = 4 s
     km.start_kernel()
     link = km.provisioner.link
     try:
