@@ -125,3 +125,8 @@ class PartialFailureError(TetherError):
 
 class DeadlineError(PeerError):
     """An operation did not finish within its time limit."""
+
+
+class SyncHaltedError(TetherError):
+    """A sync session stopped on purpose to protect data: a sync root vanished or was emptied,
+    which would otherwise be mirrored to the other side as "delete everything"."""

@@ -40,6 +40,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "serve": "tether.cli.serve:app",
     "mcp": "tether.cli.mcp:app",
     "agents": "tether.cli.agents:app",
+    "agent": "tether.cli.agent:app",
     "ide": "tether.cli.ide:app",
 }
 

@@ -1,0 +1,205 @@
+"""The remote half of sync: ``tether agent sync ROOT`` speaking frames on stdin/stdout.
+
+The engine starts it over one SSH exec channel. It is a small file server for one root: it
+scans (keeping its stat cache for the whole session, and sending only what changed since its
+last TREE), hands out chunk signatures, applies batches of changes through
+:class:`~tether.sync.fs.Receiver` and streams files back for GET. With ``watch`` in HELLO a
+watchdog observer (inotify on Linux) sends NOTIFY when something under the root changes.
+
+One thread reads requests and answers them in order; the watcher thread only ever writes
+whole NOTIFY frames, under the same lock as the replies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from tether import errors
+from tether.sync import protocol as P
+from tether.sync.fs import Receiver, chunk_sigs, send_frames
+from tether.sync.reconcile import Entry
+from tether.sync.scan import Scanner
+
+FLUSH_AT = 1 << 20
+NOTIFY_DEBOUNCE_S = 0.005
+
+
+class _Out:
+    """Buffered frame writer to a file descriptor; ``flush`` at the end of each reply."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.lock = threading.Lock()
+
+    def write(self, frame: bytes) -> None:
+        with self.lock:
+            self.buf += frame
+            if len(self.buf) >= FLUSH_AT:
+                self._flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        data, self.buf = self.buf, bytearray()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+
+class Agent:
+    def __init__(self, root: str, out: _Out) -> None:
+        self.root = root
+        self.out = out
+        self.scanner: Scanner | None = None
+        self.sent: dict[str, Entry] = {}  # the tree as the engine knows it
+        self.receiver: Receiver | None = None
+        self.observer: Any = None
+
+    # -- requests ----------------------------------------------------------------------
+    def hello(self, msg: dict) -> None:
+        if msg.get("v") != P.VERSION:
+            raise errors.ProtocolError(f"sync protocol version {msg.get('v')!r} is not "
+                                       f"supported (this agent speaks {P.VERSION})",
+                                       "install the same tether version on both sides")
+        root = os.path.abspath(os.path.expanduser(msg.get("root") or self.root))
+        if msg.get("create"):
+            os.makedirs(root, exist_ok=True)
+        self.root = root
+        self.scanner = Scanner(root, msg.get("excludes") or ())
+        self.receiver = Receiver(self.scanner)
+        if msg.get("watch"):
+            self._watch()
+        self.out.write(P.encode_json(P.T.READY, {"v": P.VERSION, "root": root,
+                                                 "pid": os.getpid()}))
+
+    def scan(self, msg: dict) -> None:
+        assert self.scanner is not None
+        result = self.scanner.scan()
+        delta = P.tree_delta(self.sent, result.tree, full=bool(msg.get("full")),
+                             unstable=result.unstable, root_missing=result.root_missing)
+        self.sent = result.tree
+        self.out.write(P.encode(P.T.TREE, P.encode_tree(delta)))
+
+    def sigs(self, msg: dict) -> None:
+        assert self.scanner is not None
+        self.out.write(P.encode(P.T.SIGS_REPLY, P.encode_sigs(
+            self._sigs(p) for p in msg.get("paths", []))))
+
+    def _sigs(self, rel: str) -> list[P.Chunk]:
+        assert self.scanner is not None
+        try:
+            return chunk_sigs(self.scanner.full(rel))
+        except OSError:
+            return []
+
+    def commit(self) -> None:
+        assert self.receiver is not None
+        done, failed = self.receiver.result()
+        for path, entry in done:  # keep `sent` equal to the engine's view of this side
+            if entry is None:
+                self.sent.pop(path, None)
+            else:
+                self.sent[path] = entry
+        self.out.write(P.encode_json(P.T.RESULT, {"done": [p for p, _ in done],
+                                                  "failed": failed}))
+
+    def get(self, msg: dict, sigs: list[list[P.Chunk]]) -> None:
+        """Stream files the engine wants (each as BEGIN/DATA|RANGE/END), then RESULT."""
+        assert self.scanner is not None
+        it = iter(sigs)
+        for path, entry_j, expect_j, dest, has_sigs in msg.get("items", []):
+            entry = P.entry_from_json(entry_j)
+            assert entry is not None
+            theirs = next(it) if has_sigs else None
+            for frame in send_frames(self.scanner, path, entry, P.entry_from_json(expect_j),
+                                     theirs, dest=dest):
+                self.out.write(frame)
+        self.out.write(P.encode_json(P.T.RESULT, {}))
+
+    # -- watching ----------------------------------------------------------------------
+    def _watch(self) -> None:
+        from tether.sync.watch import start_observer
+
+        pending = threading.Event()
+
+        def notifier() -> None:
+            while True:
+                pending.wait()
+                time.sleep(NOTIFY_DEBOUNCE_S)
+                pending.clear()
+                self.out.write(P.encode_json(P.T.NOTIFY, {}))
+                self.out.flush()
+
+        threading.Thread(target=notifier, name="sync-notify", daemon=True).start()
+        self.observer = start_observer(self.root, pending.set)
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+
+
+def serve(root: str, fd_in: int = 0, fd_out: int = 1) -> int:
+    """Run the agent until BYE or end of input. Returns the process exit code."""
+    out = _Out(fd_out)
+    agent = Agent(root, out)
+    decoder = P.FrameDecoder()
+    get_msg: dict | None = None
+    try:
+        while True:
+            data = os.read(fd_in, 1 << 20)
+            if not data:
+                return 0
+            for frame in decoder.feed(data):
+                t = frame.type
+                if agent.receiver is not None and agent.receiver.handle(frame):
+                    continue
+                if t is P.T.HELLO:
+                    agent.hello(frame.json())
+                elif agent.scanner is None:
+                    raise errors.ProtocolError("the first sync frame must be HELLO")
+                elif t is P.T.SCAN:
+                    agent.scan(frame.json())
+                elif t is P.T.SIGS:
+                    agent.sigs(frame.json())
+                elif t is P.T.COMMIT:
+                    agent.commit()
+                elif t is P.T.GET:
+                    get_msg = frame.json()
+                    continue  # its SIGS_REPLY frame follows
+                elif t is P.T.SIGS_REPLY and get_msg is not None:
+                    msg, get_msg = get_msg, None
+                    agent.get(msg, P.decode_sigs(frame.payload))
+                elif t is P.T.BYE:
+                    out.flush()
+                    return 0
+                else:
+                    raise errors.ProtocolError(f"unexpected sync frame {t.name}")
+            out.flush()
+    except errors.TetherError as exc:
+        out.write(P.encode_json(P.T.ERROR, {"message": exc.message, "hint": exc.hint}))
+        out.flush()
+        return 1
+    except BrokenPipeError:
+        return 0  # the engine went away; nothing half-written stays visible
+    finally:
+        agent.stop()
+
+
+def main(root: str) -> int:
+    try:
+        return serve(root)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sys.stderr.flush()
+
+
+__all__ = ["Agent", "main", "serve"]

@@ -1,0 +1,597 @@
+"""The local half of sync: drive one agent over one SSH exec channel of the link.
+
+A cycle: ask the agent to SCAN (skipped in watch mode while the remote has not NOTIFYed,
+since the engine's mirror of the remote tree is then current) while scanning locally, check
+the halt rules, reconcile, then apply:
+
+- uploads as one batch (BEGIN/DATA|RANGE/END, DELETE ... COMMIT -> RESULT): one round trip,
+  plus one for chunk signatures when a large file changed in part;
+- downloads as one GET (with this side's chunk signatures) streamed back and written through
+  the same :class:`~tether.sync.fs.Receiver` the agent uses.
+
+Then the base advances by what was applied, and is saved. Watch mode waits for watchdog
+events (debounced) or the agent's NOTIFY, and survives a dropped link by reconnecting with
+backoff and rescanning in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether import errors
+from tether.sync import protocol as P
+from tether.sync import state
+from tether.sync.fs import DELTA_MIN, Receiver, chunk_sigs, send_frames
+from tether.sync.ignore import check_patterns
+from tether.sync.reconcile import (Action, Conflict, Entry, Keep, Kind, Mode, Op, Side,
+                                   advance_base, halt_reason, reconcile)
+from tether.sync.scan import Scanner
+
+DRAIN_AT = 1 << 20
+RESCAN_EVERY_S = 30.0  # watch mode: a full rescan now and then, in case an event was lost
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+MAX_ONESHOT_CYCLES = 3
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """One sync session: a host profile, two roots, a mode and extra excludes."""
+
+    name: str
+    local: Path
+    remote: str
+    mode: Mode = Mode.TWO_WAY_SAFE
+    excludes: tuple[str, ...] = ()
+    agent_command: str | None = None  # how to start the agent remotely (default: probe)
+
+    @property
+    def id(self) -> str:
+        return state.session_id(self.name, self.local, self.remote)
+
+
+@dataclass
+class CycleReport:
+    uploaded: int = 0
+    downloaded: int = 0
+    deleted_local: int = 0
+    deleted_remote: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (side, path, why)
+    unstable: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        return self.uploaded + self.downloaded + self.deleted_local + self.deleted_remote
+
+
+@dataclass
+class SyncResult:
+    """What a sync run did (summed over its cycles)."""
+
+    session: str
+    name: str
+    local: str
+    remote: str
+    mode: str
+    cycles: int = 0
+    uploaded: int = 0
+    downloaded: int = 0
+    deleted_local: int = 0
+    deleted_remote: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    duration_s: float = 0.0
+
+    def add(self, r: CycleReport) -> None:
+        self.cycles += 1
+        self.uploaded += r.uploaded
+        self.downloaded += r.downloaded
+        self.deleted_local += r.deleted_local
+        self.deleted_remote += r.deleted_remote
+        self.conflicts = r.conflicts
+        self.failed = r.failed
+        self.bytes_sent += r.bytes_sent
+        self.bytes_received += r.bytes_received
+
+    def to_dict(self) -> dict:
+        return {"session": self.session, "name": self.name, "local": self.local,
+                "remote": self.remote, "mode": self.mode, "cycles": self.cycles,
+                "uploaded": self.uploaded, "downloaded": self.downloaded,
+                "deleted_local": self.deleted_local, "deleted_remote": self.deleted_remote,
+                "conflicts": [c.to_dict() for c in self.conflicts],
+                "failed": [{"side": s, "path": p, "reason": w} for s, p, w in self.failed],
+                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                "duration_s": round(self.duration_s, 3)}
+
+
+def agent_command_line(opts: SyncOptions) -> str:
+    """The remote shell command that starts the agent on ``opts.remote``.
+
+    Order: an explicit command, ``$TETHER_SYNC_AGENT``, then the first ``tether`` found among
+    PATH, ``~/.local/bin`` and the absolute path of this install (sshd sessions often lack
+    the login PATH, e.g. pyenv shims; a workspace set up like this machine has it there).
+    """
+    root = shlex.quote(opts.remote)
+    explicit = opts.agent_command or os.environ.get("TETHER_SYNC_AGENT")
+    if explicit:
+        return f"exec {explicit} {root}"
+    here = Path(sys.executable).parent / "tether"
+    mine = str(here) if os.access(here, os.X_OK) else (shutil.which("tether") or "tether")
+    return (f'for t in tether "$HOME/.local/bin/tether" {shlex.quote(mine)}; do '
+            f'if command -v "$t" >/dev/null 2>&1; then exec "$t" agent sync {root}; fi; done; '
+            'echo "tether is not installed on the workspace" >&2; exit 127')
+
+
+class RemoteAgent:
+    """Frames to and from ``tether agent sync`` on one SSH exec channel."""
+
+    def __init__(self, conn: Any, name: str, on_notify: Callable[[], None]) -> None:
+        self.conn = conn
+        self.name = name
+        self.on_notify = on_notify
+        self.proc: Any = None
+        self.queue: asyncio.Queue[P.Frame | None] = asyncio.Queue()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._unflushed = 0
+        self._stderr = bytearray()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, command: str, hello: Mapping[str, Any]) -> dict:
+        import asyncssh
+
+        try:
+            self.proc = await self.conn.create_process(command, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise errors.ConnectError(f"cannot start the sync agent on {self.name!r}: {exc}",
+                                      "is tether installed on the workspace?") from exc
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._errors())]
+        await self.send(P.encode_json(P.T.HELLO, hello))
+        ready = await self.expect(P.T.READY)
+        return ready.json()
+
+    async def _read(self) -> None:
+        decoder = P.FrameDecoder()
+        try:
+            while data := await self.proc.stdout.read(1 << 20):
+                self.bytes_received += len(data)
+                for frame in decoder.feed(data):
+                    if frame.type is P.T.NOTIFY:
+                        self.on_notify()
+                    else:
+                        self.queue.put_nowait(frame)
+        except Exception:  # noqa: BLE001 - any read failure means the channel is gone
+            pass
+        finally:
+            self.queue.put_nowait(None)
+
+    async def _errors(self) -> None:
+        try:
+            while data := await self.proc.stderr.read(4096):
+                self._stderr += data
+                del self._stderr[:-4000]
+        except Exception:  # noqa: BLE001 - stderr is only for error messages
+            pass
+
+    def _gone(self) -> errors.ConnectError:
+        lines = [ln for ln in self._stderr.decode(errors="replace").splitlines()
+                 if ln.strip() and not ln.startswith("hint:")]
+        why = f": {lines[-1].removeprefix('error: ')}" if lines else ""
+        return errors.ConnectError(f"the link to {self.name!r} dropped or the sync agent "
+                                   f"exited{why}", "check `tether status NAME`; watch mode "
+                                   "reconnects by itself")
+
+    async def send(self, frame: bytes) -> None:
+        import asyncssh
+
+        try:
+            if self.proc.stdin.is_closing() if hasattr(self.proc.stdin, "is_closing") else False:
+                raise self._gone()
+            self.proc.stdin.write(frame)
+            self.bytes_sent += len(frame)
+            self._unflushed += len(frame)
+            if self._unflushed >= DRAIN_AT:
+                self._unflushed = 0
+                await self.proc.stdin.drain()
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            raise self._gone() from exc
+
+    async def recv(self) -> P.Frame:
+        frame = await self.queue.get()
+        if frame is None:
+            self.queue.put_nowait(None)  # every later recv fails the same way
+            raise self._gone()
+        if frame.type is P.T.ERROR:
+            msg = frame.json()
+            raise errors.PeerError(f"sync agent on {self.name!r}: {msg.get('message')}",
+                                   msg.get("hint"))
+        return frame
+
+    async def expect(self, ftype: P.T) -> P.Frame:
+        frame = await self.recv()
+        if frame.type is not ftype:
+            raise errors.ProtocolError(f"sync agent sent {frame.type.name}, "
+                                       f"expected {ftype.name}")
+        return frame
+
+    async def aclose(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.stdin.write(P.encode_json(P.T.BYE, {}))
+                self.proc.stdin.write_eof()
+            except Exception:  # noqa: BLE001 - closing a channel that may be gone already
+                pass
+            self.proc.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+
+
+class Session:
+    """One sync session's state between cycles: base, local scanner, mirror of the remote."""
+
+    def __init__(self, opts: SyncOptions, *, watch: bool = False,
+                 on_cycle: Callable[[CycleReport], None] | None = None) -> None:
+        self.opts = opts
+        self.sid = opts.id
+        self.watching = watch
+        self.on_cycle = on_cycle
+        self.base = state.load_base(self.sid)
+        self.scanner = Scanner(opts.local, opts.excludes)
+        self.remote_tree: dict[str, Entry] = {}
+        self.remote_unstable: set[str] = set()
+        self.remote_dirty = True
+        self.full_next = True
+        self.agent: RemoteAgent | None = None
+        self.conn: Any = None
+        self.changes: Any = None  # watch.Debouncer in watch mode
+        self.conflicts: list[Conflict] = []
+        self.record = state.SessionRecord(
+            id=self.sid, name=opts.name, local=str(opts.local), remote=opts.remote,
+            mode=opts.mode.value, watch=watch, pid=os.getpid(), started=time.time(),
+            excludes=list(opts.excludes))
+
+    # -- connection --------------------------------------------------------------------
+    def _remote_changed(self) -> None:
+        self.remote_dirty = True
+        if self.changes is not None:
+            self.changes.poke_now()
+
+    async def connect(self) -> None:
+        from tether.link.profiles import load_profile
+        from tether.link.transport import open_ssh
+
+        profile = load_profile(self.opts.name)
+        self.conn = await open_ssh(profile, keepalive_s=10.0 if self.watching else None)
+        agent = RemoteAgent(self.conn, self.opts.name, self._remote_changed)
+        try:
+            await agent.start(agent_command_line(self.opts), {
+                "v": P.VERSION, "root": self.opts.remote, "excludes": list(self.opts.excludes),
+                "create": not self.base, "watch": self.watching})
+        except BaseException:
+            await agent.aclose()
+            self.conn.close()
+            raise
+        self.agent = agent
+        self.remote_tree, self.remote_dirty, self.full_next = {}, True, True
+
+    async def disconnect(self) -> None:
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            await agent.aclose()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 2.0)
+            except (TimeoutError, Exception):  # noqa: BLE001 - it is going away regardless
+                pass
+
+    # -- one cycle ---------------------------------------------------------------------
+    async def _scan_both(self) -> Any:
+        agent = self.agent
+        assert agent is not None
+        scan_remote = self.remote_dirty or not self.watching
+        if scan_remote:
+            self.remote_dirty = False
+            await agent.send(P.encode_json(P.T.SCAN, {"full": self.full_next}))
+        local = await asyncio.to_thread(self.scanner.scan)
+        if scan_remote:
+            delta = P.decode_tree((await agent.expect(P.T.TREE)).payload)
+            self.full_next = False
+            self.remote_tree = P.apply_delta(self.remote_tree, delta)
+            self.remote_unstable = set(delta.unstable)
+        return local
+
+    def _check_halt(self, local: Any) -> None:
+        if local.root_missing and not self.base:
+            raise errors.UsageError(f"the local sync root {self.opts.local} does not exist",
+                                    "create it, or check the path")
+        reason = halt_reason(self.base, local.tree, self.remote_tree, self.opts.mode)
+        if reason:
+            raise errors.SyncHaltedError(
+                f"sync {self.sid} halted: {reason}; nothing was deleted on the other side",
+                "restore the folder, or start over with `tether sync stop` and a new root")
+
+    async def cycle(self) -> CycleReport:
+        t0 = time.monotonic()
+        agent = self.agent
+        assert agent is not None
+        sent0, recv0 = agent.bytes_sent, agent.bytes_received
+        local = await self._scan_both()
+        self._check_halt(local)
+        resolutions = state.take_resolutions(self.sid)
+        actions, conflicts = reconcile(
+            self.base, local.tree, self.remote_tree, self.opts.mode, stamp=_stamp(),
+            skip=local.unstable | self.remote_unstable, resolutions=resolutions)
+        report = CycleReport(conflicts=conflicts,
+                             unstable=sorted(local.unstable | self.remote_unstable))
+        done: list[Action] = []
+        up = [a for a in actions if a.dst is Side.REMOTE]
+        down = [a for a in actions if a.dst is Side.LOCAL]
+        if up:
+            done += await self._upload(up, report)
+        if down:
+            done += await self._download(down, report)
+        new_base = advance_base(self.base, local.tree, self.remote_tree, done)
+        for a in done:
+            if a.dst is Side.REMOTE:
+                if a.op is Op.DELETE:
+                    self.remote_tree.pop(a.path, None)
+                else:
+                    self.remote_tree[a.path] = a.entry  # type: ignore[assignment]
+        if new_base != self.base:
+            self.base = new_base
+            state.save_base(self.sid, new_base)
+        self.conflicts = conflicts
+        report.bytes_sent = agent.bytes_sent - sent0
+        report.bytes_received = agent.bytes_received - recv0
+        report.duration_s = time.monotonic() - t0
+        return report
+
+    @staticmethod
+    def _count(done: list[Action], report: CycleReport) -> None:
+        for a in done:
+            if a.op is Op.DELETE:
+                if a.dst is Side.LOCAL:
+                    report.deleted_local += 1
+                else:
+                    report.deleted_remote += 1
+            elif a.dst is Side.LOCAL:
+                report.downloaded += 1
+            else:
+                report.uploaded += 1
+
+    @staticmethod
+    def _settle(actions: list[Action], side: Side, done_paths: set[str],
+                failed: Sequence[Sequence[str]], report: CycleReport) -> list[Action]:
+        by_path = {a.path: a for a in actions}
+        report.failed += [(side.value, p, why) for p, why in failed]
+        done = [by_path[p] for p in done_paths if p in by_path]
+        Session._count(done, report)
+        return done
+
+    async def _upload(self, actions: list[Action], report: CycleReport) -> list[Action]:
+        agent = self.agent
+        assert agent is not None
+        delta = [a for a in actions if a.op is Op.COPY and _delta_worthy(a)]
+        sigs: dict[str, list] = {}
+        if delta:
+            await agent.send(P.encode_json(P.T.SIGS, {"paths": [a.path for a in delta]}))
+            reply = await agent.expect(P.T.SIGS_REPLY)
+            sigs = dict(zip((a.path for a in delta), P.decode_sigs(reply.payload)))
+        for a in actions:
+            if a.op is Op.DELETE:
+                await agent.send(P.encode_json(P.T.DELETE, {
+                    "path": a.path, "expect": P.entry_to_json(a.expect)}))
+                continue
+            assert a.entry is not None
+            for frame in send_frames(self.scanner, a.src_path, a.entry, a.expect,
+                                     sigs.get(a.path), dest=a.path):
+                await agent.send(frame)
+        await agent.send(P.encode_json(P.T.COMMIT, {}))
+        result = (await agent.expect(P.T.RESULT)).json()
+        return self._settle(actions, Side.REMOTE, set(result.get("done", [])),
+                            result.get("failed", []), report)
+
+    async def _download(self, actions: list[Action], report: CycleReport) -> list[Action]:
+        agent = self.agent
+        assert agent is not None
+        receiver = Receiver(self.scanner)
+        copies = []
+        for a in actions:
+            if a.op is Op.DELETE:
+                receiver.delete(a.path, a.expect)
+            else:
+                copies.append(a)
+        if copies:
+            items, sig_lists = [], []
+            for a in copies:
+                worthy = _delta_worthy(a)
+                if worthy:
+                    try:
+                        sig_lists.append(await asyncio.to_thread(
+                            chunk_sigs, self.scanner.full(a.path)))
+                    except OSError:
+                        sig_lists.append([])
+                items.append([a.src_path, P.entry_to_json(a.entry), P.entry_to_json(a.expect),
+                              a.path, worthy])
+            await agent.send(P.encode_json(P.T.GET, {"items": items}))
+            await agent.send(P.encode(P.T.SIGS_REPLY, P.encode_sigs(sig_lists)))
+            await agent.proc.stdin.drain()
+            while True:
+                frame = await agent.recv()
+                if frame.type is P.T.RESULT:
+                    break
+                if not receiver.handle(frame):
+                    raise errors.ProtocolError(f"unexpected {frame.type.name} in a GET reply")
+        applied, failed = receiver.result()
+        return self._settle(actions, Side.LOCAL, {p for p, _ in applied}, failed, report)
+
+
+def _delta_worthy(a: Action) -> bool:
+    return (a.entry is not None and a.entry.kind is Kind.FILE and a.entry.size >= DELTA_MIN
+            and a.expect is not None and a.expect.kind is Kind.FILE)
+
+
+# -- running sessions ------------------------------------------------------------------------
+
+
+def make_options(name: str, local: str | os.PathLike, remote: str | None = None, *,
+                 mode: Mode | str = Mode.TWO_WAY_SAFE, excludes: Sequence[str] = (),
+                 agent_command: str | None = None) -> SyncOptions:
+    """Validated options: the local root must be a directory; REMOTE defaults to its name."""
+    try:
+        mode = Mode(mode)
+    except ValueError as exc:
+        raise errors.UsageError(f"unknown sync mode {mode!r}",
+                                "one of: " + ", ".join(m.value for m in Mode)) from exc
+    root = Path(local).expanduser().resolve()
+    if not root.is_dir():
+        raise errors.UsageError(f"the local sync root {root} is not a directory",
+                                "create it first, or check the path")
+    check_patterns(list(excludes))
+    if remote is not None and not remote.strip():
+        raise errors.UsageError("the remote root is empty", "give a path, e.g. work/proj")
+    return SyncOptions(name, root, remote or root.name, mode, tuple(excludes), agent_command)
+
+
+def _note(session: Session, report: CycleReport | None, status: str,
+          error: str | None = None) -> None:
+    rec = session.record
+    rec.status, rec.error = status, error
+    if report is not None:
+        rec.cycles += 1
+        rec.last_cycle = time.time()
+        rec.conflicts = [c.to_dict() for c in report.conflicts]
+        rec.stats = {"uploaded": report.uploaded, "downloaded": report.downloaded,
+                     "deleted_local": report.deleted_local,
+                     "deleted_remote": report.deleted_remote,
+                     "failed": len(report.failed), "duration_s": round(report.duration_s, 4)}
+    state.save_record(rec)
+
+
+async def run_session(opts: SyncOptions, *, watch: bool = False,
+                      on_cycle: Callable[[CycleReport], None] | None = None,
+                      stop: asyncio.Event | None = None) -> SyncResult:
+    """Sync until in step (one-shot) or until stopped (watch). Records itself for `sync list`."""
+    session = Session(opts, watch=watch, on_cycle=on_cycle)
+    result = SyncResult(session.sid, opts.name, str(opts.local), opts.remote, opts.mode.value)
+    t0 = time.monotonic()
+    _note(session, None, "starting")
+    try:
+        if watch:
+            await _watch(session, result, on_cycle, stop)
+        else:
+            await session.connect()
+            for _ in range(MAX_ONESHOT_CYCLES):
+                report = await session.cycle()
+                result.add(report)
+                if on_cycle:
+                    on_cycle(report)
+                if not report.changed:
+                    break
+            _note(session, report, "idle")
+    except errors.SyncHaltedError as exc:
+        _note(session, None, "halted", exc.message)
+        raise
+    except errors.TetherError as exc:
+        _note(session, None, "error", exc.message)
+        raise
+    except asyncio.CancelledError:
+        _note(session, None, "stopped")
+        raise
+    finally:
+        await session.disconnect()
+        result.duration_s = time.monotonic() - t0
+    return result
+
+
+async def _watch(session: Session, result: SyncResult,
+                 on_cycle: Callable[[CycleReport], None] | None,
+                 stop: asyncio.Event | None) -> None:
+    from tether.sync.watch import Debouncer, start_observer
+
+    session.changes = Debouncer()
+    observer = start_observer(str(session.opts.local), session.changes.poke)
+    loop = asyncio.get_running_loop()
+    try:  # `tether sync resolve` sends SIGUSR1: run a cycle now to apply the resolution
+        loop.add_signal_handler(signal.SIGUSR1, session.changes.poke_now)
+    except (RuntimeError, ValueError, NotImplementedError):
+        pass  # not the main thread: resolutions wait for the next change or rescan
+    attempt = 0
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                if session.agent is None:
+                    await session.connect()
+                    attempt = 0
+                report = await session.cycle()
+            except errors.ConnectError as exc:
+                await session.disconnect()
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                attempt += 1
+                _note(session, None, "reconnecting", exc.message)
+                await asyncio.sleep(delay)
+                continue
+            result.add(report)
+            if on_cycle:
+                on_cycle(report)
+            _note(session, report, "watching")
+            if report.unstable or report.failed:
+                # retry soon: a file was mid-write, or changed under an apply
+                asyncio.get_running_loop().call_later(0.2, session.changes.poke)
+            if not await session.changes.wait(RESCAN_EVERY_S):
+                session.remote_dirty = True
+            if stop is not None and stop.is_set():
+                break
+        _note(session, None, "stopped")
+    finally:
+        observer.stop()
+        try:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass
+
+
+async def sync_once_async(name: str, local: str | os.PathLike, remote: str | None = None, *,
+                          mode: Mode | str = Mode.TWO_WAY_SAFE, excludes: Sequence[str] = (),
+                          agent_command: str | None = None) -> SyncResult:
+    """Sync ``local`` with ``remote`` on host ``name`` once (until both sides are in step)."""
+    opts = make_options(name, local, remote, mode=mode, excludes=excludes,
+                        agent_command=agent_command)
+    return await run_session(opts)
+
+
+async def watch_async(name: str, local: str | os.PathLike, remote: str | None = None, *,
+                      mode: Mode | str = Mode.TWO_WAY_SAFE, excludes: Sequence[str] = (),
+                      agent_command: str | None = None,
+                      on_cycle: Callable[[CycleReport], None] | None = None,
+                      stop: asyncio.Event | None = None) -> SyncResult:
+    """Keep ``local`` and ``remote`` in step until ``stop`` is set or the task is cancelled."""
+    opts = make_options(name, local, remote, mode=mode, excludes=excludes,
+                        agent_command=agent_command)
+    return await run_session(opts, watch=True, on_cycle=on_cycle, stop=stop)
