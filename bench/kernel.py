@@ -88,7 +88,8 @@ def first_reply_s(kernel_name: str) -> tuple[float, object, object]:
 
 
 def interrupt_ms(km, kc) -> float:
-    msg_id = kc.execute("while True:\n    pass")
+    # stop_on_error=False: else ipykernel aborts the requests queued behind the interrupted one
+    msg_id = kc.execute("while True:\n    pass", stop_on_error=False)
     time.sleep(0.5)  # the kernel is idle: the loop is running by then (shell is reliable,
     # iopub may still be subscribing right after launch)
     t = time.perf_counter()

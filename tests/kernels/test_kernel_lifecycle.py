@@ -43,7 +43,8 @@ def value(kc, expr: str, timeout: float = 20) -> str:
 
 
 def interrupt_while_true(km, kc) -> dict:
-    msg_id = kc.execute("while True:\n    pass")
+    # stop_on_error=False: else ipykernel aborts the requests queued behind the interrupted one
+    msg_id = kc.execute("while True:\n    pass", stop_on_error=False)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # wait until the loop is really running
         msg = kc.get_iopub_msg(timeout=10)
@@ -102,7 +103,8 @@ async def test_async_manager_message_interrupt_and_shutdown(kenv):
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=30)
-        msg_id = kc.execute("import time\nwhile True:\n    time.sleep(0.01)")
+        msg_id = kc.execute("import time\nwhile True:\n    time.sleep(0.01)",
+                            stop_on_error=False)
         await asyncio.sleep(1.0)
         await km.interrupt_kernel()  # an interrupt_request over the forwarded control port
         while True:
