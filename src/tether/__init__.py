@@ -70,6 +70,16 @@ _LAZY: dict[str, str] = {
     "list_kernels": "tether.kernels.specs",
     "attach_kernel": "tether.kernels.attach",
     "TetherSSHProvisioner": "tether.kernels.provisioner",
+    "sync_once": "tether.sync.api",
+    "sync_once_async": "tether.sync.api",
+    "sync_watch": "tether.sync.api",
+    "sync_list": "tether.sync.api",
+    "sync_status": "tether.sync.api",
+    "sync_stop": "tether.sync.api",
+    "sync_conflicts": "tether.sync.api",
+    "sync_resolve": "tether.sync.api",
+    "SyncResult": "tether.sync.api",
+    "reconcile": "tether.sync.reconcile",
 }
 
 __all__ = ["TetherError", "__version__", *sorted(_LAZY)]

@@ -41,6 +41,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "mcp": "tether.cli.mcp:app",
     "agents": "tether.cli.agents:app",
     "agent": "tether.cli.agent:app",
+    "sync": "tether.cli.sync:app",
     "ide": "tether.cli.ide:app",
 }
 

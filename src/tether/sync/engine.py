@@ -543,6 +543,7 @@ async def _watch(session: Session, result: SyncResult,
     except (RuntimeError, ValueError, NotImplementedError):
         pass  # not the main thread: resolutions wait for the next change or rescan
     attempt = 0
+    stopper = asyncio.create_task(_poke_on(stop, session.changes)) if stop else None
     try:
         while stop is None or not stop.is_set():
             try:
@@ -555,7 +556,7 @@ async def _watch(session: Session, result: SyncResult,
                 delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
                 attempt += 1
                 _note(session, None, "reconnecting", exc.message)
-                await asyncio.sleep(delay)
+                await session.changes.wait(delay)  # a stop request cuts it short
                 continue
             result.add(report)
             if on_cycle:
@@ -571,10 +572,17 @@ async def _watch(session: Session, result: SyncResult,
         _note(session, None, "stopped")
     finally:
         observer.stop()
+        if stopper is not None:
+            stopper.cancel()
         try:
             loop.remove_signal_handler(signal.SIGUSR1)
         except (RuntimeError, ValueError, NotImplementedError):
             pass
+
+
+async def _poke_on(stop: asyncio.Event, changes: Any) -> None:
+    await stop.wait()
+    changes.poke_now()
 
 
 async def sync_once_async(name: str, local: str | os.PathLike, remote: str | None = None, *,
