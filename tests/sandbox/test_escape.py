@@ -397,3 +397,28 @@ def test_cannot_write_host_sysctls(make_spec, profile):
     """)
     assert b"WROTE" not in r.stdout, r.stdout
     assert r.stdout.count(b"denied") == 3, r.stderr
+
+
+@pytest.mark.parametrize("profile", ["moderate", "permissive"])
+def test_cannot_plant_setuid_files_in_the_workspace(make_spec, workspace, profile):
+    import stat
+
+    r = py(make_spec, profile, """
+        import os
+        open('tool', 'w').write('#!/bin/sh\\n')
+        for name, call in [
+            ('chmod', lambda: os.chmod('tool', 0o4755)),
+            ('chmod-setgid', lambda: os.chmod('tool', 0o2755)),
+            ('create', lambda: os.close(os.open('made', os.O_CREAT | os.O_WRONLY, 0o4755))),
+            ('mknod', lambda: os.mknod('fifo', 0o6644 | 0o010000)),
+        ]:
+            try:
+                call(); print('DONE', name)
+            except OSError as e:
+                print('denied', name, e.errno)
+        os.chmod('tool', 0o755); print('plain chmod ok')
+    """)
+    assert b"DONE" not in r.stdout, r.stdout + r.stderr
+    assert r.stdout.count(b"denied") == 4 and b"plain chmod ok" in r.stdout
+    mode = (workspace / "tool").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID) and mode & 0o111

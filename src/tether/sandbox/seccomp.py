@@ -5,7 +5,11 @@ Two filters, both built once per process and cached:
 - the *base* filter, installed by bwrap (`--seccomp FD`) on everything in the sandbox:
   kills foreign architectures, returns EPERM for debugging/kernel/mount/keyring/bpf calls and
   namespace creation, ENOSYS for clone3 (its flags sit behind a pointer seccomp cannot read,
-  so libc falls back to clone, whose flags it can), and, when the network is filtered, refuses
+  so libc falls back to clone, whose flags it can), EPERM for setting set-user/group-ID bits
+  (chmod family, and creating files or nodes with them: when tether runs as root the sandbox's
+  files belong to root, and a set-uid root binary left in the workspace would be a way up for
+  any other user of the host; openat2, whose mode sits behind a pointer, gets ENOSYS), and,
+  when the network is filtered, refuses
   new sockets of any family but AF_INET/AF_INET6/AF_NETLINK (no AF_UNIX: no path to a host
   socket even if one were mounted).
 - the *stacked* socket filter, used when the in-sandbox helper must keep AF_UNIX for itself
@@ -30,6 +34,10 @@ RET_ERRNO = 0x00050000
 EPERM, ENOSYS = 1, 38
 
 AF_INET, AF_INET6, AF_NETLINK = 2, 10, 16
+S_ISUID_ISGID = 0o6000
+# syscall -> index of its mode argument
+MODE_ARG = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "open": 2, "openat": 3,
+            "creat": 1, "mknod": 1, "mknodat": 2}
 # every CLONE_NEW* flag: creating namespaces from inside is how most escapes start
 CLONE_NEW_MASK = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
 
@@ -55,6 +63,8 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "io_uring_enter": 426, "io_uring_register": 427, "unshare": 272, "setns": 308,
         "open_by_handle_at": 304, "syslog": 103, "lookup_dcookie": 212, "quotactl": 179,
         "vhangup": 153, "clone": 56, "clone3": 435, "socket": 41,
+        "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "open": 2,
+        "openat": 257, "creat": 85, "mknod": 133, "mknodat": 259, "openat2": 437,
     },
     "aarch64": {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kexec_load": 104,
@@ -67,6 +77,8 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "io_uring_enter": 426, "io_uring_register": 427, "unshare": 97, "setns": 268,
         "open_by_handle_at": 265, "syslog": 116, "lookup_dcookie": 18, "quotactl": 60,
         "vhangup": 58, "clone": 220, "clone3": 435, "socket": 198,
+        "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "openat": 56, "mknodat": 33,
+        "openat2": 437,
     },
 }
 
@@ -113,14 +125,29 @@ def build_filter(arch: str, *, deny_sockets: bool) -> bytes:
     prog = _arch_check(arch)
     for name in DENIED:
         prog += [_ins(_JEQ_K, table[name], 0, 1), _ins(_RET_K, RET_ERRNO | EPERM)]
-    prog += [_ins(_JEQ_K, table["clone3"], 0, 1), _ins(_RET_K, RET_ERRNO | ENOSYS)]
+    for name in ("clone3", "openat2"):
+        prog += [_ins(_JEQ_K, table[name], 0, 1), _ins(_RET_K, RET_ERRNO | ENOSYS)]
     # clone with any CLONE_NEW* flag -> EPERM; plain fork/thread creation passes
     prog += [_ins(_JEQ_K, table["clone"], 0, 3), _ins(_LD_ABS_W, _OFF_ARG0),
              _ins(_JSET_K, CLONE_NEW_MASK, 0, 1), _ins(_RET_K, RET_ERRNO | EPERM)]
+    for name, arg in MODE_ARG.items():
+        if name in table:
+            prog += _mode_block(table[name], arg)
     if deny_sockets:
         prog += _socket_block(table["socket"])
     prog.append(_ins(_RET_K, RET_ALLOW))
     return b"".join(prog)
+
+
+def _mode_block(nr: int, arg: int) -> list[bytes]:
+    """EPERM when syscall `nr`'s mode argument carries set-user/group-ID bits."""
+    return [
+        _ins(_LD_ABS_W, _OFF_NR),
+        _ins(_JEQ_K, nr, 0, 3),
+        _ins(_LD_ABS_W, _OFF_ARG0 + 8 * arg),
+        _ins(_JSET_K, S_ISUID_ISGID, 0, 1),
+        _ins(_RET_K, RET_ERRNO | EPERM),
+    ]
 
 
 def build_socket_filter(arch: str) -> bytes:
