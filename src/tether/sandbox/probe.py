@@ -207,8 +207,8 @@ def report(host: HostFacts) -> dict:
         "namespaces": ("user, mount, pid, ipc, uts, cgroup, net (--unshare-all)"
                        if host.userns else "unavailable"),
         "seccomp": ("raw BPF filter: ptrace, process_vm_*, kexec, mount family, bpf, "
-                    "perf_event_open, keyring, io_uring, namespace creation denied; "
-                    "non-inet sockets denied when the network is filtered"
+                    "perf_event_open, keyring, io_uring, namespace creation, set-uid/gid bits "
+                    "denied; non-inet sockets denied when the network is filtered"
                     if host.seccomp else "unavailable"),
         "landlock": (f"ABI {host.landlock_abi}: writes confined to writable mounts, /tmp, "
                      "home, /dev" + ("; abstract unix sockets and signals scoped"
