@@ -246,3 +246,19 @@ def test_forget_removes_only_that_snapshot(tmp_path, isolated):
     b = api.push(url, src).snapshot_id
     assert api.forget(url, "a") == a
     assert [s.id for s in api.list_snapshots(url)] == [b]
+
+
+def test_a_lost_index_is_rebuilt_from_pack_tails(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src")
+    api.push(url, src)
+    store = open_store(url)
+    for key in store.list("index/"):
+        store.delete(key)
+    res = api.verify(url, data=True)
+    assert res.ok and res.unindexed_packs >= 2 and res.blobs_checked > 0
+    api.pull(url, tmp_path / "out")                 # reads the pack tails instead
+    assert describe(tmp_path / "out") == describe(src)
+    again = api.push(url, src)                      # and the next push writes an index again
+    assert again.adopted_packs >= 2 and again.bytes_new == 0
+    assert store.list("index/") and Repository.open(store).orphan_packs() == []

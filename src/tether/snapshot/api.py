@@ -149,6 +149,7 @@ class VerifyResult:
     packs: int = 0
     blobs_checked: int = 0
     bytes_checked: int = 0
+    unindexed_packs: int = 0    # packs no index names (a killed push); read from their tails
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -215,6 +216,7 @@ def verify(store: StoreLike, *, data: bool = False,
     res = VerifyResult()
     with _opened(store) as s:
         repo = Repository.open(s)
+        res.unindexed_packs = len(repo.adopt_orphans())
         idx = repo.index()
         present = {fmt.pack_id_of_key(k) for k in s.list("packs/")}
         for pack in sorted(idx.packs - present):

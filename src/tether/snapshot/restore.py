@@ -75,8 +75,10 @@ class PullResult:
 def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
     """Walk and validate every tree of ``snap``; nothing is written."""
     p = Plan(sid, snap)
-    blobs = repo.index().blobs
     present = {fmt.pack_id_of_key(k) for k in repo.store.list("packs/")}
+    if present - repo.index().packs:
+        repo.adopt_orphans()  # a lost or unwritten index: the pack tails say what they hold
+    blobs = repo.index().blobs
 
     def need(blob: bytes, rel: str) -> int:
         loc = blobs.get(blob)
