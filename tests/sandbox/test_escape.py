@@ -422,3 +422,18 @@ def test_cannot_plant_setuid_files_in_the_workspace(make_spec, workspace, profil
     assert r.stdout.count(b"denied") == 4 and b"plain chmod ok" in r.stdout
     mode = (workspace / "tool").stat().st_mode
     assert not mode & (stat.S_ISUID | stat.S_ISGID) and mode & 0o111
+
+
+@pytest.mark.parametrize("profile", ["moderate", "permissive"])
+def test_git_hooks_and_config_stay_read_only(workspace, monkeypatch, isolated, profile):
+    import subprocess as sp
+
+    sp.run(["git", "init", "-q", str(workspace)], check=True)
+    monkeypatch.chdir(workspace)
+    spec = runner.build_spec(["sh", "-c", "echo evil > .git/hooks/pre-commit; echo $?; "
+                              "echo '[core]\n\thooksPath = /tmp' >> .git/config; echo $?; "
+                              "echo fine > tracked.txt && echo ok"], profile=profile)
+    r = runner.run(spec)
+    assert r.stdout.split()[-1] == b"ok" and (workspace / "tracked.txt").exists()
+    assert not (workspace / ".git/hooks/pre-commit").exists()
+    assert b"hooksPath" not in (workspace / ".git/config").read_bytes()

@@ -109,6 +109,9 @@ ETC_ALLOW = (
 )
 ETC_NETWORK = ("resolv.conf", "hosts")   # only with the host network
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# inside a writable workspace these stay read-only: git runs hooks and config-named programs
+# (core.hooksPath, core.fsmonitor, filters) on the host the next time the user runs git
+PROTECTED_IN_WORKSPACE = (".git/hooks", ".git/config")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 _DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$")
@@ -240,8 +243,13 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
                  rootfs: Path | None = None, writable_layer: Path | None = None,
                  landlock: bool | None = None, config: Mapping[str, object] | None = None,
                  toolchain_mounts: Sequence[Mount] = (), path_prefix: Sequence[str] = (),
-                 resolve: Mapping[str, str] | None = None) -> SandboxSpec:
-    """Profile data, then the tether.toml [sandbox] table, then flags (last wins)."""
+                 resolve: Mapping[str, str] | None = None,
+                 protect: Sequence[str] = ()) -> SandboxSpec:
+    """Profile data, then the tether.toml [sandbox] table, then flags (last wins).
+
+    protect: the PROTECTED_IN_WORKSPACE paths that exist (the caller looked); they are bound
+    read-only over a writable workspace.
+    """
     config = dict(config or {})
     unknown = set(config) - _CONFIG_KEYS
     if unknown:
@@ -261,7 +269,9 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     cfg_mounts = [parse_mount(m, workdir) for m in (_config_value(config, "mounts", list) or ())]
     flag_mounts = [m if isinstance(m, Mount) else parse_mount(m, workdir) for m in mounts]
     work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
-    all_mounts = (*toolchain_mounts, work_mount, *cfg_mounts, *flag_mounts)
+    guards = [Mount(workdir / rel, workdir / rel, read_only=True)
+              for rel in protect if base.workspace_writable]
+    all_mounts = (*toolchain_mounts, work_mount, *guards, *cfg_mounts, *flag_mounts)
     _check_mounts(all_mounts, host_env.get("HOME"))
     limits = _resolve_limits(base, config, memory=memory, cpus=cpus, pids=pids,
                              timeout=timeout)

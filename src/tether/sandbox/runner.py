@@ -515,12 +515,13 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
             names = []
         tool_mounts, path_prefix = runtimes.toolchain_mounts(runtimes.detect(command, names))
     inside_cwd = str(cwd) if cwd == workdir or workdir in cwd.parents else str(workdir)
+    protect = [p for p in profiles.PROTECTED_IN_WORKSPACE if (workdir / p).exists()]
     return profiles.resolve_spec(
         profile, command, workdir=workdir, cwd=inside_cwd,
         network=NetworkMode.NONE if no_network else None, allow_domains=allow_domains,
         mounts=mounts, env=env, host_env=os.environ, memory=memory, cpus=cpus, pids=pids,
         timeout=timeout, rootfs=rootfs.resolve() if rootfs else None, landlock=landlock,
-        config=config, toolchain_mounts=tool_mounts, path_prefix=path_prefix)
+        config=config, toolchain_mounts=tool_mounts, path_prefix=path_prefix, protect=protect)
 
 
 def sandbox_run(command: list[str], *, stdin: bytes | None = None,
