@@ -31,7 +31,8 @@ from tether.snapshot.scan import Excluder, StatCache, is_cachedir
 from tether.snapshot.stores.base import Store
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME
 
 
 @dataclass
@@ -100,7 +101,10 @@ class _Walker:
         return blob.hex()
 
     def _read_file(self, dfd: int, name: str, rel: str, size: int) -> tuple[list[str], int]:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        except PermissionError:  # O_NOATIME needs ownership; a readable file is still fine
+            fd = os.open(name, _FILE_FLAGS & ~_NOATIME, dir_fd=dfd)
         try:
             if size < self.large:
                 data = os.read(fd, size + 1)
