@@ -16,7 +16,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES="openssh-server openssh-client rsync bubblewrap git zstd tar procps iproute2
   ca-certificates python3 python3-venv python3-pip"
 if [ "$mode" = "test" ]; then
-  PACKAGES="$PACKAGES chromium build-essential"
+  # code-server's native modules (kerberos, native-keymap) build against these headers
+  PACKAGES="$PACKAGES chromium build-essential libkrb5-dev libx11-dev libxkbfile-dev"
   # Some images ship a nodejs that bundles npm (NodeSource); Debian's npm would conflict.
   command -v npm >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs npm"
 fi

@@ -239,8 +239,9 @@ def test_prerequisite_hints(missing, pm, hint):
     ("npm error code ENOTFOUND\nrequest to https://registry.npmjs.org failed", "registry"),
     ("npm error code ETARGET\nNo matching version found for code-server@9.9.9", "no such"),
     ("gyp ERR! build error", "native modules"),
+    ("fatal error: gssapi/gssapi.h: No such file or directory", "gssapi/gssapi.h is missing"),
     ("npm error nospc ENOSPC: no space left", "disk is full"),
-    ("something else", "npm failed")], ids=["offline", "version", "gyp", "disk", "other"])
+    ("something else", "npm failed")], ids=["offline", "version", "gyp", "krb5-headers", "disk", "other"])
 def test_diagnose_npm_failures(log, reason):
     assert reason in install.diagnose(log)[0]
 
@@ -248,8 +249,10 @@ def test_diagnose_npm_failures(log, reason):
 def test_install_names_missing_prerequisites(tmp_path):
     with pytest.raises(SystemDependencyError) as e:
         install.install("4.139.1", tools=tmp_path,
-                        which=lambda p: None if p in ("npm", "g++") else f"/usr/bin/{p}")
-    assert "npm, g++" in e.value.message
+                        which=lambda p: None if p in ("npm", "g++") else f"/usr/bin/{p}",
+                        header_exists=lambda h: h != "gssapi/gssapi.h")
+    assert "npm, g++, gssapi/gssapi.h" in e.value.message
+    assert "libkrb5-dev" in e.value.hint and "npm" in e.value.hint
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
@@ -260,7 +263,8 @@ def test_failed_npm_leaves_nothing_that_looks_installed(tmp_path):
     tools = tmp_path / "tools"
     with pytest.raises(Exception) as e:
         install.install("4.139.1", tools=tools,
-                        which=lambda p: str(fake_npm) if p == "npm" else "/usr/bin/true")
+                        which=lambda p: str(fake_npm) if p == "npm" else "/usr/bin/true",
+                        header_exists=lambda h: True)
     assert "no such version" in e.value.message
     assert sorted(p.name for p in tools.iterdir()) == ["install.log"]
     assert install.locate("4.139.1", tools) is None

@@ -45,6 +45,17 @@ _SYSTEM_PACKAGES: dict[str, dict[str, str]] = {
 _PM_COMMAND = {"apt": "apt-get install -y", "dnf": "dnf install -y",
                "pacman": "pacman -S --noconfirm", "apk": "apk add", "brew": "brew install"}
 PREREQUISITES = ("npm", "make", "g++", "python3")
+# C headers code-server's native modules build against on Linux (kerberos, native-keymap),
+# named by the package that carries them.
+HEADERS: dict[str, dict[str, str]] = {
+    "gssapi/gssapi.h": {"apt": "libkrb5-dev", "dnf": "krb5-devel", "pacman": "krb5",
+                        "apk": "krb5-dev"},
+    "X11/Xlib.h": {"apt": "libx11-dev", "dnf": "libX11-devel", "pacman": "libx11",
+                   "apk": "libx11-dev"},
+    "X11/extensions/XKBrules.h": {"apt": "libxkbfile-dev", "dnf": "libxkbfile-devel",
+                                  "pacman": "libxkbfile", "apk": "libxkbfile-dev"},
+}
+INCLUDE_DIRS = (Path("/usr/include"), Path("/usr/local/include"))
 
 
 @dataclass(frozen=True)
@@ -117,20 +128,24 @@ def install_steps(tools: Path, version: str, npm: str, *, have_node: bool) -> li
     env = (("PATH", f"{node_prefix / 'bin'}{os.pathsep}{{PATH}}"),
            # native modules build against these headers, not the system Node's
            ("npm_config_nodedir", str(node_prefix / "lib/node_modules" / NODE_PACKAGE)),
-           ("npm_config_yes", "true"),  # node-pty's postinstall runs `npx node-gyp`
-           ("npm_config_unsafe_perm", "true"))  # as root, run the build scripts
+           ("npm_config_yes", "true"))  # node-pty's postinstall runs `npx node-gyp`
     steps.append(Step(f"code-server {clean}", code_server_dir_name(version),
                       (npm, "install", "-g", "--no-audit", "--no-fund", "--prefix", "{prefix}",
                        f"code-server@{clean}"), env))
     return steps
 
 
-def missing_prerequisites(found: Callable[[str], str | None]) -> list[str]:
-    return [p for p in PREREQUISITES if found(p) is None]
+def missing_prerequisites(found: Callable[[str], str | None],
+                          header_exists: Callable[[str], bool] = lambda h: True) -> list[str]:
+    """Programs and C headers the build needs that are not there (by name)."""
+    return ([p for p in PREREQUISITES if found(p) is None]
+            + [h for h in HEADERS if not header_exists(h)])
 
 
 def prerequisite_hint(missing: list[str], package_manager: str | None) -> str:
-    table = _SYSTEM_PACKAGES.get(package_manager or "", {})
+    table = {**_SYSTEM_PACKAGES.get(package_manager or "", {}),
+             **{h: pm[package_manager] for h, pm in HEADERS.items()
+                if package_manager in pm}}
     packages = sorted({table[m] for m in missing if m in table})
     if packages and package_manager:
         return f"install them: {_PM_COMMAND[package_manager]} {' '.join(packages)}"
@@ -147,6 +162,10 @@ def diagnose(log_tail: str) -> tuple[str, str]:
     if "etarget" in text or "no matching version" in text or "e404" in text:
         return ("npm has no such version", "see `npm view code-server versions` and pass "
                 "--version")
+    for header, packages in HEADERS.items():
+        if header.lower() in text:
+            return (f"building code-server's native modules failed: {header} is missing",
+                    f"install its headers (Debian: apt-get install -y {packages['apt']})")
     if "gyp err" in text or "not found: make" in text or "g++" in text:
         return ("building code-server's native modules failed",
                 "install make, a C++ compiler and python3 (Debian: apt-get install -y "
@@ -286,9 +305,18 @@ def _finish(partial: Path, final: Path, marker: dict) -> None:
             raise
 
 
+def header_present(header: str) -> bool:
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True  # macOS ships what the build needs with the Xcode tools
+    return any((d / header).is_file() for d in INCLUDE_DIRS)
+
+
 def install(version: str | None = None, *, tools: Path | None = None, force: bool = False,
             on_step: Callable[[str, int, int], None] | None = None,
-            which: Callable[[str], str | None] = shutil.which) -> InstallResult:
+            which: Callable[[str], str | None] = shutil.which,
+            header_exists: Callable[[str], bool] = header_present) -> InstallResult:
     """Install code-server ``version`` (and its Node) into ``tools``; instant when present.
 
     ``on_step(name, index, total)`` is called before each npm run (for progress bars).
@@ -301,7 +329,7 @@ def install(version: str | None = None, *, tools: Path | None = None, force: boo
     found = None if force else _from_tools(tools, version)
     if found is not None:
         return InstallResult(found, version, False, time.monotonic() - started, str(tools))
-    missing = missing_prerequisites(which)
+    missing = missing_prerequisites(which, header_exists)
     if missing:
         raise SystemDependencyError(
             f"installing code-server needs {', '.join(missing)}, which "

@@ -1,0 +1,214 @@
+"""A real code-server behind the real gateway, driven by headless Chromium.
+
+One workspace per test (code-server's login limiter allows 2 wrong passwords a minute per
+process, and a start costs ~1 s): the browser session test walks the whole user path in
+order: refused with a wrong password, the workbench with the right one, a file, a terminal
+command, the test's own extension, code-server's /proxy/<port>/, and the WebSocket that
+carried all of it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.ide.server import group_members
+
+from .conftest import build_vsix
+
+pytestmark = [pytest.mark.ide, pytest.mark.timeout(240)]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ide_processes(marker: str) -> list[int]:
+    """Live pids whose command line names ``marker`` (the IDE folder of one workspace)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if marker in cmd and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def web_app():
+    """A user's own web app on a loopback port (reached through /proxy/<port>/)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"user app saw {self.path}".encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_app,
+                                              monkeypatch):
+    import tether
+
+    ws_dir = tmp_path / "project"
+    ws_dir.mkdir()
+    (ws_dir / "hello.py").write_text("print('hello from the workspace')\n")
+    marker = tmp_path / "extension-activated.txt"
+    vsix = build_vsix(tmp_path / "marker.vsix", marker)
+    monkeypatch.setenv("TETHER_IDE_PASSWORD", "right-password-for-tests")
+
+    handle = tether.up(ws_dir, tunnel="local", ide=True, ide_extensions=(str(vsix),))
+    try:
+        ide = handle.info["ide"]
+        url = ide["url"]
+        assert url == handle.info["local_url"] + "/"  # the gateway, not code-server's port
+        assert ide["upstream"] != handle.info["local_url"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", ide["upstream"])
+        workspace = handle._workspace
+        pgid = workspace.ide.server.proc.pid
+
+        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        sockets = []
+        frames = {"received": 0}
+
+        def on_socket(ws):
+            sockets.append(ws)
+            ws.on("framereceived", lambda _: frames.__setitem__("received",
+                                                                frames["received"] + 1))
+
+        page.on("websocket", on_socket)
+
+        # a wrong password is refused: the login form comes back with an error
+        page.goto(url)
+        page.wait_for_selector("input[type=password]")
+        assert "/login" in page.url
+        page.fill("input[type=password]", "not-the-password")
+        page.click("button[type=submit], input[type=submit]")
+        page.wait_for_selector("text=/incorrect password/i", timeout=15_000)
+        assert page.query_selector(".monaco-workbench") is None
+
+        # the right one reaches the workbench
+        page.fill("input[type=password]", "right-password-for-tests")
+        page.click("button[type=submit], input[type=submit]")
+        page.wait_for_selector(".monaco-workbench", timeout=90_000)
+        assert page.url.startswith(url)
+
+        # the test's own .vsix was installed at start and activates in the session
+        wait_for(marker.exists, 60, "the extension's activation marker")
+        assert marker.read_text().startswith("activated in pid ")
+
+        # a file opens from the workspace (quick open)
+        page.wait_for_selector(".explorer-folders-view, .monaco-list", timeout=30_000)
+        page.keyboard.press("Control+P")
+        page.wait_for_selector(".quick-input-widget input", timeout=15_000)
+        page.keyboard.type("hello.py")
+        page.wait_for_selector(".quick-input-list .monaco-list-row", timeout=15_000)
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".tab[aria-label*='hello.py']", timeout=15_000)
+        page.wait_for_selector(".view-lines:has-text('hello from the workspace')",
+                               timeout=15_000)
+
+        # a terminal command runs on the host, in the workspace, with the user's environment
+        page.keyboard.press("Control+Backquote")
+        page.wait_for_selector(".terminal-wrapper .xterm", timeout=30_000)
+        page.click(".terminal-wrapper .xterm")
+        time.sleep(1.0)  # the shell prints its prompt before it reads input
+        page.keyboard.type("env > term-env.txt; pwd > ran-here.txt\n")
+        done = wait_for(lambda: (ws_dir / "ran-here.txt").exists()
+                        and (ws_dir / "ran-here.txt").read_text(), 30, "the terminal command")
+        assert done.strip() == str(ws_dir)
+        env = dict(line.split("=", 1) for line in
+                   (ws_dir / "term-env.txt").read_text().splitlines() if "=" in line)
+        assert "HASHED_PASSWORD" not in env and "PASSWORD" not in env
+        assert "right-password-for-tests" not in (ws_dir / "term-env.txt").read_text()
+        assert env.get("XDG_CONFIG_HOME") == os.environ["XDG_CONFIG_HOME"]
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "workbench.png"))
+
+        # the workbench WebSocket went through the gateway and stayed up all along
+        through_gateway = [s for s in sockets
+                           if s.url.startswith(url.replace("http", "ws", 1))]
+        assert through_gateway, [s.url for s in sockets]
+        open_now = [s for s in through_gateway if not s.is_closed()]
+        assert open_now, "every WebSocket through the gateway closed during the session"
+        assert frames["received"] > 10
+
+        # the user's own web app through code-server's /proxy/<port>/, via the gateway
+        response = page.goto(f"{url}proxy/{web_app}/some/page?x=1")
+        assert response is not None and response.status == 200
+        assert "user app saw /some/page?x=1" in page.content()
+
+        # password never reached code-server's argv or its log
+        cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes() for p in group_members(pgid)]
+        assert not any(b"right-password-for-tests" in c for c in cmdlines)
+        log = workspace.ide.server.layout.log.read_text()
+        assert "right-password-for-tests" not in log
+        members = group_members(pgid)
+        assert len(members) >= 3  # server, extension host, pty host / shell
+    finally:
+        handle.stop()
+    # stopping `up` stops the whole group: no stragglers
+    wait_for(lambda: not group_members(pgid), 10, "code-server's process group to exit")
+
+
+def test_up_ide_cli_detached_then_down(ide_env, cli, tmp_path):
+    ws_dir = tmp_path / "project"
+    ws_dir.mkdir()
+    r = cli("up", str(ws_dir), "--ide", "--detach", "--show-password", "--idle-timeout",
+            "30m", "--json")
+    assert r.exit_code == 0, r.stderr
+    info = r.json()
+    try:
+        ide = info["ide"]
+        shown = ide["password"]
+        assert ide["password_generated"] and len(shown) == 23
+        assert cli("ide", "password", "--json").json()["password"] == shown
+        ide_dir = os.environ["TETHER_HOME"]  # every IDE path of this test lives under it
+        base = ide["url"]
+        # code-server answers /login through the gateway; the right password gets a cookie
+        assert httpx.get(base + "login").status_code == 200
+        wrong = httpx.post(base + "login", data={"password": "wrong-password-x"})
+        assert wrong.status_code == 200 and "password" in wrong.text.lower()
+        right = httpx.post(base + "login", data={"password": shown})
+        assert right.status_code == 302 and "code-server-session" in right.headers.get(
+            "set-cookie", "")
+        pids = ide_processes(ide_dir)
+        assert pids, "code-server is not running"
+        argv = [Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in pids]
+        assert any(b"--idle-timeout-seconds" in a and b"1800" in a for a in argv)
+        assert all(shown.encode() not in b"".join(a) for a in argv)
+    finally:
+        down = cli("down", "--json")
+    assert down.exit_code == 0, down.stderr
+    wait_for(lambda: not ide_processes(ide_dir), 10, "code-server to stop after `tether down`")
+    assert json.loads(down.stdout)["stopped"]
