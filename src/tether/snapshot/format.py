@@ -188,8 +188,7 @@ def decode_index(data: bytes) -> dict[bytes, list[BlobEntry]]:
 # -- trees -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One name in a directory. ``ref``: content ids (file), tree id (dir), target (link)."""
 
     name: str
