@@ -28,6 +28,7 @@ from tether.sync.ignore import TEMP_PREFIX
 from tether.sync.reconcile import Entry, Kind
 from tether.sync.scan import READ_SIZE, Scanner
 
+_ZERO_BLOCK = bytes(READ_SIZE)
 DELTA_MIN = 1 << 20  # smaller files are sent whole: signatures would cost a round trip more
 CDC = dict(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
 
@@ -58,7 +59,10 @@ def file_frames(path: str, sigs: list[P.Chunk] | None) -> Iterator[bytes]:
     if not sigs:
         with open(path, "rb", buffering=0) as fh:
             while data := fh.read(READ_SIZE):
-                yield P.encode(P.T.DATA, data)
+                if len(data) == READ_SIZE and data == _ZERO_BLOCK:
+                    yield P.encode_zeros(len(data))  # sparse images, preallocated files
+                else:
+                    yield P.encode(P.T.DATA, data)
         return
     import blake3
     import pyfastcdc
@@ -128,6 +132,7 @@ class Receiver:
         self._old = None
         self._hash = None
         self._skip = False
+        self._holes = False
         self.bytes_written = 0
 
     def _fail(self, path: str, reason: str) -> None:
@@ -172,6 +177,7 @@ class Receiver:
             self._out = os.fdopen(fd, "wb")
             self._tmp, self._path, self._entry, self._expect = tmp, rel, entry, expect
             self._hash = blake3.blake3()
+            self._holes = False
             self._skip = False
         except OSError as exc:
             self._abandon()
@@ -199,6 +205,23 @@ class Receiver:
         self._hash.update(payload)
         self.bytes_written += len(payload)
 
+    def zeros(self, length: int) -> None:
+        """A hole: seek instead of writing (the file stays sparse), hash the zeros."""
+        if self._skip or self._out is None:
+            return
+        try:
+            self._out.seek(length, os.SEEK_CUR)
+            self._holes = True
+        except OSError as exc:
+            self._fail(self._path or "", exc.strerror or str(exc))
+            self._abandon()
+            return
+        block = _ZERO_BLOCK
+        while length > 0:
+            n = min(length, len(block))
+            self._hash.update(block if n == len(block) else block[:n])
+            length -= n
+
     def copy_range(self, offset: int, length: int) -> None:
         if self._skip or self._out is None:
             return
@@ -223,6 +246,8 @@ class Receiver:
         path, entry, tmp = self._path, self._entry, self._tmp
         assert path is not None and entry is not None and tmp is not None
         try:
+            if self._holes:  # a trailing hole: make the size right
+                self._out.truncate(self._out.tell())
             self._out.close()
             self._out = None
             if self._hash.digest() != entry.digest:
@@ -280,6 +305,8 @@ class Receiver:
             self.data(frame.payload)
         elif t is P.T.RANGE:
             self.copy_range(*P.decode_range(frame.payload))
+        elif t is P.T.ZEROS:
+            self.zeros(P.decode_zeros(frame.payload))
         elif t is P.T.END:
             self.end()
         elif t is P.T.BEGIN:

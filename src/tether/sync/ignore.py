@@ -21,7 +21,7 @@ def _spec(lines: Iterable[str]):
     import pathspec
 
     try:
-        return pathspec.PathSpec.from_lines("gitwildmatch", list(lines))
+        return pathspec.GitIgnoreSpec.from_lines(list(lines))
     except Exception as exc:  # noqa: BLE001 - pathspec raises plain ValueError/TypeError
         from tether import errors
 
@@ -66,9 +66,7 @@ class Rules:
                 sub += "/"
             # pathspec reports the last matching pattern's verdict (negations included);
             # inner ignore files override outer ones, as in git.
-            result = spec.check_file(sub) if hasattr(spec, "check_file") else None
-            if result is not None and result.include is not None:
+            result = spec.check_file(sub)
+            if result.include is not None:
                 verdict = bool(result.include)
-            elif result is None and spec.match_file(sub):
-                verdict = True
         return verdict

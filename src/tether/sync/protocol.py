@@ -56,6 +56,7 @@ class T(enum.IntEnum):
     NOTIFY = 15  # json {}: the agent's watcher saw a change
     ERROR = 16  # json {message, hint}
     BYE = 17  # json {}
+    ZEROS = 18  # >Q length: a run of zero bytes (the receiver leaves a hole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +266,19 @@ def decode_sigs(data: bytes) -> list[list[Chunk]]:
 
 def encode_range(offset: int, length: int) -> bytes:
     return encode(T.RANGE, _RANGE.pack(offset, length))
+
+
+_ZEROS = struct.Struct(">Q")
+
+
+def encode_zeros(length: int) -> bytes:
+    return encode(T.ZEROS, _ZEROS.pack(length))
+
+
+def decode_zeros(payload: bytes) -> int:
+    if len(payload) != _ZEROS.size:
+        raise errors.ProtocolError("malformed ZEROS frame")
+    return _ZEROS.unpack(payload)[0]
 
 
 def decode_range(payload: bytes) -> tuple[int, int]:
