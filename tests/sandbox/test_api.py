@@ -352,9 +352,13 @@ def test_a_stream_client_that_goes_away_ends_the_run(api_server):
     with httpx.Client(base_url=api_server.url, headers=api_server.headers()) as c:
         with c.stream("POST", "/run/stream", json={"command": ["bash", "-c", script]}) as r:
             for line in r.iter_lines():
-                if line.startswith("data: "):
-                    break  # the first chunk arrived: the run is going; now hang up
-            assert _processes_with(marker)
+                if line.startswith("data: "):  # `echo` ran; the sleep starts right after
+                    deadline = time.monotonic() + 10
+                    while not _processes_with(marker):
+                        assert time.monotonic() < deadline, "the sandboxed sleep never started"
+                        time.sleep(0.05)
+                    break  # leaving the stream closes the connection: the client hangs up
+    # the client has hung up
     deadline = time.monotonic() + 10
     while _processes_with(marker):
         assert time.monotonic() < deadline, "the run outlived its client"
@@ -363,3 +367,26 @@ def test_a_stream_client_that_goes_away_ends_the_run(api_server):
         assert time.monotonic() < deadline, "the cancelled run was not audited"
         time.sleep(0.1)
     assert "cancelled" in audit.read()[-1].error
+
+
+def test_a_flooding_run_whose_client_hangs_up_is_killed_without_wedging_the_server(api_server):
+    import os
+    import time
+
+    marker = f"tether-api-flood-{os.getpid()}"
+    with httpx.Client(base_url=api_server.url, headers=api_server.headers()) as c:
+        with c.stream("POST", "/run/stream",
+                      json={"command": ["bash", "-c", f"(exec -a {marker} yes)"]}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break  # the server's queue fills up behind us; hang up
+    deadline = time.monotonic() + 15
+    while _processes_with(marker):
+        assert time.monotonic() < deadline, "the flooding run outlived its client"
+        time.sleep(0.1)
+    # the run's thread finished its cleanup (a wedged output relay would block it forever,
+    # and the cancelled run would never be audited)
+    while not audit.read() or "cancelled" not in (audit.read()[-1].error or ""):
+        assert time.monotonic() < deadline, "the cancelled run never finished its cleanup"
+        time.sleep(0.1)
+    assert httpx.get(api_server.url + "/health", timeout=5).status_code == 200

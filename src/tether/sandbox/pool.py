@@ -349,7 +349,8 @@ class WarmPool:
     async def run_async(self, spec, *, stdin: bytes | None = None, on_output=None):
         """``run`` off the event loop; ``on_output`` may be a coroutine function; cancelling
         the caller kills the run."""
-        from tether.sandbox.service import run_in_thread, thread_relay
+        from tether.sandbox.service import RunHandle, run_in_thread, thread_relay
 
-        relay = thread_relay(on_output, asyncio.get_running_loop())
-        return await run_in_thread(self.run, spec, stdin=stdin, on_output=relay)
+        handle = RunHandle()
+        relay = thread_relay(on_output, asyncio.get_running_loop(), handle)
+        return await run_in_thread(self.run, spec, stdin=stdin, on_output=relay, handle=handle)

@@ -1,8 +1,9 @@
 """One door for every front end (HTTP API, MCP server, CLI) into sandboxed runs.
 
-``build_spec`` turns wire-level ``RunOptions`` into a ``SandboxSpec`` (profiles.resolve_spec
-does the deciding); ``Service`` runs specs, through the warm pool when one is configured, and
-writes the audit record of every run, so no front end can forget it.
+``build_spec`` turns wire-level ``RunOptions`` into a ``SandboxSpec`` (``runner.build_spec``
+does the deciding, as for ``tether sandbox run``); ``run_spec`` runs one, through the warm pool
+when there is one, cancellably, and writes the audit record of every run, so no front end can
+forget it; ``Service`` is what an app (API, MCP) holds.
 """
 
 from __future__ import annotations
@@ -89,13 +90,14 @@ def spawn_prepared(prepared, *, stdin, stdout, stderr, extra_fds: Sequence[int] 
     return proc
 
 
-def thread_relay(cb: OutputCallback | None, loop: asyncio.AbstractEventLoop):
+def thread_relay(cb: OutputCallback | None, loop: asyncio.AbstractEventLoop,
+                 handle: RunHandle | None = None):
     """A blocking ``on_output`` for a runner thread that hands chunks to ``cb`` on ``loop``.
 
     The thread waits until ``cb`` has taken the chunk, so a slow consumer (an SSE client)
-    slows the reading of the sandbox's pipes instead of growing a buffer. Once the consumer
-    is gone (cancelled), later chunks are dropped; the run itself ends on its own or at its
-    timeout.
+    slows the reading of the sandbox's pipes instead of growing a buffer. Once the run is
+    cancelled (``handle``) or the consumer is gone, it stops waiting and drops later chunks:
+    a consumer that will never take another chunk must not wedge the runner thread.
     """
     if cb is None:
         return None
@@ -105,10 +107,19 @@ def thread_relay(cb: OutputCallback | None, loop: asyncio.AbstractEventLoop):
         nonlocal gone
         if gone:
             return
-        try:
-            asyncio.run_coroutine_threadsafe(call_output(cb, stream, data), loop).result()
-        except (concurrent.futures.CancelledError, RuntimeError):
-            gone = True
+        future = asyncio.run_coroutine_threadsafe(call_output(cb, stream, data), loop)
+        while True:
+            try:
+                future.result(timeout=0.1)
+                return
+            except concurrent.futures.TimeoutError:
+                if handle is not None and handle.cancelled:
+                    future.cancel()
+                    gone = True
+                    return
+            except (concurrent.futures.CancelledError, RuntimeError):
+                gone = True
+                return
 
     return relay
 
@@ -170,10 +181,9 @@ def run_blocking(spec, *, stdin: bytes | None = None, on_output=None,
                       on_start=handle.started if handle is not None else None)
 
 
-async def run_in_thread(fn, *args, **kw):
+async def run_in_thread(fn, *args, handle: RunHandle, **kw):
     """Run a blocking sandbox run in a thread; if the caller is cancelled, kill the run and
     wait for its cleanup before passing the cancellation on."""
-    handle = RunHandle()
     task = asyncio.ensure_future(asyncio.to_thread(fn, *args, handle=handle, **kw))
     try:
         return await asyncio.shield(task)
@@ -193,12 +203,11 @@ async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallbac
     from tether.errors import TetherError
 
     started = time.monotonic()
-    relay = thread_relay(on_output, asyncio.get_running_loop())
+    handle = RunHandle()
+    relay = thread_relay(on_output, asyncio.get_running_loop(), handle)
+    run = pool.run if pool is not None else run_blocking
     try:
-        if pool is not None:
-            result = await run_in_thread(pool.run, spec, stdin=stdin, on_output=relay)
-        else:
-            result = await run_in_thread(run_blocking, spec, stdin=stdin, on_output=relay)
+        result = await run_in_thread(run, spec, stdin=stdin, on_output=relay, handle=handle)
     except TetherError as exc:
         audit.record_run(via=via, command=spec.command, profile=spec.profile,
                          network=spec.network, exit_code=None,
