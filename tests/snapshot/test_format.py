@@ -179,3 +179,11 @@ def test_pack_id_of_key(key, expected):
     assert fmt.pack_id_of_key(key) == expected
     if expected:
         assert fmt.pack_key(expected) == key
+
+
+def test_a_segment_claiming_a_huge_size_is_refused_before_allocating():
+    import zstandard
+
+    frame = zstandard.ZstdCompressor().compress(b"\0" * (fmt.MAX_SEGMENT + 1))
+    with pytest.raises(IntegrityError, match="claims"):
+        fmt.decode_segment(frame)

@@ -33,7 +33,8 @@ ENTRY = struct.Struct("<B32sQIII")  # type, id, segment offset, segment length, 
 _COUNT = struct.Struct("<4sBI")
 _PACK_REF = struct.Struct("<32sI")
 
-MAX_SEGMENT = 1 << 30  # a decoder refuses bigger segments: caps memory a hostile pack can ask
+MAX_SEGMENT = 64 << 20  # a decoder refuses bigger segments: caps memory a hostile pack can ask
+MAX_LISTING = 1 << 30  # pack headers and indexes: 53 bytes per blob, ~20M blobs
 MAX_NAME = 4096
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _LEVEL = 3
@@ -82,10 +83,16 @@ def encode_segment(blobs: Sequence[bytes | memoryview], cctx: zstandard.ZstdComp
     return cctx.compress(b"".join(blobs))
 
 
-def decode_segment(frame: bytes, expected_size: int | None = None) -> bytes:
+def decode_segment(frame: bytes, expected_size: int | None = None,
+                   limit: int = MAX_SEGMENT) -> bytes:
+    limit = expected_size or limit
     try:
-        out = zstandard.ZstdDecompressor().decompress(
-            frame, max_output_size=expected_size or MAX_SEGMENT)
+        # The frame header states the plaintext size; refuse a huge claim before allocating.
+        claimed = zstandard.frame_content_size(frame)
+        if claimed > limit:
+            raise IntegrityError(f"pack segment claims {claimed} bytes (limit {limit})",
+                                 "the repository is corrupt or was tampered with")
+        out = zstandard.ZstdDecompressor().decompress(frame, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"corrupt pack segment: {exc}",
                              "run `tether snapshot verify --data` on the store") from exc
@@ -129,7 +136,7 @@ def decode_pack_trailer(trailer: bytes) -> int:
 
 
 def decode_pack_header(header: bytes, pack_size: int | None = None) -> list[BlobEntry]:
-    body = decode_segment(header)
+    body = decode_segment(header, limit=MAX_LISTING)
     if len(body) < _COUNT.size:
         raise IntegrityError("pack header too short")
     magic, version, count = _COUNT.unpack_from(body)
@@ -166,7 +173,7 @@ def encode_index(packs: dict[bytes, Sequence[BlobEntry]]) -> bytes:
 
 
 def decode_index(data: bytes) -> dict[bytes, list[BlobEntry]]:
-    body = decode_segment(data)
+    body = decode_segment(data, limit=MAX_LISTING)
     if len(body) < _COUNT.size:
         raise IntegrityError("index too short")
     magic, version, npacks = _COUNT.unpack_from(body)
