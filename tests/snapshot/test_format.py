@@ -160,7 +160,8 @@ def test_a_corrupt_segment_never_passes_for_the_original(where):
     {"v": 1, "id": "x", "chunker": {"min": 10, "avg": 5, "max": 20}, "large_file": 1},
     {"v": 1, "id": "x", "chunker": {"min": 0, "avg": 5, "max": 20}, "large_file": 1},
     {"v": 1, "id": "x"},
-], ids=["min-above-avg", "zero-min", "no-chunker"])
+    {"v": 1, "id": "x", "chunker": {"min": 1, "avg": 2, "max": 3}, "large_file": 1 << 30},
+], ids=["min-above-avg", "zero-min", "no-chunker", "huge-large-file"])
 def test_bad_configs(cfg):
     with pytest.raises(IntegrityError):
         fmt.decode_config(json.dumps(cfg).encode())

@@ -358,7 +358,10 @@ def decode_config(data: bytes) -> RepoConfig:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"malformed repository config: {exc}") from exc
-    if not 0 < cfg.chunk_min <= cfg.chunk_avg <= cfg.chunk_max <= (64 << 20):
+    # Both bounds keep every segment under MAX_SEGMENT (a segment closes past 4 MiB, and one
+    # blob is at most a chunk or a file under large_file).
+    if not (0 < cfg.chunk_min <= cfg.chunk_avg <= cfg.chunk_max <= (32 << 20)
+            and 0 < cfg.large_file <= (32 << 20)):
         raise IntegrityError("repository config has impossible chunker sizes")
     return cfg
 
