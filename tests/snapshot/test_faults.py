@@ -262,3 +262,13 @@ def test_a_lost_index_is_rebuilt_from_pack_tails(tmp_path, isolated):
     again = api.push(url, src)                      # and the next push writes an index again
     assert again.adopted_packs >= 2 and again.bytes_new == 0
     assert store.list("index/") and Repository.open(store).orphan_packs() == []
+
+
+def test_verify_catches_a_tampered_snapshot_object(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    sid = api.push(url, make_tree(tmp_path / "src", big=False)).snapshot_id
+    path = tmp_path / "repo" / "snapshots" / sid
+    path.write_bytes(path.read_bytes().replace(b'"forger"', b"x").replace(b"tags", b"tags"
+                                                                          ) + b" ")
+    problems = api.verify(url).problems
+    assert problems == [f"snapshots/{sid}: content does not match its name (corrupt)"]

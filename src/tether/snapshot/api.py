@@ -227,6 +227,9 @@ def verify(store: StoreLike, *, data: bool = False,
             res.problems.append(f"snapshot list: {exc.message}")
             snaps = []
         res.snapshots = len(snaps)
+        for key in s.list("snapshots/") + s.list("index/"):
+            if fmt.object_id(s.get(key)) != key.rsplit("/", 1)[-1]:
+                res.problems.append(f"{key}: content does not match its name (corrupt)")
         used: set[bytes] = set()
         for sid, snap in snaps:
             _walk_snapshot(repo, sid, snap, used, res.problems)
