@@ -309,8 +309,10 @@ def test_helper_parses_what_the_host_writes():
 @pytest.mark.parametrize("native,kw,program,bound", [
     ("/c/helper", {}, "/run/tether/helper", "/c/helper"),
     (None, {}, "/usr/bin/python3", "_helper.py"),
-    ("/c/helper", {"allow_domains": ["a.org"]}, "/usr/bin/python3", "_helper.py"),
-], ids=["native-for-landlock", "python-without-compiler", "python-for-forwarder"])
+    ("/c/helper", {"allow_domains": ["a.org"]}, "/run/tether/helper", "/c/helper"),
+    (None, {"allow_domains": ["a.org"]}, "/usr/bin/python3", "_helper.py"),
+], ids=["native-for-landlock", "python-without-compiler", "native-forwarder",
+        "python-forwarder"])
 def test_helper_choice(native, kw, program, bound):
     from dataclasses import replace
 

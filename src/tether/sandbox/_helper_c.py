@@ -1,7 +1,9 @@
-"""The native in-sandbox helper: Landlock + the stacked socket filter, then exec (no forwarder).
+"""The native in-sandbox helper: forwarder, Landlock, the stacked socket filter, then exec.
 
-Same flags and behaviour as `_helper.py` minus `--forward`, in C, because a Python start is
-15-50 ms and this runs before every Landlock-confined command. Built once per machine with the
+Same flags and behaviour as `_helper.py`, in C, because a Python start is 15-50 ms and this
+runs before every Landlock-confined or allowlisted command. The forwarder is a forked,
+non-dumpable process: it accepts on 127.0.0.1 ports and relays each connection (one forked
+child each) to the host proxy's unix socket. Built once per machine with the
 system C compiler (static when libc.a is there, so it also runs inside a --rootfs) and cached;
 without a compiler the Python helper does the job.
 """
@@ -25,8 +27,14 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
+#include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 
@@ -93,12 +101,89 @@ static void stack_filter(const char *hex) {
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) fail("seccomp filter");
 }
 
+static int write_all(int fd, const char *buf, ssize_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        buf += w; n -= w;
+    }
+    return 0;
+}
+
+static void relay(int a, int b) {
+    struct pollfd p[2] = { { a, POLLIN, 0 }, { b, POLLIN, 0 } };
+    int open_ends = 2;
+    char buf[65536];
+    while (open_ends > 0) {
+        if (poll(p, 2, -1) < 0) { if (errno == EINTR) continue; break; }
+        for (int k = 0; k < 2; k++) {
+            if (p[k].fd < 0 || !(p[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            int other = k == 0 ? b : a;
+            ssize_t n = read(p[k].fd, buf, sizeof buf);
+            if (n <= 0 || write_all(other, buf, n) < 0) {
+                shutdown(other, SHUT_WR);
+                p[k].fd = -1;
+                open_ends--;
+            }
+        }
+    }
+    _exit(0);
+}
+
+static void forwarder(const char *sock_path, const int *ports, int nports) {
+    struct pollfd listeners[8];
+    for (int k = 0; k < nports; k++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(ports[k]) };
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (s < 0) fail("socket");
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(s, (struct sockaddr *)&addr, sizeof addr) || listen(s, 64)) fail("listen");
+        listeners[k].fd = s;
+        listeners[k].events = POLLIN;
+    }
+    pid_t pid = fork();
+    if (pid < 0) fail("fork");
+    if (pid > 0) {                 /* the command goes on; only the forwarder keeps these */
+        for (int k = 0; k < nports; k++) close(listeners[k].fd);
+        return;
+    }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);     /* the command cannot open our /proc/PID/mem */
+    setsid();
+    int null = open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3; fd++) dup2(null, fd);
+    signal(SIGCHLD, SIG_IGN);               /* relays reap themselves */
+    struct sockaddr_un up = { .sun_family = AF_UNIX };
+    strncpy(up.sun_path, sock_path, sizeof up.sun_path - 1);
+    for (;;) {
+        if (poll(listeners, nports, -1) < 0) continue;
+        for (int k = 0; k < nports; k++) {
+            if (!(listeners[k].revents & POLLIN)) continue;
+            int c = accept4(listeners[k].fd, NULL, NULL, SOCK_CLOEXEC);
+            if (c < 0) continue;
+            if (fork() == 0) {
+                for (int j = 0; j < nports; j++) close(listeners[j].fd);
+                int u = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (u < 0 || connect(u, (struct sockaddr *)&up, sizeof up) != 0) _exit(1);
+                relay(c, u);
+            }
+            close(c);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
-    int abi = 0, nrw = 0, ndev = 0, i = 1;
-    const char *rw[MAX_RULES], *dev[MAX_RULES], *filter = NULL;
+    int abi = 0, nrw = 0, ndev = 0, nports = 0, i = 1, ports[8];
+    const char *rw[MAX_RULES], *dev[MAX_RULES], *filter = NULL, *sock = NULL;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc) usage();
         const char *flag = argv[i], *value = argv[i + 1];
+        if (!strcmp(flag, "--forward")) {
+            sock = value;
+            while (i + 2 < argc && argv[i + 2][0] >= '0' && argv[i + 2][0] <= '9' && nports < 8)
+                ports[nports++] = atoi(argv[++i + 1]);
+            continue;
+        }
         if (!strcmp(flag, "--landlock")) abi = atoi(value);
         else if (!strcmp(flag, "--rw") && nrw < MAX_RULES) rw[nrw++] = value;
         else if (!strcmp(flag, "--dev") && ndev < MAX_RULES) dev[ndev++] = value;
@@ -107,6 +192,7 @@ int main(int argc, char **argv) {
     }
     if (i >= argc - 1) usage();
     char **command = argv + i + 1;
+    if (sock) forwarder(sock, ports, nports);
     if (abi > 0) landlock(abi, rw, nrw, dev, ndev);
     if (filter) stack_filter(filter);
     execvp(command[0], command);

@@ -1,8 +1,8 @@
 """Landlock and the in-sandbox helper's command line (pure apart from locating the script).
 
 Landlock is applied from inside the sandbox by the helper (the C one from `_helper_c.py` when
-a compiler built it, else `_helper.py`; the allowlist forwarder is always the Python one), just
-before it execs the command: applying it to bwrap itself is impossible (a Landlock domain forbids mount(2), which
+a compiler built it, else `_helper.py`; both also run the allowlist forwarder), just before it
+execs the command: applying it to bwrap itself is impossible (a Landlock domain forbids mount(2), which
 bwrap needs). It confines *writes* to the writable mounts, /tmp, /var/tmp, /dev/shm, the sandbox home and
 /dev device files; reads are already confined by the mount namespace (only bound paths exist).
 From ABI 6 it also scopes abstract unix sockets and signals to the command's own domain.
@@ -46,8 +46,8 @@ def helper_options(spec: SandboxSpec, host: HostFacts) -> list[str]:
 
 
 def _native(spec: SandboxSpec, host: HostFacts) -> bool:
-    """The C helper does everything but the forwarder, in ~1 ms instead of a Python start."""
-    return spec.network is not NetworkMode.ALLOWLIST and host.helper_native is not None
+    """The C helper does the same in ~1 ms instead of a Python start."""
+    return host.helper_native is not None
 
 
 def helper_argv(spec: SandboxSpec, host: HostFacts) -> list[str]:

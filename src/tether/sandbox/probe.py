@@ -54,13 +54,12 @@ def probe() -> HostFacts:
     etc = tuple(e for e in (*ETC_ALLOW, *ETC_NETWORK) if os.path.exists("/etc/" + e))
     helper = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
                    if os.access(p, os.X_OK)), None)
-    if helper is None:
-        problems.append("no /usr/bin/python3: the domain allowlist needs it inside")
-    native = None
-    if abi:
-        from tether.sandbox._helper_c import helper_binary
+    from tether.sandbox._helper_c import helper_binary
 
-        native = helper_binary()
+    native = helper_binary()
+    if helper is None and native is None:
+        problems.append("neither a C compiler nor /usr/bin/python3: Landlock and the domain "
+                        "allowlist need one of them for their in-sandbox helper")
     return HostFacts(bwrap=bwrap, bwrap_version=version, userns=userns, seccomp=seccomp_ok,
                      arch=arch, landlock_abi=abi, cgroup=cg, system_dirs=tuple(system_dirs),
                      etc_entries=etc, helper_python=helper, helper_native=native,
@@ -221,7 +220,8 @@ def report(host: HostFacts) -> dict:
             n for n, ok in (("memory", cg.memory), ("pids", cg.pids), ("cpu", cg.cpu)) if ok)
             if cg.version != "none" else "none: memory via RLIMIT_AS only; pids/cpu refused"),
         "network_allowlist": ("HTTP/CONNECT(+SNI)/SOCKS5 proxy on a bound unix socket"
-                              if host.helper_python else "unavailable (no /usr/bin/python3)"),
+                              if host.helper_python or host.helper_native
+                              else "unavailable (no C compiler, no /usr/bin/python3)"),
         "timeout": "SIGKILL of bwrap; the pid namespace dies with it",
         "identity": ("host root (tether runs as root): the sandbox's files are root's, so "
                      "confinement rests on the mounts (read-only system, /proc/sys read-only, "

@@ -380,9 +380,7 @@ def required_features(spec: SandboxSpec) -> list[str]:
     need = ["bwrap", "userns", "seccomp"]
     if spec.landlock:
         need.append("landlock")
-    if spec.network is NetworkMode.ALLOWLIST:
-        need.append("helper_python")        # the forwarder is Python
-    elif spec.landlock:
+    if needs_helper(spec):
         need.append("helper")
     if spec.limits.memory_bytes:
         need.append("memory")
@@ -396,7 +394,7 @@ def required_features(spec: SandboxSpec) -> list[str]:
 def missing_features(spec: SandboxSpec, host: HostFacts) -> list[str]:
     have = {
         "bwrap": host.bwrap is not None, "userns": host.userns, "seccomp": host.seccomp,
-        "landlock": host.landlock_abi >= 1, "helper_python": host.helper_python is not None,
+        "landlock": host.landlock_abi >= 1,
         "helper": host.helper_python is not None or host.helper_native is not None,
         # memory falls back to RLIMIT_AS (per process; reported as such); pids and cpu have
         # no honest rlimit equivalent (RLIMIT_NPROC is per user and root ignores it).

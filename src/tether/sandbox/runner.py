@@ -42,8 +42,8 @@ _HINTS = {
     "seccomp": "a kernel with seccomp filters is needed",
     "landlock": "use a kernel with Landlock, or pass landlock = false (the mount namespace "
                 "still confines files)",
-    "helper_python": "install python3 in /usr/bin (the allowlist forwarder needs it)",
-    "helper": "install a C compiler (cc) or python3 in /usr/bin for the Landlock helper",
+    "helper": "install a C compiler (cc) or python3 in /usr/bin: Landlock and the allowlist "
+              "run a helper inside the sandbox",
     "pids": "no writable pids cgroup: drop --pids or run where cgroups are delegated",
     "cpu": "no writable cpu cgroup: drop --cpus or run where cgroups are delegated",
 }
