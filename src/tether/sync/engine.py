@@ -288,7 +288,7 @@ class Session:
         self.conn = await open_ssh(profile, keepalive_s=10.0 if self.watching else None)
         agent = RemoteAgent(self.conn, self.opts.name, self._remote_changed)
         try:
-            await agent.start(agent_command_line(self.opts), {
+            ready = await agent.start(agent_command_line(self.opts), {
                 "v": P.VERSION, "root": self.opts.remote, "excludes": list(self.opts.excludes),
                 "create": not self.base, "watch": self.watching})
         except BaseException:
@@ -296,6 +296,7 @@ class Session:
             self.conn.close()
             raise
         self.agent = agent
+        self.record.agent_pid = ready.get("pid")
         self.remote_tree, self.remote_dirty, self.full_next = {}, True, True
 
     async def disconnect(self) -> None:
@@ -474,6 +475,9 @@ def make_options(name: str, local: str | os.PathLike, remote: str | None = None,
         raise errors.UsageError(f"the local sync root {root} is not a directory",
                                 "create it first, or check the path")
     check_patterns(list(excludes))
+    from tether.link.profiles import load_profile
+
+    load_profile(name)  # NotFoundError (hint: tether hosts) before any session is recorded
     if remote is not None and not remote.strip():
         raise errors.UsageError("the remote root is empty", "give a path, e.g. work/proj")
     return SyncOptions(name, root, remote or root.name, mode, tuple(excludes), agent_command)

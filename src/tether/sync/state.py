@@ -70,6 +70,7 @@ class SessionRecord:
     last_cycle: float | None = None
     cycles: int = 0
     error: str | None = None
+    agent_pid: int | None = None  # the remote agent's pid (on the workspace)
     excludes: list[str] = field(default_factory=list)
     conflicts: list[dict] = field(default_factory=list)
     stats: dict = field(default_factory=dict)

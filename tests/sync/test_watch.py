@@ -1,0 +1,129 @@
+"""Watch mode through the real sshd + gateway: both directions, a killed gateway, a killed
+agent, and the session lifecycle through the real CLI (`list`, `conflicts`, `resolve`, `stop`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tether.sync import state
+from tether.sync.engine import sync_once_async, watch_async
+
+from .helpers import snapshot, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def until(check, timeout=15.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def has(path, text):
+    return lambda: path.exists() and path.read_text() == text
+
+
+async def test_watch_both_ways_and_survives_a_killed_link(ws, roots, sync_host):
+    (roots.local / "seed.txt").write_text("seed")
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch_async(ws, roots.local, str(roots.remote), stop=stop))
+    try:
+        await until(has(roots.remote / "seed.txt", "seed"), what="initial sync")
+        (roots.local / "l.txt").write_text("from laptop")
+        await until(has(roots.remote / "l.txt", "from laptop"), what="local -> remote")
+        (roots.remote / "r.txt").write_text("from workspace")
+        await until(has(roots.local / "r.txt", "from workspace"), what="remote -> local")
+
+        sync_host.kill_gateway()  # the link drops mid-session
+        (roots.local / "while-down.txt").write_text("queued")
+        await asyncio.sleep(0.5)
+        assert not (roots.remote / "while-down.txt").exists()
+        await asyncio.to_thread(sync_host.ensure_gateway)  # same port: the tunnel is back
+        await until(has(roots.remote / "while-down.txt", "queued"), timeout=30,
+                    what="sync after reconnect")
+
+        sid = state.session_id(ws, roots.local.resolve(), str(roots.remote))
+        agent_pid = state.load_record(sid).agent_pid
+        os.kill(agent_pid, signal.SIGKILL)  # the agent dies on the workspace
+        (roots.local / "after-agent.txt").write_text("again")
+        await until(has(roots.remote / "after-agent.txt", "again"), timeout=30,
+                    what="sync after the agent was killed")
+        assert state.load_record(sid).agent_pid != agent_pid
+        assert snapshot(roots.local) == snapshot(roots.remote)
+    finally:
+        stop.set()
+        result = await asyncio.wait_for(task, 10)
+    assert result.uploaded >= 4 and result.downloaded >= 1
+    assert state.load_record(result.session).status == "stopped"
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "tether.cli.main", *args], capture_output=True,
+                       text=True, timeout=60)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_cli_watch_session_list_conflicts_resolve_stop(ws, roots):
+    notes = roots.local / "notes.md"
+    notes.write_text("base")
+    first = _cli("sync", ws, str(roots.local), str(roots.remote), "--json")
+    assert json.loads(first.stdout)["uploaded"] == 1
+    notes.write_text("laptop")
+    (roots.remote / "notes.md").write_text("workspace")
+    proc = subprocess.Popen([sys.executable, "-m", "tether.cli.main", "sync", ws,
+                             str(roots.local), str(roots.remote), "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def listed() -> list:
+            return json.loads(_cli("sync", "list", "--json").stdout)
+
+        wait_for(lambda: any(s["running"] and s["conflicts"] for s in listed()), 20,
+                 "the watching session to report the conflict")
+        [session] = listed()
+        assert session["pid"] == proc.pid and session["status"] == "watching"
+        conflicts = json.loads(_cli("sync", "conflicts", "--json").stdout)
+        assert [c["path"] for c in conflicts] == ["notes.md"]
+        assert conflicts[0]["local"]["kind"] == "file"
+
+        res = json.loads(_cli("sync", "resolve", str(notes), "--keep", "remote",
+                              "--json").stdout)
+        assert res == {"path": "notes.md", "keep": "remote", "session": session["id"],
+                       "remaining": []}
+        assert notes.read_text() == "workspace"
+        assert (roots.remote / "notes.md").read_text() == "workspace"
+
+        stopped = json.loads(_cli("sync", "stop", session["id"][:6], "--json").stdout)
+        assert stopped == {"stopped": [session["id"]]}
+        assert proc.wait(10) == 0
+        [after] = listed()
+        assert after["running"] is False and after["status"] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_bad_input(ws, roots, cli):
+    r = cli("sync", ws, str(roots.local / "missing"), "x")
+    assert r.exit_code == 2 and "not a directory" in r.stderr
+    r = cli("sync", ws, str(roots.local), "x", "--mode", "yolo")
+    assert r.exit_code == 2 and "two-way-safe" in r.stderr
+    r = cli("sync", "nohost", str(roots.local), "x")
+    assert r.exit_code == 10
+    r = cli("sync", "resolve", str(roots.local / "nothing"), "--keep", "local")
+    assert r.exit_code == 10
+    r = cli("sync", "stop", "--json")
+    assert r.exit_code == 2
