@@ -268,7 +268,6 @@ def test_verify_catches_a_tampered_snapshot_object(tmp_path, isolated):
     url = f"file://{tmp_path}/repo"
     sid = api.push(url, make_tree(tmp_path / "src", big=False)).snapshot_id
     path = tmp_path / "repo" / "snapshots" / sid
-    path.write_bytes(path.read_bytes().replace(b'"forger"', b"x").replace(b"tags", b"tags"
-                                                                          ) + b" ")
+    path.write_bytes(path.read_bytes() + b" ")   # still valid JSON, no longer its name
     problems = api.verify(url).problems
     assert problems == [f"snapshots/{sid}: content does not match its name (corrupt)"]
