@@ -47,8 +47,8 @@ def push(path: Annotated[Path, typer.Argument(help="Folder to snapshot.")], stor
 
 @app.command()
 def pull(source: Annotated[str, typer.Argument(
-            help="STORE[@ID|TAG]: the store URL, optionally @ a snapshot id prefix or tag "
-                 "(default: the newest).")],
+            help="The store URL, optionally followed by @ and a snapshot id prefix or tag "
+                 "(STORE@ID, STORE@TAG); default: the newest snapshot.")],
          path: Annotated[Optional[Path], typer.Argument(
              help="Where to restore (default: the path the snapshot was taken from).")] = None,
          replace: Annotated[bool, typer.Option("--replace", help="Swap out a non-empty "
