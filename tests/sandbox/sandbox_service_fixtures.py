@@ -45,6 +45,7 @@ def start_server(settings) -> tuple[object, threading.Thread, str]:
 
     app = create_app(settings)
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as `tether serve` does
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
