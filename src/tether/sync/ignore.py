@@ -29,6 +29,14 @@ def _spec(lines: Iterable[str]):
                                 "patterns use .gitignore syntax, e.g. 'build/' or '*.log'") from exc
 
 
+def _valid(line: str) -> bool:
+    try:
+        _spec([line])
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def check_patterns(patterns: Sequence[str]) -> None:
     """UsageError for a pattern pathspec cannot compile."""
     _spec(patterns)
@@ -52,7 +60,11 @@ class Rules:
         if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
             return self
         prefix = reldir + "/" if reldir else ""
-        return Rules(self.layers + ((prefix, _spec(lines)),))
+        try:
+            spec = _spec(lines)
+        except Exception:  # noqa: BLE001 - like git, skip the lines it cannot read
+            spec = _spec([line for line in lines if _valid(line)])
+        return Rules(self.layers + ((prefix, spec),))
 
     def excluded(self, relpath: str, is_dir: bool, name: str) -> bool:
         if _ALWAYS.match(name):

@@ -1,0 +1,157 @@
+"""The frame codec (round trips, split reads, bad input), the scanner's caches and ignore
+rules, and the receiver's safety checks, on local directories."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether import errors
+from tether.sync import protocol as P
+from tether.sync.fs import Receiver, chunk_sigs, send_frames
+from tether.sync.reconcile import Entry, Kind
+from tether.sync.scan import Scanner
+
+names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"),
+                min_size=1, max_size=20)
+entries = st.builds(Entry, st.sampled_from(list(Kind)), st.binary(max_size=32),
+                    st.integers(0, 2**63 - 1), st.booleans(), names | st.just(""))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(names, entries, max_size=20), st.lists(names, max_size=5),
+       st.booleans())
+def test_tree_round_trip(changed, removed, full):
+    d = P.TreeDelta(full, changed, removed, sorted(removed))
+    assert P.decode_tree(P.encode_tree(d)) == d
+
+
+def test_undecodable_file_names_survive():
+    name = os.fsdecode(b"caf\xe9.txt")  # Latin-1 bytes: not UTF-8
+    d = P.TreeDelta(True, {name: Entry(Kind.FILE, b"x" * 32, 1)})
+    assert P.decode_tree(P.encode_tree(d)).changed == d.changed
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.integers(1, 7))
+def test_frames_survive_any_split(payloads, step):
+    stream = b"".join(P.encode(P.T.DATA, p) for p in payloads)
+    dec = P.FrameDecoder()
+    got = []
+    for i in range(0, len(stream), step):
+        got += dec.feed(stream[i:i + step])
+    assert [f.payload for f in got] == payloads and dec.pending == 0
+
+
+@pytest.mark.parametrize("raw,what", [
+    (b"\x00\x00\x00\x00\x63", "unknown sync frame type"),
+    (b"\x7f\xff\xff\xff\x08", "too large"),
+], ids=["unknown-type", "oversized"])
+def test_bad_frames_are_protocol_errors(raw, what):
+    with pytest.raises(errors.ProtocolError, match=what):
+        P.FrameDecoder().feed(raw)
+
+
+def test_truncated_tree_is_a_protocol_error():
+    blob = P.encode_tree(P.TreeDelta(True, {"a": Entry(Kind.FILE, b"d" * 32, 3)}))
+    with pytest.raises(errors.ProtocolError):
+        P.decode_tree(blob[:-3])
+
+
+def test_rescan_reuses_the_stat_cache_and_sees_edits(tmp_path):
+    for i in range(50):
+        (tmp_path / f"f{i}").write_text(str(i))
+    s = Scanner(tmp_path)
+    first = s.scan()
+    assert first.hashed_bytes > 0 and len(first.tree) == 50
+    again = s.scan()
+    assert again.hashed_bytes == 0 and again.tree == first.tree
+    (tmp_path / "f3").write_text("changed")
+    os.chmod(tmp_path / "f4", 0o755)
+    third = s.scan()
+    assert third.tree["f3"] != first.tree["f3"] and third.tree["f4"].executable
+    assert third.hashed_bytes == len("changed") + 1
+
+
+def test_scanner_ignores_its_own_temp_files_and_fifos(tmp_path):
+    (tmp_path / ".tether-sync-abc123").write_text("half")
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "real").write_text("r")
+    assert set(Scanner(tmp_path).scan().tree) == {"real"}
+
+
+def test_negated_and_nested_ignore_rules(tmp_path):
+    (tmp_path / ".gitignore").write_text("*.log\n!keep.log\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".gitignore").write_text("!inner.log\n")
+    for p in ("x.log", "keep.log", "a/inner.log", "a/other.log"):
+        (tmp_path / p).write_text(p)
+    tree = Scanner(tmp_path).scan().tree
+    assert {p for p in tree if p.endswith(".log")} == {"keep.log", "a/inner.log"}
+
+
+def test_bad_exclude_pattern_is_a_usage_error():
+    from tether.sync.ignore import check_patterns
+
+    with pytest.raises(errors.UsageError):
+        check_patterns(["ok/*.py", "a/[z-a]"])
+
+
+def _transfer(src_root, dst_root, path, expect, sigs=None):
+    src, dst = Scanner(src_root), Scanner(dst_root)
+    entry = src.scan().tree[path]
+    dst.scan()
+    rx = Receiver(dst)
+    for frame in send_frames(src, path, entry, expect, sigs):
+        for f in P.FrameDecoder().feed(frame):
+            assert rx.handle(f)
+    return rx.result()
+
+
+def test_receiver_refuses_to_overwrite_what_changed_since_the_scan(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("new")
+    (b / "f").write_text("old")
+    stale = Entry(Kind.FILE, b"\0" * 32, 3)  # not what b/f holds
+    done, failed = _transfer(a, b, "f", stale)
+    assert done == [] and failed[0][0] == "f"
+    assert (b / "f").read_text() == "old"
+    assert [p.name for p in b.iterdir()] == ["f"]  # no temp file left behind
+
+
+def test_receiver_rejects_paths_outside_the_root(tmp_path):
+    rx = Receiver(Scanner(tmp_path))
+    rx.begin("../escape", Entry(Kind.DIR), None)
+    rx.delete("/etc/passwd", Entry(Kind.FILE))
+    done, failed = rx.result()
+    assert done == [] and [f[1] for f in failed] == ["unsafe path", "unsafe path"]
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_delta_transfer_reuses_the_receivers_chunks(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    data = bytearray(os.urandom(4 << 20))
+    (b / "f").write_bytes(data)
+    data[2 << 20:(2 << 20) + 10] = b"0123456789"
+    (a / "f").write_bytes(data)
+    old = Scanner(b).scan().tree["f"]
+    sigs = chunk_sigs(str(b / "f"))
+    entry = Scanner(a).scan().tree["f"]
+    frames = list(send_frames(Scanner(a), "f", entry, old, sigs))
+    assert sum(map(len, frames)) < 600_000  # a few chunks, not 4 MiB
+    done, failed = _transfer(a, b, "f", old, sigs)
+    assert failed == [] and (b / "f").read_bytes() == bytes(data)
+
+
+def test_a_bad_line_in_a_gitignore_is_skipped_like_git_does(tmp_path):
+    (tmp_path / ".gitignore").write_text("\\\n*.log\n")
+    (tmp_path / "a.log").write_text("x")
+    (tmp_path / "a.txt").write_text("x")
+    assert set(Scanner(tmp_path).scan().tree) == {".gitignore", "a.txt"}
