@@ -253,3 +253,16 @@ def test_a_store_inside_the_pushed_folder_is_not_pushed_into_itself(tmp_path, is
     assert second.files == 9
     api.pull(url, tmp_path / "out")
     assert not (tmp_path / "out" / ".snapshots").exists()
+
+
+def test_modes_are_exact_whatever_the_umask(tmp_path, store_url):
+    src = make_tree(tmp_path / "src", big=False)
+    os.chmod(src / "a.txt", 0o666)
+    set_times(src)
+    api.push(store_url, src)
+    old = os.umask(0o077)
+    try:
+        api.pull(store_url, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert describe(tmp_path / "out") == describe(src)

@@ -140,17 +140,24 @@ class _Writer:
                 self.targets[blob].append((f, off))
                 off += blobs[blob].entry.length
         self._lock = threading.Lock()
+        self.umask = _umask()
 
     def create_tree(self) -> None:
         for rel, _mode, _mtime in self.p.dirs:
             os.mkdir(rel, 0o700, dir_fd=self.fd)
         for f in self.p.files:
             if not f.ids:
-                self._finish(f, os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd))
+                self._finish(f, self._open(f))
+
+    def _open(self, f: _File) -> int:
+        # Created with its final mode (an O_CREAT fd is writable whatever the mode says);
+        # inside the 0700 staging dir nobody else can open it meanwhile.
+        return os.open(f.rel, _CREATE, f.mode, dir_fd=self.fd)
 
     def _finish(self, f: _File, fd: int) -> None:
         try:
-            os.fchmod(fd, f.mode)
+            if f.mode & self.umask:  # the umask took bits away at creation: put them back
+                os.fchmod(fd, f.mode)
             os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
         finally:
             os.close(fd)
@@ -160,13 +167,13 @@ class _Writer:
         blob arrives once; a multi-chunk file's shared fd and counter are under a lock."""
         for f, off in self.targets.pop(blob, ()):
             if len(f.ids) == 1:
-                fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
+                fd = self._open(f)
                 _write_all(fd, data)
                 self._finish(f, fd)
             else:
                 with self._lock:
                     if f.fd < 0:
-                        f.fd = os.open(f.rel, _CREATE, 0o600, dir_fd=self.fd)
+                        f.fd = self._open(f)
                     fd = f.fd
                 _pwrite_all(fd, data, off)
                 with self._lock:
@@ -191,6 +198,18 @@ class _Writer:
             if f.fd >= 0:
                 os.close(f.fd)
                 f.fd = -1
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777  # unknown: always fchmod
 
 
 def _write_all(fd: int, data: memoryview) -> None:
