@@ -212,6 +212,11 @@ class KernelLink:
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
         return rc
 
+    def drain(self, timeout: float) -> None:
+        """Wait until the session's output is fully read (after the process has ended)."""
+        if self._readers:
+            self._readers[0].join(timeout)
+
     def wait_exit(self, timeout: float) -> bool:
         """Wait for the kernel's exit event or the session's end; True if either happened."""
         deadline = time.monotonic() + timeout

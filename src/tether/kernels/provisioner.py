@@ -87,7 +87,11 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return link.kernel_exit
         if link.alive:
             return None
-        # the session is gone while the kernel was running: a dead link
+        # RACE: the session may have ended right after the launcher said "exited"; read the
+        # rest of its output before calling the link dead
+        await asyncio.to_thread(link.drain, 1.0)
+        if link.kernel_exit is not None:
+            return link.kernel_exit
         if self._reattaching:
             return None  # another poll() is re-attaching right now
         if self._can_reattach():
@@ -208,7 +212,8 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     # -- link drops --------------------------------------------------------------------------
     def _can_reattach(self) -> bool:
-        return (self.lifetime == KernelLifetime.GRACE.value
+        shutting_down = bool(getattr(self.parent, "shutting_down", False))
+        return (not shutting_down and self.lifetime == KernelLifetime.GRACE.value
                 and self.on_link_drop == LinkDropPolicy.REATTACH.value
                 and not self._reattach_failed)
 
