@@ -276,10 +276,11 @@ def start(name: str) -> NamedSandbox:
             return box
         with contextlib.suppress(FileNotFoundError):
             (box.dir / "exit.json").unlink()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tether.sandbox.named", name], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=open(box.dir / "supervisor.log", "ab"),
-            start_new_session=True, env=os.environ.copy())
+        with open(box.dir / "supervisor.log", "ab") as errlog:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tether.sandbox.named", name],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog,
+                start_new_session=True, env=os.environ.copy())
         ticks = _proc_start_ticks(proc.pid)
         paths.atomic_write(box.dir / "run.json",
                            json.dumps({"pid": proc.pid, "start_ticks": ticks,
