@@ -32,7 +32,7 @@ from typing import Any
 
 from tether.errors import (AlreadyExistsError, AuthError, ConnectError, DeadlineError,
                            HostKeyMismatchError, NotFoundError, PeerError, ProtocolError,
-                           TetherError)
+                           SystemDependencyError, TetherError)
 from tether.kernels import target as tgt
 from tether.kernels.target import SshTarget
 
@@ -138,7 +138,6 @@ class KernelLink:
                                          stderr=subprocess.PIPE, start_new_session=True)
         except FileNotFoundError as exc:
             self.close()
-            from tether.errors import SystemDependencyError
             raise SystemDependencyError("the OpenSSH client `ssh` is not installed",
                                         "install openssh-client (tether doctor)") from exc
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True, name="tk-out"),
@@ -166,6 +165,7 @@ class KernelLink:
                                 f"{self.target.alias} true`; raise launch_timeout") from None
         if event is None:  # stdout closed before any event: the session failed
             rc = self._wait_proc(5)
+            self._readers[1].join(2)  # all of ssh's stderr: it says why
             raise session_failure(self.target, self.python, rc, "\n".join(self._stderr))
         if event.get("event") == "error":
             raise launcher_error(self.target, event)
@@ -297,7 +297,6 @@ def run_once(target: SshTarget, python: str, request: dict[str, Any],
         raise DeadlineError(f"{target.alias} did not answer within {timeout:.0f}s",
                             f"check `ssh {target.alias} true`") from exc
     except FileNotFoundError as exc:
-        from tether.errors import SystemDependencyError
         raise SystemDependencyError("the OpenSSH client `ssh` is not installed",
                                     "install openssh-client (tether doctor)") from exc
     for raw in proc.stdout.decode("utf-8", "replace").splitlines():
