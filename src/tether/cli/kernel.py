@@ -114,7 +114,8 @@ def list_(no_check: NoCheckOpt = False, json: JsonOption = False) -> None:
     from tether.kernels.specs import list_kernels
 
     o = Output(json)
-    entries = list_kernels(check=not no_check)
+    with o.progress("checking kernels", unit="kernels") as advance:
+        entries = list_kernels(check=not no_check, on_checked=advance)
     bad = [e for e in entries if e.health is not None and not e.health.ok]
 
     def human(out: Output) -> None:

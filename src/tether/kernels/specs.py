@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -326,8 +327,12 @@ def delete_kernel(name: str) -> Path:
     return directory
 
 
-def list_kernels(*, check: bool = True) -> list[KernelEntry]:
-    """Every tether kernelspec in the data dir, health-checked in parallel."""
+def list_kernels(*, check: bool = True,
+                 on_checked: Callable[[int], None] | None = None) -> list[KernelEntry]:
+    """Every tether kernelspec in the data dir, health-checked in parallel.
+
+    ``on_checked(1)`` is called as each check finishes (for a progress bar).
+    """
     entries = []
     base = kernels_dir()
     for path in sorted(base.glob(PREFIX + "*/kernel.json")) if base.is_dir() else []:
@@ -337,7 +342,13 @@ def list_kernels(*, check: bool = True) -> list[KernelEntry]:
             continue  # not ours (or damaged): list what we can read
         entries.append(KernelEntry(spec, path.parent))
     if check and entries:
+        def one(entry: KernelEntry) -> Health:
+            health = check_spec(entry.spec)
+            if on_checked is not None:
+                on_checked(1)
+            return health
+
         with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
-            healths = list(pool.map(lambda e: check_spec(e.spec), entries))
+            healths = list(pool.map(one, entries))
         entries = [replace(e, health=h) for e, h in zip(entries, healths)]
     return entries
