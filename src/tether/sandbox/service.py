@@ -240,6 +240,8 @@ class Service:
         from tether.sandbox.pool import WarmPool
 
         async with WarmPool(size=self.pool_size) as pool:
+            # warm the default shape now, so the first plain request is pooled too
+            pool.warm(self.prepare(RunRequest(command=["true"])))
             self.pool = pool
             try:
                 yield
