@@ -228,3 +228,18 @@ def test_kernel_records_round_trip_prefix_lookup_and_pruning(isolated):
         registry.find_record("zzzz")
     registry.save_record(rec("bbbb-3333", 2000.0 + registry.PRUNE_AFTER_S + 1))
     assert [r.kernel_id for r in registry.list_records()] == ["bbbb-3333"]
+
+
+def test_launcher_is_stdlib_only_python_3_8():
+    """It runs on whatever python the remote has: no tether, no third-party imports."""
+    import ast
+
+    tree = ast.parse(link.launcher_source().decode(), feature_version=(3, 8))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    # jupyter_client is only imported when no argv was cached, and reported if missing
+    assert imported - set(sys.stdlib_module_names) == {"jupyter_client"}
