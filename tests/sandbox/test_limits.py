@@ -116,3 +116,22 @@ def test_sh_quote_round_trips(word):
 
     out = subprocess.run(["/bin/sh", "-c", "printf %s " + sh_quote(word)], capture_output=True)
     assert out.stdout.decode() == word
+
+
+def test_forked_child_does_not_inherit_the_launcher_pool():
+    import os
+
+    from tether.sandbox import launchers, probe, runner
+
+    host = probe.probe()
+    if host.cgroup.version == "none":
+        pytest.skip("no writable cgroup on this host: the pool is never used")
+    parent_pool = launchers.pool(host, runner._cgroup_dirs(host))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, b"1" if launchers._pool is None else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    assert launchers._pool is parent_pool

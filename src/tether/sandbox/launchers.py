@@ -175,6 +175,16 @@ _pool: LauncherPool | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    # a forked child must not touch its parent's launchers (they are not its children, and
+    # removing their cgroups would kill them): it starts its own pool when it needs one
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def pool(host: HostFacts, base_dirs: dict[str, Path]) -> LauncherPool | None:
     """The process-wide pool (made on first use), or None where cgroups are not writable.
 
