@@ -155,3 +155,20 @@ def test_a_bad_line_in_a_gitignore_is_skipped_like_git_does(tmp_path):
     (tmp_path / "a.log").write_text("x")
     (tmp_path / "a.txt").write_text("x")
     assert set(Scanner(tmp_path).scan().tree) == {".gitignore", "a.txt"}
+
+
+def test_partial_rescan_matches_a_full_scan(tmp_path):
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    for p in ("a", "d/b", "d/e/c", "d/e/gone"):
+        (tmp_path / p).write_text(p)
+    (tmp_path / ".gitignore").write_text("*.log\n")
+    s = Scanner(tmp_path)
+    s.scan()
+    (tmp_path / "a").write_text("edited")
+    (tmp_path / "d" / "e" / "gone").unlink()
+    (tmp_path / "d" / "new").mkdir()
+    (tmp_path / "d" / "new" / "n").write_text("n")
+    (tmp_path / "d" / "x.log").write_text("ignored")
+    partial = s.scan_paths({"a", "d/e/gone", "d/new", "d/new/n", "d/x.log"})
+    assert partial.tree == Scanner(tmp_path).scan().tree
+    assert partial.hashed_bytes == len("edited") + 1

@@ -62,6 +62,7 @@ class Agent:
         self.sent: dict[str, Entry] = {}  # the tree as the engine knows it
         self.receiver: Receiver | None = None
         self.observer: Any = None
+        self.dirty: Any = None  # watch.DirtySet while watching
 
     # -- requests ----------------------------------------------------------------------
     def hello(self, msg: dict) -> None:
@@ -82,7 +83,12 @@ class Agent:
 
     def scan(self, msg: dict) -> None:
         assert self.scanner is not None
-        result = self.scanner.scan()
+        if msg.get("partial") and self.dirty is not None:
+            result = self.scanner.scan_paths(self.dirty.take())
+        else:
+            if self.dirty is not None:
+                self.dirty.take()
+            result = self.scanner.scan()
         delta = P.tree_delta(self.sent, result.tree, full=bool(msg.get("full")),
                              unstable=result.unstable, root_missing=result.root_missing)
         self.sent = result.tree
@@ -126,9 +132,14 @@ class Agent:
 
     # -- watching ----------------------------------------------------------------------
     def _watch(self) -> None:
-        from tether.sync.watch import start_observer
+        from tether.sync.watch import DirtySet, start_observer
 
         pending = threading.Event()
+        self.dirty = DirtySet()
+
+        def on_paths(paths: list[str]) -> None:
+            self.dirty.add(paths)
+            pending.set()
 
         def notifier() -> None:
             while True:
@@ -139,7 +150,7 @@ class Agent:
                 self.out.flush()
 
         threading.Thread(target=notifier, name="sync-notify", daemon=True).start()
-        self.observer = start_observer(self.root, pending.set)
+        self.observer = start_observer(self.root, on_paths)
 
     def stop(self) -> None:
         if self.observer is not None:

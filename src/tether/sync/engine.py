@@ -265,6 +265,7 @@ class Session:
         self.remote_unstable: set[str] = set()
         self.remote_dirty = True
         self.full_next = True
+        self.full_rescan = True  # both sides scan everything (first cycle, periodic, retries)
         self.agent: RemoteAgent | None = None
         self.conn: Any = None
         self.changes: Any = None  # watch.Debouncer in watch mode
@@ -318,8 +319,15 @@ class Session:
         scan_remote = self.remote_dirty or not self.watching
         if scan_remote:
             self.remote_dirty = False
-            await agent.send(P.encode_json(P.T.SCAN, {"full": self.full_next}))
-        local = await asyncio.to_thread(self.scanner.scan)
+            await agent.send(P.encode_json(P.T.SCAN, {
+                "full": self.full_next, "partial": self.watching and not self.full_rescan}))
+        if self.watching and not self.full_rescan and self.scanner.last is not None:
+            local = self.scanner.scan_paths(self.changes.dirty.take())  # small: inline
+        else:
+            if self.changes is not None:
+                self.changes.dirty.take()
+            local = await asyncio.to_thread(self.scanner.scan)
+        self.full_rescan = False
         if scan_remote:
             delta = P.decode_tree((await agent.expect(P.T.TREE)).payload)
             self.full_next = False
@@ -553,6 +561,7 @@ async def _watch(session: Session, result: SyncResult,
             try:
                 if session.agent is None:
                     await session.connect()
+                    session.full_rescan = True
                     attempt = 0
                 report = await session.cycle()
             except errors.ConnectError as exc:
@@ -568,9 +577,11 @@ async def _watch(session: Session, result: SyncResult,
             _note(session, report, "watching")
             if report.unstable or report.failed:
                 # retry soon: a file was mid-write, or changed under an apply
-                asyncio.get_running_loop().call_later(0.2, session.changes.poke)
-            if not await session.changes.wait(RESCAN_EVERY_S):
+                retry = report.unstable + [p for _, p, _ in report.failed]
+                asyncio.get_running_loop().call_later(0.2, session.changes.poke, retry)
                 session.remote_dirty = True
+            if not await session.changes.wait(RESCAN_EVERY_S):
+                session.remote_dirty = session.full_rescan = True  # now and then: everything
             if stop is not None and stop.is_set():
                 break
         _note(session, None, "stopped")

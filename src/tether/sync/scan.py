@@ -77,6 +77,7 @@ class Scanner:
         self.cache: dict[str, tuple] = {}
         # rel dir -> (mtime_ns, parent rules, ignore stats, [(name, is_dir)], own rules)
         self.dirs: dict[str, tuple] = {}
+        self.last: ScanResult | None = None  # the latest result, for partial rescans
 
     def full(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
@@ -95,7 +96,60 @@ class Scanner:
             del self.dirs[stale]
         for stale in set(self.cache) - result.tree.keys():
             del self.cache[stale]
+        self.last = result
         return result
+
+    def scan_paths(self, rels: set[str]) -> ScanResult:
+        """Rescan only ``rels`` (from watch events) on top of the last result.
+
+        Falls back to a full scan when there is no earlier result or a path's parent is not
+        a directory the last scan knew (its ignore rules are unknown then).
+        """
+        last = self.last
+        if last is None or last.root_missing or "" in rels:
+            return self.scan()
+        result = ScanResult(dict(last.tree))
+        tree = result.tree
+        seen: set[str] = set()
+        for rel in sorted(rels):
+            if any(rel.startswith(done + "/") for done in seen):
+                continue  # inside a subtree already rescanned
+            parent = rel.rpartition("/")[0]
+            known = self.dirs.get(parent)
+            if known is None or (parent and tree.get(parent) is not DIR):
+                return self.scan()
+            self._drop(tree, rel)
+            name = rel.rpartition("/")[2]
+            try:
+                s = os.lstat(self.full(rel))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            is_dir = st.S_ISDIR(s.st_mode)
+            if known[4].excluded(rel, is_dir, name):
+                continue
+            if is_dir:
+                tree[rel] = DIR
+                self._walk(rel, s.st_mtime_ns, known[4], result, seen)
+                seen.add(rel)
+                continue
+            hit = self.cache.get(rel)
+            if hit is not None and hit[0] == (s.st_mode, s.st_size, s.st_mtime_ns,
+                                              s.st_ctime_ns, s.st_ino):
+                tree[rel] = hit[1]
+            else:
+                entry = self._entry(self.full(rel), rel, s, result)
+                if entry is not None:
+                    tree[rel] = entry
+        self.last = result
+        return result
+
+    def _drop(self, tree: dict[str, Entry], rel: str) -> None:
+        """Forget ``rel`` and everything below it (it is about to be looked at again)."""
+        tree.pop(rel, None)
+        self.cache.pop(rel, None)
+        prefix = rel + "/"
+        for p in [p for p in tree if p.startswith(prefix)]:
+            del tree[p]
 
     def _listing(self, rel: str, mtime_ns: int, rules: Rules) -> tuple[list, Rules]:
         """Names to visit in ``rel`` and the rules inside it (cached while mtime holds)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,31 +22,58 @@ QUIET_S = 0.008
 MAX_S = 0.05
 
 
-def _interesting(event: Any) -> bool:
+def changed_paths(root: str, event: Any) -> list[str]:
+    """The root-relative paths an event touched that a rescan must look at again."""
     if event.event_type in ("opened", "closed_no_write"):
-        return False
-    dest = getattr(event, "dest_path", "") or ""
-    for path in (dest, event.src_path):
-        if path and not os.path.basename(os.fsdecode(path)).startswith(TEMP_PREFIX):
-            return True
-    return False
+        return []
+    if event.is_directory and event.event_type == "modified":
+        return []  # a child's create/delete/move event says what changed inside
+    out = []
+    prefix = root.rstrip("/") + "/"
+    for path in (event.src_path, getattr(event, "dest_path", "") or ""):
+        path = os.fsdecode(path)
+        if not path or os.path.basename(path).startswith(TEMP_PREFIX):
+            continue
+        if path == root.rstrip("/"):
+            out.append("")
+        elif path.startswith(prefix):
+            out.append(path[len(prefix):])
+    return out
 
 
-def start_observer(root: str, on_change: Callable[[], None]) -> Any:
-    """A running watchdog observer calling ``on_change()`` (from its thread) on changes."""
+def start_observer(root: str, on_paths: Callable[[list[str]], None]) -> Any:
+    """A running watchdog observer calling ``on_paths(rel_paths)`` from its thread."""
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
     class Handler(FileSystemEventHandler):
         def on_any_event(self, event: Any) -> None:
-            if _interesting(event):
-                on_change()
+            paths = changed_paths(root, event)
+            if paths:
+                on_paths(paths)
 
     observer = Observer()
     observer.daemon = True
     observer.schedule(Handler(), root, recursive=True)
     observer.start()
     return observer
+
+
+class DirtySet:
+    """Paths changed since the last take, filled from a watcher thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
+
+    def add(self, paths: list[str]) -> None:
+        with self._lock:
+            self._paths.update(paths)
+
+    def take(self) -> set[str]:
+        with self._lock:
+            out, self._paths = self._paths, set()
+        return out
 
 
 class Debouncer:
@@ -56,9 +84,12 @@ class Debouncer:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
         self._last = 0.0
+        self.dirty = DirtySet()
 
-    def poke(self) -> None:
-        """Thread-safe: something changed."""
+    def poke(self, paths: list[str] | None = None) -> None:
+        """Thread-safe: something changed (at ``paths``, relative to the root)."""
+        if paths:
+            self.dirty.add(paths)
         self._last = time.monotonic()
         self._loop.call_soon_threadsafe(self._event.set)
 
