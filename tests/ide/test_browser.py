@@ -87,6 +87,7 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
     monkeypatch.setenv("TETHER_IDE_PASSWORD", "right-password-for-tests")
 
     handle = tether.up(ws_dir, tunnel="local", ide=True, ide_extensions=(str(vsix),))
+    page = None
     try:
         ide = handle.info["ide"]
         url = ide["url"]
@@ -131,8 +132,7 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
         page.keyboard.press("Control+P")
         page.wait_for_selector(".quick-input-widget input", timeout=15_000)
         page.keyboard.type("hello.py")
-        page.wait_for_selector(".quick-input-list .monaco-list-row", timeout=15_000)
-        page.keyboard.press("Enter")
+        page.click(".quick-input-list .monaco-list-row:has-text('hello.py')", timeout=15_000)
         page.wait_for_selector(".tab[aria-label*='hello.py']", timeout=15_000)
         page.wait_for_selector(".view-lines:has-text('hello from the workspace')",
                                timeout=15_000)
@@ -175,6 +175,11 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
         assert "right-password-for-tests" not in log
         members = group_members(pgid)
         assert len(members) >= 3  # server, extension host, pty host / shell
+    except BaseException:
+        if page is not None:  # what the browser showed, for the failure report
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            print(f"screenshot at failure: {tmp_path / 'failure.png'}")
+        raise
     finally:
         handle.stop()
     # stopping `up` stops the whole group: no stragglers

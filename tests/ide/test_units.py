@@ -11,9 +11,18 @@ import pytest
 from tether.errors import NotFoundError, SystemDependencyError, UsageError
 from tether.ide import install, password
 from tether.ide.install import CodeServer
-from tether.ide.server import (IdeLayout, IdeOptions, classify_extension, config_text,
-                               extension_argv, machine_settings, origin_host, parse_duration,
-                               server_argv, server_env)
+from tether.ide.server import (
+    IdeLayout,
+    IdeOptions,
+    classify_extension,
+    config_text,
+    extension_argv,
+    machine_settings,
+    origin_host,
+    parse_duration,
+    server_argv,
+    server_env,
+)
 
 CS = CodeServer(("/t/node-24/bin/node", "/t/code-server-4.139.1/lib/entry.js"), "4.139.1",
                 "tools", "/t/node-24/bin/node")
@@ -134,9 +143,9 @@ def test_config_holds_only_the_hash():
 
 
 def test_env_drops_passwords_and_redirects_xdg(tmp_path):
-    env = server_env({"PASSWORD": "x", "HASHED_PASSWORD": "y", "HOME": "/h", "PATH": "/b"},
-                     tmp_path)
-    assert "PASSWORD" not in env and "HASHED_PASSWORD" not in env
+    env = server_env({"PASSWORD": "x", "HASHED_PASSWORD": "y", "TETHER_IDE_PASSWORD": "z",
+                      "HOME": "/h", "PATH": "/b"}, tmp_path)
+    assert not {"PASSWORD", "HASHED_PASSWORD", "TETHER_IDE_PASSWORD"} & set(env)
     assert env["HOME"] == "/h" and env["PATH"] == "/b"
     assert env["XDG_CONFIG_HOME"] == str(tmp_path / "xdg" / "config")
 
@@ -239,7 +248,9 @@ def test_prerequisite_hints(missing, pm, hint):
     ("npm error code ENOTFOUND\nrequest to https://registry.npmjs.org failed", "registry"),
     ("npm error code ETARGET\nNo matching version found for code-server@9.9.9", "no such"),
     ("gyp ERR! build error", "native modules"),
-    ("fatal error: gssapi/gssapi.h: No such file or directory", "gssapi/gssapi.h is missing"),
+    ("prebuild-install warn install getaddrinfo ENOTFOUND github.com\n"
+     "fatal error: gssapi/gssapi.h: No such file or directory\ngyp ERR! not ok",
+     "gssapi/gssapi.h is missing"),
     ("npm error nospc ENOSPC: no space left", "disk is full"),
     ("something else", "npm failed")], ids=["offline", "version", "gyp", "krb5-headers", "disk", "other"])
 def test_diagnose_npm_failures(log, reason):

@@ -153,25 +153,30 @@ def prerequisite_hint(missing: list[str], package_manager: str | None) -> str:
 
 
 def diagnose(log_tail: str) -> tuple[str, str]:
-    """A user-facing reason and hint for a failed npm run, from the end of its log."""
+    """A user-facing reason and hint for a failed npm run, from the end of its log.
+
+    Build failures are checked before network ones: native modules first try to download
+    prebuilt binaries from GitHub, so a build log mentions ENOTFOUND even when the registry
+    was fine.
+    """
     text = log_tail.lower()
-    if any(s in text for s in ("enotfound", "eai_again", "econnrefused", "etimedout",
-                               "network request", "econnreset")):
-        return ("the npm registry could not be reached",
-                "check the network or npm's registry/proxy settings (`npm config get registry`)")
-    if "etarget" in text or "no matching version" in text or "e404" in text:
-        return ("npm has no such version", "see `npm view code-server versions` and pass "
-                "--version")
+    if "enospc" in text:
+        return ("the disk is full", "code-server needs about 800 MB in the tools dir")
     for header, packages in HEADERS.items():
         if header.lower() in text:
             return (f"building code-server's native modules failed: {header} is missing",
                     f"install its headers (Debian: apt-get install -y {packages['apt']})")
-    if "gyp err" in text or "not found: make" in text or "g++" in text:
+    if "gyp err" in text or "not found: make" in text:
         return ("building code-server's native modules failed",
                 "install make, a C++ compiler and python3 (Debian: apt-get install -y "
                 "build-essential python3)")
-    if "enospc" in text:
-        return ("the disk is full", "code-server needs about 800 MB in the tools dir")
+    if "etarget" in text or "no matching version" in text or "e404" in text:
+        return ("npm has no such version",
+                "see `npm view code-server versions` and pass --version")
+    if any(s in text for s in ("enotfound", "eai_again", "econnrefused", "etimedout",
+                               "network request", "econnreset")):
+        return ("the npm registry could not be reached",
+                "check the network or npm's registry/proxy settings (`npm config get registry`)")
     return ("npm failed", "see the log named above")
 
 

@@ -37,6 +37,7 @@ from tether.ide.install import CodeServer
 READY_PATH = "/healthz"
 EXTENSION_ID = re.compile(r"^[A-Za-z0-9][\w-]*\.[A-Za-z0-9][\w.-]*(@[\w.+-]+)?$")
 # Environment code-server gets pointed elsewhere; terminals get the user's values back.
+SECRET_ENV = ("PASSWORD", "HASHED_PASSWORD", "TETHER_IDE_PASSWORD")
 REDIRECTED_ENV = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME")
 IGNORED_IN_SNAPSHOTS = ("data/logs/", "data/CachedData/", "data/CachedExtensionVSIXs/",
                         "data/CachedProfilesData/", "data/Backups/", "data/User/History/",
@@ -137,7 +138,8 @@ def extension_argv(cs: CodeServer, root: Path, extensions: list[str]) -> list[st
 
 
 def server_env(base: dict[str, str], root: Path) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k not in ("PASSWORD", "HASHED_PASSWORD")}
+    # The password must not reach terminals and extensions through the environment.
+    env = {k: v for k, v in base.items() if k not in SECRET_ENV}
     xdg = IdeLayout(root).xdg
     env.update(XDG_CONFIG_HOME=str(xdg / "config"), XDG_DATA_HOME=str(xdg / "data"),
                XDG_CACHE_HOME=str(xdg / "cache"))
