@@ -82,6 +82,7 @@ async def test_mcp_round_trip_run_files_and_lifecycle(isolated, tmp_path: Path):
         return True
 
     assert await _session_run(isolated, work, calls)
-    vias = {r.via for r in audit.read()}
-    assert vias == {"mcp"}
+    records = audit.read()
+    assert {r.via for r in records} == {"mcp"}
+    assert all("via mcp client " in r.who for r in records)  # the agent's own name
     assert not (Path(os.environ["TETHER_HOME"]) / "state" / "sandboxes" / "agent").exists()

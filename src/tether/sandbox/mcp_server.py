@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError, UsageError
+
+try:  # the tools' signatures name it, and MCPServer reads them from this module's globals
+    from mcp.server.mcpserver import Context
+except ImportError:  # pragma: no cover - `tether mcp` then reports the missing SDK
+    Context = None  # type: ignore[assignment,misc]
 from tether.sandbox import named, schemas
 from tether.sandbox.service import Service
 
@@ -36,6 +41,15 @@ def _tool_error(exc: TetherError) -> Exception:
 
     text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
     return ToolError(text)
+
+
+def _client_name(ctx) -> str | None:
+    """The agent's name from its MCP initialize request (for the audit log's `who`)."""
+    try:
+        info = ctx.session.client_params.client_info
+    except AttributeError:
+        return None
+    return f"mcp client {info.name}" if info is not None and info.name else None
 
 
 def _tool(server):
@@ -62,7 +76,13 @@ def _tool(server):
 
 def create_server(workdir: Path | None = None):
     """The MCP server; ``workdir`` is the workspace of ``run`` (default: the current dir)."""
-    from mcp.server.mcpserver import MCPServer
+    try:
+        from mcp.server.mcpserver import MCPServer
+    except ImportError as exc:
+        from tether.errors import SystemDependencyError
+
+        raise SystemDependencyError("the MCP Python SDK (mcp >= 2) is not installed",
+                                    "pip install 'tether[mcp]'") from exc
 
     from tether._version import __version__
 
@@ -72,13 +92,13 @@ def create_server(workdir: Path | None = None):
     tool = _tool(server)
 
     @tool
-    async def run(command: list[str], profile: str | None = None, network: str | None = None,
-                  allow_domains: list[str] | None = None, timeout: float | None = None,
-                  stdin: str | None = None) -> dict[str, Any]:
+    async def run(command: list[str], ctx: Context, profile: str | None = None,
+                  network: str | None = None, allow_domains: list[str] | None = None,
+                  timeout: float | None = None, stdin: str | None = None) -> dict[str, Any]:
         """Run a command (argv list) in a fresh sandbox; returns exit_code, stdout, stderr."""
         req = schemas.RunRequest(command=command, profile=profile, network=network,
                                  allow_domains=allow_domains or [], timeout=timeout, stdin=stdin)
-        return _result(await service.run(req, via="mcp"))
+        return _result(await service.run(req, via="mcp", client=_client_name(ctx)))
 
     @tool
     def sandbox_create(name: str, profile: str | None = None, network: str | None = None,
@@ -96,12 +116,13 @@ def create_server(workdir: Path | None = None):
         return {"sandboxes": [b.to_schema().model_dump() for b in named.list_sandboxes()]}
 
     @tool
-    async def sandbox_exec(name: str, command: list[str], stdin: str | None = None,
+    async def sandbox_exec(name: str, command: list[str], ctx: Context,
+                           stdin: str | None = None,
                            timeout: float | None = None) -> dict[str, Any]:
         """Run a command in a named sandbox (files persist, processes do not)."""
         data = None if stdin is None else stdin.encode()
         return _result(await named.exec_async(name, command, stdin=data, timeout=timeout,
-                                              via="mcp"))
+                                              via="mcp", client=_client_name(ctx)))
 
     _file_and_lifecycle_tools(tool)
     return server
