@@ -161,7 +161,8 @@ def test_no_host_sockets_or_other_users_files(make_spec, profile):
         print(sorted(os.listdir('/home')))
         print(sorted(n for n in os.listdir('/run') if n != 'tether'))
         for p in ['/var/run/docker.sock', '/run/dbus/system_bus_socket', '/run/user', '/root',
-                  '/sys/fs/cgroup', '/etc/shadow', '/etc/ssh', '/etc/ssl/private']:
+                  '/sys/fs/cgroup', '/etc/shadow', '/etc/ssh', '/etc/ssl/private',
+                  '/etc/environment', '/etc/pip.conf', '/etc/npmrc', '/etc/machine-id']:
             print(p, os.path.exists(p))
     """
     r = py(make_spec, profile, code)

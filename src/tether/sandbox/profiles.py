@@ -97,11 +97,12 @@ PROXY_SOCKET = "/run/tether/proxy.sock"
 HELPER_DIR = "/run/tether"
 
 # /etc entries a program needs to run; everything else in /etc (shadow, ssh host keys,
-# ssl/private, pip.conf/npmrc with index tokens, machine-id) stays out. passwd/group/hostname
+# ssl/private, pip.conf/npmrc with index tokens, environment with whatever an admin exported,
+# machine-id) stays out. passwd/group/hostname
 # are generated so the sandbox does not learn the host's accounts.
 ETC_ALLOW = (
     "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
-    "environment", "fonts", "gai.conf", "host.conf", "inputrc", "java-17-openjdk",
+    "fonts", "gai.conf", "host.conf", "inputrc", "java-17-openjdk",
     "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "locale.alias", "localtime", "magic",
     "magic.mime", "mime.types", "nsswitch.conf", "os-release", "profile", "protocols",
     "python3", "python3.11", "rpc", "services", "ssl/certs", "ssl/openssl.cnf", "timezone",
