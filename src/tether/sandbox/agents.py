@@ -6,6 +6,7 @@ unset, never shown: not even a prefix or a length reaches the output.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -92,7 +93,9 @@ def detect_agents(env: Mapping[str, str] | None = None, *,
     def which(program: str) -> str | None:
         return shutil.which(program, path=search)
 
-    return [agent_status(kind, env, which, _version_of) for kind in AGENTS]
+    # `--version` of an agent can take seconds (node start-up, update checks): ask all at once
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(AGENTS)) as pool:
+        return list(pool.map(lambda kind: agent_status(kind, env, which, _version_of), AGENTS))
 
 
 def key_summary(env: Mapping[str, str] | None = None) -> dict[str, str]:
