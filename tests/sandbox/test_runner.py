@@ -304,3 +304,25 @@ def test_cancelling_run_async_kills_the_sandbox(make_spec):
     assert asyncio.run(main()) < 3
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"sleep {marker}" not in ps
+
+
+@pytest.mark.parametrize("layout,bound", [
+    ("opt/node/bin/node", True),          # a toolchain prefix outside home: bound read-only
+    ("home/bin/node", False),             # prefix would be the home itself: never
+    ("home/.nvm/v20/bin/node", True),     # a prefix inside home without .ssh: fine
+], ids=["outside-home", "home-itself", "inside-home"])
+def test_toolchain_roots_never_expose_home(tmp_path, monkeypatch, layout, bound):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    binary = tmp_path / layout
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setattr(runtimes.shutil, "which", lambda name: str(binary))
+    mounts, path = runtimes.toolchain_mounts(["node"], home=home)
+    assert bool(mounts) is bound
+    for m in mounts:
+        assert m.read_only and not (m.source / ".ssh").exists()
+        assert m.source != home and m.source not in home.parents
+    if bound:
+        assert path == [str(binary.parent)]
