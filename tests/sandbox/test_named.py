@@ -274,3 +274,12 @@ def test_attach_from_a_real_terminal_passes_its_size_and_restores_it(isolated):
     assert termios.tcgetattr(slave) == before  # the user's terminal is back to how it was
     os.close(master)
     os.close(slave)
+
+
+def test_logs_follow_streams_until_the_main_command_ends(isolated):
+    named.create("chatty", command=["sh", "-c", "echo first; sleep 0.6; echo second; exit 0"])
+    named.start("chatty")
+    started = time.monotonic()
+    r = tether_proc(isolated.env, "sandbox", "logs", "chatty", "--follow")
+    assert r.returncode == 0 and r.stdout == b"first\nsecond\n"
+    assert time.monotonic() - started >= 0.5  # it waited for the second line

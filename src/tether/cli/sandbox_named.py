@@ -155,11 +155,20 @@ def cp(
                         f"copied {count} file{'s' if count != 1 else ''}")
 
 
-def logs(name: NameArg) -> None:
+def logs(
+    name: NameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Keep printing new output while it runs.")]
+    = False,
+) -> None:
     """Print the output of the sandbox's main command."""
     from tether.sandbox import named
 
-    _write(sys.stdout, named.logs(name))
+    if not follow:
+        _write(sys.stdout, named.logs(name))
+        return
+    for chunk in named.follow_logs(name):
+        _write(sys.stdout, chunk)
 
 
 def rm(

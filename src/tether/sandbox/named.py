@@ -327,6 +327,27 @@ def logs(name: str) -> bytes:
         return b""
 
 
+def follow_logs(name: str, *, poll_s: float = 0.1) -> Iterator[bytes]:
+    """The main command's output so far, then new output as it comes, until it is not running."""
+    box = _load(name)
+    offset = 0
+    while True:
+        running = box.status()[0] == "running"  # read before the file: no tail is lost
+        try:
+            with box.log_path.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+        elif not running:
+            return
+        else:
+            time.sleep(poll_s)
+
+
 # -- files ---------------------------------------------------------------------------------
 
 
