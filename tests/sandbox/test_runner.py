@@ -326,3 +326,19 @@ def test_toolchain_roots_never_expose_home(tmp_path, monkeypatch, layout, bound)
         assert m.source != home and m.source not in home.parents
     if bound:
         assert path == [str(binary.parent)]
+
+
+def test_a_failing_output_callback_still_ends_the_sandbox(make_spec):
+    import subprocess
+    import uuid
+
+    marker = f"{5000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 971}"
+
+    def explode(stream, data):
+        raise RuntimeError("consumer gone")
+
+    spec = make_spec("moderate", ["sh", "-c", f"echo hi; sleep {marker}"])
+    with pytest.raises(RuntimeError):
+        runner.run(spec, on_output=explode)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"sleep {marker}" not in ps

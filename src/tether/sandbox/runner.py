@@ -346,7 +346,13 @@ def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
         os.close(fd)
     p.pass_fds.clear()
     deadline = start + spec.limits.timeout_s if spec.limits.timeout_s else None
-    out, err, timed_out, status, rusage = _pump(proc, stdin, deadline, on_output, cg)
+    try:
+        out, err, timed_out, status, rusage = _pump(proc, stdin, deadline, on_output, cg)
+    except BaseException:
+        # Ctrl-C, a failing on_output callback...: the sandbox must not outlive the call
+        _kill(proc, cg)
+        proc.wait()
+        raise
     duration = time.perf_counter() - start
     exit_code = os.waitstatus_to_exitcode(status)
     sig = None
