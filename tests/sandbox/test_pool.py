@@ -146,3 +146,18 @@ def test_close_leaves_no_waiters_or_scratch(isolated, work, tmp_path):
     pool.close()
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     assert list(scratch.iterdir()) == []
+
+
+def test_a_workspace_too_big_to_copy_is_not_pooled_and_says_why(pool, work):
+    pool.max_copy_bytes = 1000
+    (work / "big").write_bytes(b"x" * 5000)
+    spec = resolve_spec("moderate", ["echo", "ran"], workdir=work)
+    with pytest.raises(Exception, match="did not fill"):
+        pool.warm(spec, wait=True, timeout=3)
+    assert "more than" in pool.last_error
+    errors = pool.stats["spawn_errors"]
+    for _ in range(3):
+        assert pool.run(spec).stdout == b"ran\n"  # still runs, cold
+    time.sleep(0.3)
+    assert pool.stats["pooled"] == 0
+    assert pool.stats["spawn_errors"] == errors  # no copy attempt per run: it backs off

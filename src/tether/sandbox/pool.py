@@ -61,6 +61,12 @@ except OSError as e:
 """
 DEFAULT_SIZE = 2
 DEFAULT_MAX_SHAPES = 4
+DEFAULT_MAX_COPY_BYTES = 64 << 20
+RETRY_AFTER_S = 60.0  # a shape that could not be warmed is tried again after this
+
+
+class _TooBig(Exception):
+    """A writable mount is too big to copy for every warm sandbox."""
 
 
 @dataclass
@@ -110,6 +116,9 @@ class WarmPool:
         self.stats = {"pooled": 0, "cold": 0, "spawned": 0, "spawn_errors": 0}
         self.last_error: str | None = None
         self.ready_timeout_s = 10.0
+        self._failed: dict[object, float] = {}  # shape -> when warming it last failed
+        # each warm sandbox copies the writable mounts (the workspace): past this, stay cold
+        self.max_copy_bytes = DEFAULT_MAX_COPY_BYTES
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -191,12 +200,16 @@ class WarmPool:
             with self._lock:
                 if self._closed or key not in self._warm or len(self._warm[key]) >= self.size:
                     continue
+            if time.monotonic() - self._failed.get(key, -RETRY_AFTER_S) < RETRY_AFTER_S:
+                continue  # it failed lately: its runs stay cold for a while
             try:
                 w = self._spawn(key)
             except TetherError as exc:
                 self.stats["spawn_errors"] += 1
                 self.last_error = exc.message
+                self._failed[key] = time.monotonic()
                 continue
+            self._failed.pop(key, None)
             with self._lock:
                 if not self._closed and key in self._warm:
                     self._warm[key].append(w)
@@ -255,6 +268,14 @@ class WarmPool:
         root = paths.ensure_dir(self._scratch_root or paths.cache_dir() / "sandbox" / "pool")
         scratch = Path(tempfile.mkdtemp(prefix="warm-", dir=root))
         mounts = []
+        budget = [self.max_copy_bytes]
+
+        def copy_file(src, dst, *, follow_symlinks=True):
+            budget[0] -= os.lstat(src).st_size
+            if budget[0] < 0:
+                raise _TooBig
+            return shutil.copy2(src, dst, follow_symlinks=follow_symlinks)
+
         for i, m in enumerate(key.mounts):
             if m.read_only:
                 mounts.append(m)
@@ -262,13 +283,14 @@ class WarmPool:
             copy = scratch / str(i)
             try:
                 if m.source.is_dir():
-                    shutil.copytree(m.source, copy, symlinks=True)
+                    shutil.copytree(m.source, copy, symlinks=True, copy_function=copy_file)
                 else:
-                    shutil.copy2(m.source, copy)
-            except OSError as exc:
+                    copy_file(m.source, copy)
+            except (OSError, shutil.Error, _TooBig) as exc:
                 shutil.rmtree(scratch, ignore_errors=True)
-                raise TetherError(f"could not copy {m.source} for a pooled sandbox: {exc}") \
-                    from exc
+                why = (f"its writable mounts hold more than {self.max_copy_bytes >> 20} MiB"
+                       if isinstance(exc, _TooBig) else str(exc))
+                raise TetherError(f"not pooling {m.source}: {why} (runs stay cold)") from exc
             mounts.append(replace(m, source=copy))
         return scratch, tuple(mounts)
 
