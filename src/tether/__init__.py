@@ -70,6 +70,7 @@ _LAZY: dict[str, str] = {
     "list_kernels": "tether.kernels.specs",
     "attach_kernel": "tether.kernels.attach",
     "TetherSSHProvisioner": "tether.kernels.provisioner",
+    "install_code_server": "tether.ide.api",
     "sync_once": "tether.sync.api",
     "sync_once_async": "tether.sync.api",
     "sync_watch": "tether.sync.api",

@@ -217,3 +217,36 @@ def test_up_ide_cli_detached_then_down(ide_env, cli, tmp_path):
     assert down.exit_code == 0, down.stderr
     wait_for(lambda: not ide_processes(ide_dir), 10, "code-server to stop after `tether down`")
     assert json.loads(down.stdout)["stopped"]
+
+
+def test_gateway_origins_and_auth(ide_env, tmp_path, web_app, monkeypatch):
+    """WebSockets through the gateway work for its own origin only; everything needs login."""
+    import tether
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    monkeypatch.setenv("TETHER_IDE_PASSWORD", "origin-test-password")
+    ws_dir = tmp_path / "project"
+    ws_dir.mkdir()
+    with tether.up(ws_dir, tunnel="local", ide=True) as handle:
+        gw = handle.info["local_url"]
+        # not logged in: the IDE and the user's app behind /proxy/ are both closed
+        assert httpx.get(gw + "/").status_code == 302
+        anon = httpx.get(f"{gw}/proxy/{web_app}/x")
+        assert anon.status_code != 200 and "user app saw" not in anon.text
+        login = httpx.post(gw + "/login", data={"password": "origin-test-password"})
+        assert login.status_code == 302
+        cookie = login.headers["set-cookie"].split(";")[0]
+        app = httpx.get(f"{gw}/proxy/{web_app}/x", headers={"cookie": cookie})
+        assert app.status_code == 200 and app.text == "user app saw /x"
+
+        url = gw.replace("http", "ws", 1) + "/?type=Management&reconnectionToken=t1" \
+            "&reconnection=false&skipWebSocketFrames=false"
+        with connect(url, additional_headers={"Cookie": cookie, "Origin": gw},
+                     open_timeout=10) as sock:
+            assert sock.protocol.state.name == "OPEN"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers={"Cookie": cookie,
+                                             "Origin": "https://evil.example"},
+                    open_timeout=10)
+        assert refused.value.response.status_code == 403
