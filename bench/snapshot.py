@@ -6,7 +6,8 @@ Then measures, against a file:// store:
 
 - push_ratio     first push wall time / `tar -cf - | zstd -3 -T0` of the same files
 - size_ratio     repository bytes / .tar.zst bytes
-- nochange_s     a push with nothing changed (in-process API call)
+- nochange_s     a push with nothing changed (in-process API call; the CLI's time, with
+                 interpreter start, is printed for information)
 - nochange_bytes bytes written to the store by that push
 - delta_ratio    bytes uploaded after `pip install` of one small package / bytes of the
                  files that install added or changed
@@ -124,6 +125,10 @@ def run(ws: Path, runs: int) -> dict:
             nochange.append((time.perf_counter() - t, r.bytes_uploaded))
         figures["nochange_s"] = min(t for t, _ in nochange)
         figures["nochange_bytes"] = max(b for _, b in nochange)
+        tether = shutil.which("tether")
+        if tether:  # for information: the same push through the CLI, interpreter start included
+            figures["nochange_cli_s"] = min(timed(lambda: sh(
+                f"{tether} snapshot push {ws} {url} --json > /dev/null")) for _ in range(runs))
 
         before = listing(ws)
         sh(f"{ws}/venv/bin/pip install -q --no-deps {DELTA_PACKAGE}")
@@ -175,6 +180,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({"figures": figures, "results": results}, indent=2))
         return
+    if "nochange_cli_s" in figures:
+        print(f"(no-change push through the CLI, process start included: "
+              f"{figures['nochange_cli_s']:.2f}s)")
     print(f"workspace: {ws} ({files} files, {figures['tar_zst_bytes'] / 1e6:.1f} MB as "
           f".tar.zst); tar|zstd {figures['tar_zstd_s']:.2f}s, push {figures['push_s']:.2f}s, "
           f"untar {figures['untar_s']:.2f}s, pull {figures['pull_s']:.2f}s")
