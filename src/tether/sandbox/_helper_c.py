@@ -215,7 +215,7 @@ def helper_binary() -> str | None:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None
-    target.parent.mkdir(parents=True, exist_ok=True)
+    paths.ensure_dir(target.parent, 0o700)   # what runs in every sandbox: only ours to write
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, out = Path(tmp) / "helper.c", Path(tmp) / "helper"
         src.write_text(SOURCE)

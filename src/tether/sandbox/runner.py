@@ -119,8 +119,20 @@ def _etc_dir(entries: tuple[str, ...]) -> str:
     d = root / f"etc-{uid}-{gid}-{_etc_signature(entries)}"
     if not d.is_dir():
         _build_etc(d, entries, uid, gid)
+        _prune_etc(root, keep=d)
     _etc_cache[key] = str(d)
     return str(d)
+
+
+def _prune_etc(root: Path, keep: Path) -> None:
+    """Older prepared copies (the host's /etc changed since) that no run uses any more."""
+    import shutil
+    import time as _time
+
+    for old in root.glob(f"etc-{os.getuid()}-*"):
+        # an hour of grace: a run that started with the old copy may still have it bound
+        if old != keep and _time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _build_etc(d: Path, entries: tuple[str, ...], uid: int, gid: int) -> None:
