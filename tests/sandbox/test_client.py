@@ -89,3 +89,18 @@ def test_public_names():
     import tether
 
     assert tether.SandboxClient is Client and tether.AsyncSandboxClient is AsyncClient
+
+
+def test_sync_client_without_with_works_and_lets_the_program_exit(api_server: ApiServer):
+    import subprocess
+    import sys
+
+    c = Client(api_server.url, api_server.token)
+    assert c.run(["echo", "bare"]).stdout == b"bare\n"
+    assert [e.kind for e in c.stream(["true"])] == ["exit"]
+    # a script that forgets close() must still exit (no event loop thread left behind)
+    code = ("from tether.sandbox import Client\n"
+            f"c = Client({api_server.url!r}, {api_server.token!r})\n"
+            "print(c.health()['ok'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (0, "True")

@@ -14,6 +14,7 @@ there is one copy of every request and of the SSE parser.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -243,53 +244,83 @@ def _event(kind: str, data: str) -> Event:
 
 
 class Client:
-    """Blocking SDK: every method runs the ``AsyncClient`` coroutine of the same name."""
+    """Blocking SDK: every method runs the ``AsyncClient`` coroutine of the same name.
+
+    Inside ``with Client(...) as c:`` one event loop thread and one connection pool serve all
+    calls. Without ``with``, each call starts and stops its own, so nothing lingers (a portal
+    thread left running would keep the interpreter from exiting).
+    """
 
     def __init__(self, base_url: str, token: str | None = None, **kw: Any) -> None:
-        from anyio.from_thread import start_blocking_portal
-
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._async: AsyncClient = self._portal.call(
-                functools.partial(_make_async, base_url, token, **kw))
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
+        self._args = (base_url, token, kw)
+        self._portal_cm = None
+        self._portal = None
+        self._async: AsyncClient | None = None
 
     def __enter__(self) -> Client:
+        self._portal_cm, self._portal, self._async = self._open()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _open(self):
+        from anyio.from_thread import start_blocking_portal
+
+        base_url, token, kw = self._args
+        cm = start_blocking_portal()
+        portal = cm.__enter__()
+        try:
+            client = portal.call(functools.partial(_make_async, base_url, token, **kw))
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+        return cm, portal, client
+
+    @staticmethod
+    def _shut(cm, portal, client) -> None:
+        try:
+            portal.call(client.aclose)
+        finally:
+            cm.__exit__(None, None, None)
+
     def close(self) -> None:
         if self._portal_cm is not None:
-            try:
-                self._portal.call(self._async.aclose)
-            finally:
-                self._portal_cm.__exit__(None, None, None)
-                self._portal_cm = None
+            opened, self._portal_cm = (self._portal_cm, self._portal, self._async), None
+            self._shut(*opened)
+
+    @contextlib.contextmanager
+    def _session(self):
+        if self._portal_cm is not None:
+            yield self._portal, self._async
+            return
+        opened = self._open()
+        try:
+            yield opened[1], opened[2]
+        finally:
+            self._shut(*opened)
 
     def _call(self, name: str, *args: Any, **kw: Any) -> Any:
-        return self._portal.call(functools.partial(getattr(self._async, name), *args, **kw))
+        with self._session() as (portal, client):
+            return portal.call(functools.partial(getattr(client, name), *args, **kw))
+
+    def stream(self, command: Sequence[str], **kw: Any) -> Iterator[Event]:
+        with self._session() as (portal, client):
+            agen = client.stream(command, **kw)
+            try:
+                while True:
+                    try:
+                        yield portal.call(agen.__anext__)
+                    except StopAsyncIteration:
+                        return
+            finally:
+                portal.call(agen.aclose)
 
     def health(self) -> dict:
         return self._call("health")
 
     def run(self, command: Sequence[str], **kw: Any) -> Result:
         return self._call("run", command, **kw)
-
-    def stream(self, command: Sequence[str], **kw: Any) -> Iterator[Event]:
-        agen = self._async.stream(command, **kw)
-        try:
-            while True:
-                try:
-                    yield self._portal.call(agen.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._portal.call(agen.aclose)
 
     def create_sandbox(self, name: str, **kw: Any) -> schemas.SandboxInfo:
         return self._call("create_sandbox", name, **kw)
