@@ -172,3 +172,18 @@ def test_partial_rescan_matches_a_full_scan(tmp_path):
     partial = s.scan_paths({"a", "d/e/gone", "d/new", "d/new/n", "d/x.log"})
     assert partial.tree == Scanner(tmp_path).scan().tree
     assert partial.hashed_bytes == len("edited") + 1
+
+
+def test_receiver_never_writes_through_a_symlinked_directory(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(outside, root / "link")
+    (outside / "victim").write_text("keep me")
+    rx = Receiver(Scanner(root))
+    rx.begin("link/planted", Entry(Kind.DIR), None)
+    rx.delete("link/victim", Entry(Kind.FILE, b"x" * 32, 7))
+    done, failed = rx.result()
+    assert done == [] and len(failed) == 2
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]

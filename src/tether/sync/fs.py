@@ -133,14 +133,35 @@ class Receiver:
         self._hash = None
         self._skip = False
         self._holes = False
+        self._dirs: set[str] = set()  # directories known to exist during this batch
         self.bytes_written = 0
 
     def _fail(self, path: str, reason: str) -> None:
         self.failed.append([path, reason])
 
+    def _parents_real(self, rel: str) -> bool:
+        """No ancestor of ``rel`` is a symlink: a write must never land outside the root."""
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            full = self.scanner.full("/".join(parts[:i]))
+            if full in self._dirs:
+                continue
+            try:
+                s = os.lstat(full)
+            except FileNotFoundError:
+                return True  # created below as real directories
+            if not st.S_ISDIR(s.st_mode):
+                return False
+            self._dirs.add(full)
+        return True
+
     def _check(self, rel: str | None, expect: Entry | None, path: str) -> bool:
         if rel is None:
             self._fail(path, "unsafe path")
+            return False
+        if not self._parents_real(rel):
+            self._fail(path, "a parent directory is a symlink or a file here; retried "
+                             "next cycle")
             return False
         now = current_entry(self.scanner, rel)
         if now is False or now != expect:
@@ -158,7 +179,9 @@ class Receiver:
         full = self.scanner.full(rel)
         try:
             parent = os.path.dirname(full)
-            os.makedirs(parent, exist_ok=True)
+            if parent not in self._dirs:  # one mkdir per directory, not one per file
+                os.makedirs(parent, exist_ok=True)
+                self._dirs.add(parent)
             if entry.kind is Kind.DIR:
                 self._make_dir(full, expect)
                 self.done.append((path, entry))
@@ -323,6 +346,7 @@ class Receiver:
     def result(self) -> tuple[list[tuple[str, Entry | None]], list[list[str]]]:
         """(applied, failed) since the last call; resets both."""
         self._abandon()
+        self._dirs.clear()
         out = (self.done, self.failed)
         self.done, self.failed = [], []
         return out
