@@ -183,8 +183,9 @@ def test_a_fifo_in_the_layer_does_not_hang_the_host(isolated):
         named.read_file("fifo", "pipe")
 
 
-@pytest.mark.parametrize("name", ["", "UPPER", "a b", "../x", "-lead", "x" * 64],
-                         ids=["empty", "upper", "space", "dotdot", "dash-first", "too-long"])
+@pytest.mark.parametrize("name", ["", "UPPER", "a b", "../x", "-lead", "x" * 64, "dev\n"],
+                         ids=["empty", "upper", "space", "dotdot", "dash-first", "too-long",
+                              "trailing-newline"])
 def test_bad_names_are_refused(isolated, name):
     with pytest.raises(errors.UsageError, match="invalid sandbox name"):
         named.create(name)

@@ -48,7 +48,7 @@ def root_dir() -> Path:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(f"invalid sandbox name {name!r}",
                          "use lowercase letters, digits, '-', '_' or '.' (max 63), e.g. dev-1")
     return name
@@ -382,7 +382,7 @@ def write_file(name: str, path: str, data: bytes) -> None:
 def parse_location(text: str) -> tuple[str | None, str]:
     """'NAME:path' -> (NAME, path); a host path (no colon before the first '/') -> (None, path)."""
     head, sep, tail = text.partition(":")
-    if sep and head and "/" not in head and _NAME.match(head):
+    if sep and head and "/" not in head and _NAME.fullmatch(head):
         return head, tail or "."
     return None, text
 
