@@ -391,3 +391,10 @@ def test_a_flooding_run_whose_client_hangs_up_is_killed_without_wedging_the_serv
         assert time.monotonic() < deadline, "the cancelled run never finished its cleanup"
         time.sleep(0.1)
     assert httpx.get(api_server.url + "/health", timeout=5).status_code == 200
+
+
+def test_a_workspace_the_runner_refuses_fails_at_startup(isolated):
+    from tether.sandbox.api import ApiSettings, create_app
+
+    with pytest.raises(errors.UsageError, match="home directory"):
+        create_app(ApiSettings(token="t", workdir=isolated.home.parent))

@@ -173,6 +173,8 @@ def create_app(settings: ApiSettings):
         raise errors.ConfigError("the sandbox API needs a token",
                                  "pass one (tether serve generates and stores it)")
     runner = service.Service(workdir=settings.workdir, pool_size=settings.pool_size)
+    # a workspace the runner refuses (missing, or exposing $HOME) fails here, not per request
+    runner.prepare(schemas.RunRequest(command=["true"]))
     app = FastAPI(title="tether sandbox API", version=__version__,
                   description="Run commands in bubblewrap sandboxes. See docs/sandbox-api.md.",
                   lifespan=runner.lifespan)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tether import paths
-from tether.errors import EnforcementError, TetherError
+from tether.errors import EnforcementError, TetherError, UsageError
 from tether.sandbox.service import spawn_prepared
 
 # Runs inside the sandbox under `python3 -I -S`: stdlib only. argv[1] is the control fd,
@@ -103,7 +103,7 @@ class WarmPool:
     def __init__(self, size: int = DEFAULT_SIZE, *, max_shapes: int = DEFAULT_MAX_SHAPES,
                  scratch_root: Path | None = None) -> None:
         if size < 1:
-            raise TetherError("a warm pool needs a size of at least 1")
+            raise UsageError("a warm pool needs a size of at least 1")
         self.size = size
         self.max_shapes = max_shapes
         self._scratch_root = scratch_root
