@@ -113,7 +113,10 @@ def test_daemon_exits_when_idle(paired, tether_bin, monkeypatch) -> None:
 
 
 def test_ctrl_c_is_forwarded_as_a_signal(paired, tether_bin) -> None:
-    script = "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done"
+    # `wait` returns at once for a trapped signal (a foreground `sleep` would race bash's
+    # wait-and-cooperative-exit rule)
+    script = ("sleep 30 >/dev/null 2>&1 & trap 'echo got-int; kill $!; exit 7' INT; "
+              "echo ready; wait")
     procs = [subprocess.Popen([tether_bin, "exec", paired, "--", script],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for _ in range(2)]
@@ -245,3 +248,20 @@ async def test_cancelling_stops_the_remote_command(paired, tmp_path) -> None:
     marker.unlink()
     await asyncio.sleep(0.5)
     assert not marker.exists()  # the loop is gone, not orphaned on the host
+
+
+def test_killed_client_hangs_up_the_remote_command(paired, tether_bin, tmp_path) -> None:
+    marker = tmp_path / "alive"
+    proc = subprocess.Popen([tether_bin, "exec", paired, "--",
+                             f"echo ready; while :; do touch {marker}; sleep 0.1; done"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    proc.kill()  # no chance to forward anything: the daemon sees the socket close
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        marker.unlink(missing_ok=True)
+        time.sleep(0.5)
+        if not marker.exists():
+            break
+    assert not marker.exists()

@@ -158,14 +158,16 @@ class Daemon:
         finally:
             for task in tasks:  # the input pump and any pending drain: none outlives the exec
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Not gather(): on 3.11 asyncssh's run() (wait_for inside) can swallow a cancel
+            # that lands as it finishes, and the pump would then wait for the next frame.
+            await asyncio.wait(tasks, timeout=1.0)
             proc.close()
         return {"exit_code": outcome.exit_code, "signal": outcome.signal}
 
     async def _client_input(self, reader: asyncio.StreamReader, proc: Any) -> None:
         """Client frames -> the remote process; the client hanging up closes the channel."""
         try:
-            while True:
+            while not proc.finished:
                 kind, payload = await _read_frame(reader)
                 if kind == wire.STDIN:
                     await proc.write(payload)
@@ -173,9 +175,16 @@ class Daemon:
                     size = json.loads(payload)
                     proc.resize(int(size["cols"]), int(size["rows"]))
                 elif kind == wire.SIGNAL:
-                    await proc.send_signal(payload.decode("ascii"))
+                    name = payload.decode("ascii")
+                    delivered = await proc.send_signal(name)
+                    log.info("SIG%s for %r: %s", name, proc.command,
+                             "delivered" if delivered else "no process found")
         except (asyncio.IncompleteReadError, ConnectionError):
-            proc.close()  # the user's process is gone (Ctrl-C twice, killed)
+            # The user's process is gone (Ctrl-C twice, killed): hang up the remote command
+            # like a closing terminal would, instead of leaving it running unattended.
+            if not proc.finished:
+                await proc.send_signal("HUP")
+            proc.close()
 
     async def watch_idle(self) -> None:
         while not self.stop.is_set():

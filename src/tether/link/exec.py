@@ -211,6 +211,10 @@ class RemoteProcess:
     exec_id: str | None = None
     started: float = field(default_factory=time.monotonic)
 
+    @property
+    def finished(self) -> bool:
+        return self.session.done.done()
+
     async def write(self, data: bytes) -> None:
         if not data:
             self.session.chan.write_eof()
