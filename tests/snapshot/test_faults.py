@@ -271,3 +271,30 @@ def test_verify_catches_a_tampered_snapshot_object(tmp_path, isolated):
     path.write_bytes(path.read_bytes() + b" ")   # still valid JSON, no longer its name
     problems = api.verify(url).problems
     assert problems == [f"snapshots/{sid}: content does not match its name (corrupt)"]
+
+
+def test_a_corrupt_index_is_ignored_and_pack_tails_used(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src")
+    api.push(url, src)
+    store = open_store(url)
+    key = store.list("index/")[0]
+    path = tmp_path / "repo" / key
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    api.pull(url, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+    assert any(key in p for p in api.verify(url).problems)
+
+
+def test_prune_replaces_a_corrupt_index(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src", big=False)
+    api.push(url, src)
+    key = open_store(url).list("index/")[0]
+    (tmp_path / "repo" / key).write_bytes(b"garbage")
+    api.prune(url)
+    assert api.verify(url, data=True).ok
+    api.pull(url, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)

@@ -302,7 +302,7 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
                     keep[pack] = entries
                 else:
                     drop.append(pack)
-            old_keys = sorted(idx.index_keys)
+            old_keys = s.list("index/")  # corrupt ones too: the new index replaces all
             new_key = repo.write_index(keep)
             s.flush()  # the new index is durable before anything it replaces goes away
             for key in old_keys:

@@ -8,6 +8,7 @@ packs nobody references yet, which the next push adopts by reading their tails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -17,7 +18,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
-from tether.errors import IntegrityError, LockedError, NotFoundError, UsageError
+from tether import paths
+from tether.errors import IntegrityError, LockedError, NotFoundError, TetherError, UsageError
 from tether.snapshot import format as fmt
 from tether.snapshot.stores.base import Store
 
@@ -79,11 +81,34 @@ class Repository:
         if self._index is None or refresh:
             idx = Index()
             for key in self.store.list("index/"):
-                for pack_id, entries in fmt.decode_index(self.store.get(key)).items():
+                data = self._get_index(key)
+                if data is None:
+                    continue  # corrupt: its packs count as unindexed; their tails are read
+                for pack_id, entries in fmt.decode_index(data).items():
                     idx.add_pack(pack_id, entries)
                 idx.index_keys.add(key)
             self._index = idx
         return self._index
+
+    def _get_index(self, key: str) -> bytes | None:
+        """An index object, or None if it does not match its name (corrupt). Index objects
+        are immutable: remote ones are kept in the local cache, so a push or pull downloads
+        only the indexes it has not seen."""
+        name = key.rsplit("/", 1)[-1]
+        remote = not self.store.url.startswith("file://")
+        path = paths.cache_dir() / "snapshot" / "index" / self.config.id / name
+        if remote:
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                if fmt.object_id(data) == name:
+                    return data
+        data = self.store.get(key)
+        if fmt.object_id(data) != name:
+            return None
+        if remote:
+            with contextlib.suppress(TetherError):
+                paths.atomic_write(path, data, mode=0o644)
+        return data
 
     def orphan_packs(self) -> list[bytes]:
         """Packs in the store that no index names (a killed push, or one still running)."""
