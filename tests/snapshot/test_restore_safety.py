@@ -98,3 +98,18 @@ def test_restored_files_never_carry_setuid_or_setgid(tmp_path, isolated):
     api.pull(store, tmp_path / "out")
     assert (tmp_path / "out" / "suid").stat().st_mode & 0o7777 == 0o755
     assert (tmp_path / "out" / "d").stat().st_mode & 0o7777 == 0o777
+
+
+@pytest.mark.parametrize("recorded", ["/", "relative/dir", "/tmp/../etc", "/a//b"],
+                         ids=["root", "relative", "dotdot", "unnormalized"])
+def test_a_hostile_default_path_is_refused(tmp_path, isolated, recorded):
+    from tether.snapshot.repo import Repository
+
+    store = open_store(f"file://{tmp_path}/repo")
+    forge_snapshot(store, lambda b: raw_tree(_file(b, "f")))
+    repo = Repository.open(store)
+    _, snap = repo.find_snapshot(None)
+    import dataclasses
+    repo.write_snapshot(dataclasses.replace(snap, path=recorded, time_ns=snap.time_ns + 1))
+    with pytest.raises(IntegrityError, match="unusable path"):
+        api.pull(store)

@@ -341,6 +341,14 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
     started = time.perf_counter()
     repo = Repository.open(store)
     sid, snap = repo.find_snapshot(ref)
+    if path is None:
+        # The default comes from the repository: a hostile one must not pick "/", a relative
+        # path or one with ".." in it. (It still picks a folder: pass PATH for untrusted stores.)
+        sp = snap.path
+        if not (os.path.isabs(sp) and os.path.normpath(sp) == sp and sp != "/"
+                and "\0" not in sp):
+            raise IntegrityError(f"snapshot {sid[:12]} records an unusable path {sp!r}",
+                                 "give the destination PATH explicitly")
     dest = Path(os.path.abspath(path if path is not None else snap.path))
     if os.path.lexists(dest):
         if dest.is_symlink() or not dest.is_dir():
