@@ -26,7 +26,8 @@ def serve(
     = None,
     max_body: Annotated[str, typer.Option(help="Largest request body, e.g. 16M.")] = "16M",
     pool: Annotated[int, typer.Option(
-        help="Warm sandboxes kept per run shape for POST /run (0: none).")] = 0,
+        help="Warm sandboxes kept per run shape for POST /run (0: none). Pooled runs start "
+             "in ms on a private copy of the workspace: their writes are discarded.")] = 0,
     workdir: Annotated[Optional[Path], typer.Option(
         help="The workspace of /run (default: current directory).")] = None,
 ) -> None:
