@@ -24,6 +24,22 @@ def test_freeze_from_dist_info_names(names, expected):
     assert venvs.freeze_from_names(names) == expected
 
 
+@pytest.mark.parametrize("line", ["--index-url=http://evil.example/simple", "-r /etc/passwd",
+                                  "-e git+https://evil.example/x.git", "pkg @ http://x/p.whl",
+                                  "pkg>=1", "pkg==1.0; os_name=='posix'"],
+                         ids=["index-url", "requirement-file", "editable", "url", "range",
+                              "marker"])
+def test_tampered_package_lists_are_refused(line):
+    from tether.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="unexpected line"):
+        venvs.check_freeze(("numpy==1.26.4", line))
+
+
+def test_plain_package_lists_pass():
+    venvs.check_freeze(("numpy==1.26.4", "typing_extensions==4.9.0", "torch==2.1.0+cu121"))
+
+
 @pytest.fixture
 def project(tmp_path):
     proj = tmp_path / "proj"

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.errors import SystemDependencyError
+from tether.errors import IntegrityError, SystemDependencyError
 from tether.snapshot.format import Venv
 
 _FREEZE_SKIP = {"pip", "setuptools", "wheel", "distribute"}  # what `pip freeze` leaves out
@@ -125,8 +125,22 @@ def find_python(version: str) -> Path:
                                 f"install python{mm}, then pull again with --rebuild-venv")
 
 
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+
+
+def check_freeze(lines: tuple[str, ...]) -> None:
+    """Only ``name==version`` lines: a recorded list must not smuggle pip options
+    (``--index-url``, ``-r file``, ``-e git+...``) or URLs into the rebuild."""
+    for line in lines:
+        if not _REQUIREMENT.fullmatch(line):
+            raise IntegrityError(f"recorded package list has an unexpected line {line!r}",
+                                 "the snapshot was tampered with; recreate the virtualenv "
+                                 "by hand")
+
+
 def rebuild(venv: Venv, at: Path) -> None:
     """Recreate the venv at ``at`` from the recorded package list."""
+    check_freeze(venv.freeze)
     python = find_python(venv.version)
     shutil.rmtree(at, ignore_errors=True)
     _run([str(python), "-m", "venv", str(at)], f"create a virtualenv at {at}")
