@@ -64,8 +64,13 @@ def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = 
     if isinstance(store, str) and ref is None:
         store, ref = split_ref(store)
     with _opened(store) as s:
+        def check(plan) -> None:  # before anything is written, like every other check
+            if rebuild_venv:
+                for v in plan.snapshot.venvs:
+                    venvs.check_freeze(v.freeze)
+
         result, plan = _pull(s, ref, Path(path) if path is not None else None,
-                             replace=replace, progress=progress)
+                             replace=replace, progress=progress, on_plan=check)
     original = Path(plan.snapshot.path)
     dest = Path(result.path)
     for v in plan.snapshot.venvs:
