@@ -35,3 +35,7 @@ def make_spec(workspace: Path):
         kw.setdefault("workdir", workspace)
         return resolve_spec(profile, command, **kw)
     return make
+
+
+# The sandbox service's fixtures (a real API server): see sandbox_service_fixtures.py.
+from .sandbox_service_fixtures import api_server, api_workdir  # noqa: E402, F401

@@ -7,10 +7,11 @@ import json
 import httpx
 import pytest
 
-from .sandbox_service_fixtures import ApiServer, api_server, api_workdir  # noqa: F401
 from tether import errors
 from tether.sandbox import audit
 from tether.sandbox.api import STATUS_CODES, status_for
+
+from .sandbox_service_fixtures import ApiServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,8 +74,9 @@ def test_browser_cross_origin_requests_are_refused_even_with_the_token(api_serve
 
 
 def test_an_allowed_origin_passes(isolated, api_workdir):
-    from .sandbox_service_fixtures import TOKEN, start_server
     from tether.sandbox.api import ApiSettings
+
+    from .sandbox_service_fixtures import TOKEN, start_server
 
     server, thread, url = start_server(ApiSettings(
         token=TOKEN, workdir=api_workdir, allowed_origins=("http://localhost:3000",)))
@@ -112,7 +114,8 @@ def test_run_returns_output_exit_code_and_is_audited(api_server):
     assert (body["exit_code"], body["stdout"], body["stderr"]) == (7, "fed in\n", "err\n")
     assert body["encoding"] == "utf-8" and body["timed_out"] is False
     last = audit.read()[-1]
-    assert (last.via, last.command, last.exit_code) == ("api", ("sh", "-c", "cat; echo err >&2; exit 7"), 7)
+    assert (last.via, last.command, last.exit_code) == \
+        ("api", ("sh", "-c", "cat; echo err >&2; exit 7"), 7)
     assert "via 127.0.0.1:" in last.who
 
 
@@ -297,9 +300,10 @@ def test_tether_serve_generates_the_token_once_and_requires_it(isolated, tmp_pat
 def test_run_through_a_warm_pool_has_fresh_state(isolated, api_workdir):
     import time
 
-    from .sandbox_service_fixtures import TOKEN, start_server
     from tether.sandbox.api import ApiSettings
     from tether.sandbox.schemas import RunRequest
+
+    from .sandbox_service_fixtures import TOKEN, start_server
 
     server, thread, url = start_server(ApiSettings(token=TOKEN, workdir=api_workdir,
                                                    pool_size=1))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from .sandbox_service_fixtures import ApiServer, api_server, api_workdir  # noqa: F401
 from tether import errors
 from tether.sandbox import AsyncClient, Client
 from tether.sandbox.client import error_from, parse_sse_lines
+
+from .sandbox_service_fixtures import ApiServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from .sandbox_service_fixtures import tether_proc
 from tether import errors
 from tether.sandbox import asciicast, named
+
+from .sandbox_service_fixtures import tether_proc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,9 +87,9 @@ def test_each_sandbox_has_its_own_layer(isolated):
 
 
 def test_restrictive_named_sandbox_keeps_its_profile(isolated):
-    from .sandbox_service_fixtures import host_listener
-
     from tether.sandbox.schemas import RunOptions
+
+    from .sandbox_service_fixtures import host_listener
 
     listener, port = host_listener()
     try:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from .sandbox_service_fixtures import host_listener
 from tether.sandbox.pool import WarmPool, shape_of
 from tether.sandbox.profiles import Mount, resolve_spec, with_command
+
+from .sandbox_service_fixtures import host_listener
 
 pytestmark = pytest.mark.timeout(90)
 

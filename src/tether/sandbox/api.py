@@ -166,6 +166,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 def create_app(settings: ApiSettings):
     """The API app for ``settings``. No globals: two apps in one process do not share state."""
     from fastapi import FastAPI
+
     from tether._version import __version__
     from tether.sandbox import service
 

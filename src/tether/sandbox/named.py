@@ -31,8 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tether import paths
-from tether.errors import (AlreadyExistsError, InUseError, LocalIOError, NotFoundError,
-                           ProtocolError, TetherError, UsageError)
+from tether.errors import (
+    AlreadyExistsError,
+    InUseError,
+    LocalIOError,
+    NotFoundError,
+    ProtocolError,
+    TetherError,
+    UsageError,
+)
 from tether.sandbox import _safefs
 from tether.sandbox.schemas import NAME_PATTERN, RunOptions, SandboxInfo
 
