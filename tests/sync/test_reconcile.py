@@ -214,3 +214,15 @@ def test_law_one_way_never_writes_local(base, local, remote):
     for mode in (OS_, OR):
         actions, _ = reconcile(base, local, remote, mode)
         assert all(a.dst is REM for a in actions)
+
+
+@settings(max_examples=150, deadline=None)
+@given(trees(), trees(), trees(), MODES)
+def test_law_limiting_to_changed_paths_changes_nothing(base, local, remote, mode):
+    """Watch mode merges only the paths that changed; that must equal the full merge."""
+    changed = {p for p in set(base) | set(local) | set(remote)
+               if not base.get(p) == local.get(p) == remote.get(p)}
+    full = reconcile(base, local, remote, mode, stamp="T")
+    assert reconcile(base, local, remote, mode, stamp="T", paths=changed) == full
+    assert advance_base(base, local, remote, full[0], changed) == \
+        advance_base(base, local, remote, full[0])

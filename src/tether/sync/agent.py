@@ -90,7 +90,8 @@ class Agent:
                 self.dirty.take()
             result = self.scanner.scan()
         delta = P.tree_delta(self.sent, result.tree, full=bool(msg.get("full")),
-                             unstable=result.unstable, root_missing=result.root_missing)
+                             unstable=result.unstable, root_missing=result.root_missing,
+                             only=result.changed)
         self.sent = result.tree
         self.out.write(P.encode(P.T.TREE, P.encode_tree(delta)))
 

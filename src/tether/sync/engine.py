@@ -38,6 +38,7 @@ from tether.sync.reconcile import (Action, Conflict, Entry, Keep, Kind, Mode, Op
 from tether.sync.scan import Scanner
 
 DRAIN_AT = 1 << 20
+BASE_SAVE_EVERY_S = 2.0
 RESCAN_EVERY_S = 30.0  # watch mode: a full rescan now and then, in case an event was lost
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 MAX_ONESHOT_CYCLES = 3
@@ -269,7 +270,13 @@ class Session:
         self.agent: RemoteAgent | None = None
         self.conn: Any = None
         self.changes: Any = None  # watch.Debouncer in watch mode
-        self.conflicts: list[Conflict] = []
+        self.conflicts: dict[str, Conflict] = {}
+        self.remote_changed: set[str] | None = None  # paths the last TREE delta touched
+        self.retry: set[str] = set()  # unstable or failed last cycle: look again
+        self.base_dirty = False
+        self.base_saved = 0.0
+        self.record_sig: tuple = ()
+        self.record_saved = 0.0
         self.record = state.SessionRecord(
             id=self.sid, name=opts.name, local=str(opts.local), remote=opts.remote,
             mode=opts.mode.value, watch=watch, pid=os.getpid(), started=time.time(),
@@ -333,6 +340,10 @@ class Session:
             self.full_next = False
             self.remote_tree = P.apply_delta(self.remote_tree, delta)
             self.remote_unstable = set(delta.unstable)
+            self.remote_changed = None if delta.full or not self.watching \
+                else set(delta.changed) | set(delta.removed)
+        else:
+            self.remote_changed = set()
         return local
 
     def _check_halt(self, local: Any) -> None:
@@ -345,6 +356,14 @@ class Session:
                 f"sync {self.sid} halted: {reason}; nothing was deleted on the other side",
                 "restore the folder, or start over with `tether sync stop` and a new root")
 
+    def _candidates(self, local: Any, resolutions: Mapping[str, Keep]) -> set[str] | None:
+        """Paths that may need work this cycle; None: all of them (after a full scan)."""
+        if local.changed is None or self.remote_changed is None:
+            return None
+        out = local.changed | self.remote_changed | self.retry | set(resolutions)
+        out |= local.unstable | self.remote_unstable
+        return out
+
     async def cycle(self) -> CycleReport:
         t0 = time.monotonic()
         agent = self.agent
@@ -353,11 +372,19 @@ class Session:
         local = await self._scan_both()
         self._check_halt(local)
         resolutions = state.take_resolutions(self.sid)
+        paths = self._candidates(local, resolutions)
+        skip = local.unstable | self.remote_unstable
         actions, conflicts = reconcile(
             self.base, local.tree, self.remote_tree, self.opts.mode, stamp=_stamp(),
-            skip=local.unstable | self.remote_unstable, resolutions=resolutions)
-        report = CycleReport(conflicts=conflicts,
-                             unstable=sorted(local.unstable | self.remote_unstable))
+            skip=skip, resolutions=resolutions, paths=paths)
+        if paths is None:
+            self.conflicts = {c.path: c for c in conflicts}
+        else:  # a conflict changes only when one of its paths does
+            for p in paths:
+                self.conflicts.pop(p, None)
+            self.conflicts.update((c.path, c) for c in conflicts)
+        report = CycleReport(conflicts=sorted(self.conflicts.values(), key=lambda c: c.path),
+                             unstable=sorted(skip))
         done: list[Action] = []
         up = [a for a in actions if a.dst is Side.REMOTE]
         down = [a for a in actions if a.dst is Side.LOCAL]
@@ -365,21 +392,35 @@ class Session:
             done += await self._upload(up, report)
         if down:
             done += await self._download(down, report)
-        new_base = advance_base(self.base, local.tree, self.remote_tree, done)
+        new_base = advance_base(self.base, local.tree, self.remote_tree, done, paths)
         for a in done:
             if a.dst is Side.REMOTE:
                 if a.op is Op.DELETE:
                     self.remote_tree.pop(a.path, None)
                 else:
                     self.remote_tree[a.path] = a.entry  # type: ignore[assignment]
-        if new_base != self.base:
-            self.base = new_base
-            state.save_base(self.sid, new_base)
-        self.conflicts = conflicts
+        touched = (paths | {a.path for a in done}) if paths is not None else None
+        if touched is None:
+            self.base_dirty |= new_base != self.base
+        else:
+            self.base_dirty |= any(new_base.get(p) != self.base.get(p) for p in touched)
+        self.base = new_base
+        self.retry = set(skip) | {p for _, p, _ in report.failed}
+        if self.base_dirty and (not self.watching or
+                                time.monotonic() - self.base_saved >= BASE_SAVE_EVERY_S):
+            self.flush_base()
         report.bytes_sent = agent.bytes_sent - sent0
         report.bytes_received = agent.bytes_received - recv0
         report.duration_s = time.monotonic() - t0
         return report
+
+    def flush_base(self) -> None:
+        """Save the base if it changed. Watch mode saves at most every few seconds: a base
+        that is a little old is safe (both sides equal on a path is never a conflict)."""
+        if self.base_dirty:
+            state.save_base(self.sid, self.base)
+            self.base_dirty = False
+            self.base_saved = time.monotonic()
 
     @staticmethod
     def _count(done: list[Action], report: CycleReport) -> None:
@@ -492,8 +533,19 @@ def make_options(name: str, local: str | os.PathLike, remote: str | None = None,
 
 
 def _note(session: Session, report: CycleReport | None, status: str,
-          error: str | None = None) -> None:
+          error: str | None = None, *, lazy: bool = False) -> None:
+    """Update the session record; ``lazy``: write only if something a reader sees changed
+    (status, conflicts) or a few seconds passed (watch mode writes it after every cycle)."""
     rec = session.record
+    if lazy and report is not None:
+        sig = (status, error, tuple(c.path for c in report.conflicts))
+        now = time.monotonic()
+        if sig == session.record_sig and now - session.record_saved < BASE_SAVE_EVERY_S:
+            rec.cycles += 1
+            return
+        session.record_sig, session.record_saved = sig, now
+    elif not lazy:
+        session.record_sig = ()  # the next lazy note writes again
     rec.status, rec.error = status, error
     if report is not None:
         rec.cycles += 1
@@ -537,6 +589,7 @@ async def run_session(opts: SyncOptions, *, watch: bool = False,
         _note(session, None, "stopped")
         raise
     finally:
+        session.flush_base()
         await session.disconnect()
         result.duration_s = time.monotonic() - t0
     return result
@@ -574,13 +627,18 @@ async def _watch(session: Session, result: SyncResult,
             result.add(report)
             if on_cycle:
                 on_cycle(report)
-            _note(session, report, "watching")
+            _note(session, report, "watching", lazy=True)
             if report.unstable or report.failed:
                 # retry soon: a file was mid-write, or changed under an apply
                 retry = report.unstable + [p for _, p, _ in report.failed]
                 asyncio.get_running_loop().call_later(0.2, session.changes.poke, retry)
                 session.remote_dirty = True
-            if not await session.changes.wait(RESCAN_EVERY_S):
+            got = await session.changes.wait(BASE_SAVE_EVERY_S if session.base_dirty
+                                             else RESCAN_EVERY_S)
+            if not got and session.base_dirty:
+                session.flush_base()  # quiet now: write the base down
+                got = await session.changes.wait(RESCAN_EVERY_S)
+            if not got:
                 session.remote_dirty = session.full_rescan = True  # now and then: everything
             if stop is not None and stop.is_set():
                 break

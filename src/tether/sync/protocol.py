@@ -220,10 +220,18 @@ def decode_tree(data: bytes) -> TreeDelta:
 
 
 def tree_delta(old: Mapping[str, Entry], new: Mapping[str, Entry], *, full: bool,
-               unstable: Iterable[str] = (), root_missing: bool = False) -> TreeDelta:
-    """What to send so a peer holding ``old`` ends up with ``new``."""
+               unstable: Iterable[str] = (), root_missing: bool = False,
+               only: Iterable[str] | None = None) -> TreeDelta:
+    """What to send so a peer holding ``old`` ends up with ``new``.
+
+    ``only``: the paths that can differ (from a partial scan), to avoid comparing everything.
+    """
     if full:
         return TreeDelta(True, dict(new), [], sorted(unstable), root_missing)
+    if only is not None:
+        changed = {p: new[p] for p in only if p in new and old.get(p) != new[p]}
+        removed = [p for p in only if p in old and p not in new]
+        return TreeDelta(False, changed, removed, sorted(unstable), root_missing)
     changed = {p: e for p, e in new.items() if old.get(p) != e}
     removed = [p for p in old if p not in new]
     return TreeDelta(False, changed, removed, sorted(unstable), root_missing)

@@ -271,16 +271,22 @@ def _fix_directories(actions: list[Action]) -> list[Action]:
 def reconcile(base: Tree, local: Tree, remote: Tree, mode: Mode = Mode.TWO_WAY_SAFE, *,
               stamp: str = "0", skip: Iterable[str] = (),
               resolutions: Mapping[str, Keep] | None = None,
+              paths: Iterable[str] | None = None,
               ) -> tuple[list[Action], list[Conflict]]:
     """The actions that bring both sides together, and the conflicts left for the user.
 
     ``stamp`` names conflict copies; ``skip`` are paths not to touch this cycle (files that
-    changed while being read); ``resolutions`` are the user's answers to earlier conflicts.
+    changed while being read); ``resolutions`` are the user's answers to earlier conflicts;
+    ``paths`` limits the merge to paths that may have changed (watch mode: what the watchers
+    reported), the result being the same as a full merge whenever every other path is in step
+    or already known to conflict.
     """
     m = _Merge(base, local, remote, stamp)
     skipped = set(skip)
     resolutions = resolutions or {}
-    for path in sorted(set(base) | set(local) | set(remote)):
+    todo = set(base) | set(local) | set(remote) if paths is None \
+        else set(paths) | set(resolutions)
+    for path in sorted(todo):
         if path in skipped:
             continue
         b, l, r = base.get(path), local.get(path), remote.get(path)
@@ -297,25 +303,33 @@ def reconcile(base: Tree, local: Tree, remote: Tree, mode: Mode = Mode.TWO_WAY_S
 
 
 def advance_base(base: Tree, local: Tree, remote: Tree, done: Iterable[Action],
-                 ) -> dict[str, Entry]:
+                 paths: Iterable[str] | None = None) -> dict[str, Entry]:
     """The next base: what both sides hold after the actions in ``done`` were applied.
 
     Paths where the sides still differ keep their old base entry, so the change that made
     them differ is still seen as a change next cycle (a conflict stays a conflict).
+    ``paths`` (with the paths of ``done``) limits the work to what may have changed; other
+    entries are carried over from ``base``.
     """
-    after = {Side.LOCAL: dict(local), Side.REMOTE: dict(remote)}
+    done = list(done)
+    changes: dict[Side, dict[str, Entry | None]] = {Side.LOCAL: {}, Side.REMOTE: {}}
     for a in done:
-        tree = after[a.dst]
-        if a.op is Op.DELETE:
-            tree.pop(a.path, None)
-        else:
-            tree[a.path] = a.entry  # type: ignore[assignment]
-    new_local, new_remote = after[Side.LOCAL], after[Side.REMOTE]
-    out: dict[str, Entry] = {}
-    for path in set(base) | set(new_local) | set(new_remote):
-        lv, rv = new_local.get(path), new_remote.get(path)
+        changes[a.dst][a.path] = None if a.op is Op.DELETE else a.entry
+    if paths is None:
+        out: dict[str, Entry] = {}
+        todo: set[str] = set(base) | set(local) | set(remote)
+    else:
+        out = dict(base)
+        todo = set(paths)
+    todo.update(changes[Side.LOCAL], changes[Side.REMOTE])
+    lch, rch = changes[Side.LOCAL], changes[Side.REMOTE]
+    for path in todo:
+        lv = lch[path] if path in lch else local.get(path)
+        rv = rch[path] if path in rch else remote.get(path)
         if lv is not None and lv == rv:
             out[path] = lv
         elif lv != rv and path in base:
             out[path] = base[path]
+        else:
+            out.pop(path, None)
     return out

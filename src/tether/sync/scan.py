@@ -34,6 +34,7 @@ class ScanResult:
     unstable: set[str] = field(default_factory=set)
     hashed_bytes: int = 0
     root_missing: bool = False
+    changed: set[str] | None = None  # partial scans: the paths whose entry changed
 
 
 def hash_file(path: str, size_hint: int = 0) -> tuple[bytes, os.stat_result]:
@@ -65,6 +66,16 @@ def hash_file(path: str, size_hint: int = 0) -> tuple[bytes, os.stat_result]:
         return hasher.digest(), os.fstat(fd)
     finally:
         os.close(fd)
+
+
+def _diff(old: dict[str, Entry], new: dict[str, Entry], rels: set[str]) -> set[str]:
+    """Paths at or below ``rels`` whose entry differs between ``old`` and ``new``."""
+    prefixes = tuple(r + "/" for r in rels)
+    affected = set(rels)
+    if prefixes:
+        affected.update(p for p in old if p.startswith(prefixes))
+        affected.update(p for p in new if p.startswith(prefixes))
+    return {p for p in affected if old.get(p) != new.get(p)}
 
 
 class Scanner:
@@ -140,6 +151,7 @@ class Scanner:
                 entry = self._entry(self.full(rel), rel, s, result)
                 if entry is not None:
                     tree[rel] = entry
+        result.changed = _diff(last.tree, tree, rels)
         self.last = result
         return result
 
