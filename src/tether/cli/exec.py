@@ -14,12 +14,12 @@ import typer
 
 app = typer.Typer(add_completion=False)
 
-_HELP = """Run COMMAND on host NAME; stdout, stderr and the exit code come back as they are.
-
-One COMMAND word is shell text ('ls | wc -l'); several are an argv, each quoted. A remote
-command killed by a signal exits 128+N. With a terminal on stdin a PTY is allocated
-(override with -t/-T); Ctrl-C is forwarded.
-"""
+_HELP = (
+    "Run COMMAND on host NAME: tether exec NAME -- COMMAND [ARGS...]. Stdout, stderr and the "
+    "exit code come back as they are; a command killed by a signal exits 128+N.\n\n"
+    "One COMMAND word is shell text ('ls | wc -l'); several are an argv, each quoted. With a "
+    "terminal on stdin a PTY is allocated (override with -t/-T); Ctrl-C is forwarded."
+)
 
 
 @app.command(help=_HELP)
