@@ -402,3 +402,20 @@ def test_a_workspace_the_runner_refuses_fails_at_startup(isolated):
 
     with pytest.raises(errors.UsageError, match="home directory"):
         create_app(ApiSettings(token="t", workdir=isolated.home.parent))
+
+
+def test_start_logs_and_stop_a_main_command_over_http(api_server):
+    import time
+
+    with httpx.Client(base_url=api_server.url, headers=api_server.headers()) as c:
+        c.post("/sandboxes", json={"name": "svc", "command": [
+            "sh", "-c", "echo serving; exec sleep 60"]}).raise_for_status()
+        info = c.post("/sandboxes/svc/start").json()
+        assert info["status"] == "running" and info["pid"]
+        deadline = time.monotonic() + 15
+        while c.get("/sandboxes/svc/logs").content != b"serving\n":
+            assert time.monotonic() < deadline, "no output from the main command"
+            time.sleep(0.1)
+        assert c.delete("/sandboxes/svc").status_code == 409  # running: not without force
+        assert c.post("/sandboxes/svc/stop").json()["status"] == "stopped"
+        assert c.delete("/sandboxes/svc").status_code == 204
