@@ -24,7 +24,8 @@ from tether.ide.server import group_members
 
 from .conftest import build_vsix
 
-pytestmark = [pytest.mark.ide, pytest.mark.timeout(240)]
+# func_only: the first run on a machine installs code-server in a fixture (~4-5 minutes)
+pytestmark = [pytest.mark.ide, pytest.mark.timeout(240, func_only=True)]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -239,6 +240,9 @@ def test_gateway_origins_and_auth(ide_env, tmp_path, web_app, monkeypatch):
         cookie = login.headers["set-cookie"].split(";")[0]
         app = httpx.get(f"{gw}/proxy/{web_app}/x", headers={"cookie": cookie})
         assert app.status_code == 200 and app.text == "user app saw /x"
+        # someone else logging in lets nobody else in (the gateway keeps no cookies)
+        stranger = httpx.get(f"{gw}/?folder={ws_dir}")
+        assert stranger.status_code == 302 and "login" in stranger.headers["location"]
 
         url = gw.replace("http", "ws", 1) + "/?type=Management&reconnectionToken=t1" \
             "&reconnection=false&skipWebSocketFrames=false"
@@ -250,3 +254,42 @@ def test_gateway_origins_and_auth(ide_env, tmp_path, web_app, monkeypatch):
                                              "Origin": "https://evil.example"},
                     open_timeout=10)
         assert refused.value.response.status_code == 403
+
+
+def test_new_tunnel_url_is_trusted_after_a_tunnel_restart(ide_env, tmp_path, monkeypatch):
+    """A restarted tunnel has a new host: the IDE must accept WebSockets from it."""
+    import signal
+
+    from websockets.sync.client import connect
+
+    from tests.host.conftest import RelayTunnel
+    from tether.host.workspace import UpOptions, Workspace
+
+    monkeypatch.setenv("TETHER_IDE_PASSWORD", "relay-test-password")
+    ws_dir = tmp_path / "project"
+    ws_dir.mkdir()
+    messages: list[str] = []
+    workspace = Workspace(UpOptions(directory=ws_dir, ide=True, supervise_interval_s=0.1),
+                          announce=messages.append, tunnel=RelayTunnel(0))
+    workspace.start()
+    try:
+        def websocket_opens(base: str) -> bool:
+            login = httpx.post(base + "/login", data={"password": "relay-test-password"})
+            assert "set-cookie" in login.headers, (login.status_code, login.headers)
+            cookie = login.headers["set-cookie"].split(";")[0]
+            url = base.replace("http", "ws", 1) + "/?type=Management&reconnectionToken=r" \
+                "&reconnection=false&skipWebSocketFrames=false"
+            with connect(url, additional_headers={"Cookie": cookie, "Origin": base},
+                         open_timeout=10):
+                return True
+
+        first_url, first_pid = workspace.url, workspace.ide.server.proc.pid
+        assert first_url != workspace.local_url and websocket_opens(first_url)
+        os.kill(workspace.supervisor.tunnel.proc.pid, signal.SIGKILL)
+        # announced after the IDE restarted for the new URL
+        wait_for(lambda: any("new URL" in m for m in messages), 30, "the tunnel restart")
+        assert workspace.url != first_url and workspace.ide.server.proc.pid != first_pid
+        assert websocket_opens(workspace.url)
+        wait_for(lambda: not group_members(first_pid), 10, "the old code-server to exit")
+    finally:
+        workspace.stop()

@@ -8,6 +8,7 @@ the origin (code-server) see the public name.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import logging
 from urllib.parse import urlsplit
 
@@ -33,8 +34,12 @@ class ReverseProxy:
         if self._client is None:
             import httpx
 
+            # One client serves every browser: it must never keep cookies, or the session
+            # cookie of the first user to log in would be sent for everyone after them.
+            no_cookies = http.cookiejar.CookieJar(
+                http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0),
-                                             follow_redirects=False)
+                                             follow_redirects=False, cookies=no_cookies)
         return self._client
 
     async def aclose(self) -> None:

