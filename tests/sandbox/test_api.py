@@ -419,3 +419,29 @@ def test_start_logs_and_stop_a_main_command_over_http(api_server):
         assert c.delete("/sandboxes/svc").status_code == 409  # running: not without force
         assert c.post("/sandboxes/svc/stop").json()["status"] == "stopped"
         assert c.delete("/sandboxes/svc").status_code == 204
+
+
+def test_runs_past_the_limit_get_429_with_retry_after(isolated, api_workdir):
+    from tether.sandbox.api import ApiSettings
+
+    from .sandbox_service_fixtures import TOKEN, start_server
+
+    server, thread, url = start_server(ApiSettings(token=TOKEN, workdir=api_workdir,
+                                                   max_runs=1))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            with c.stream("POST", "/run/stream",
+                          json={"command": ["sh", "-c", "echo busy; sleep 2"]}) as r:
+                lines = r.iter_lines()
+                next(line for line in lines if line.startswith("data: "))
+                refused = c.post("/run", json={"command": ["true"]})
+                assert refused.status_code == 429
+                assert refused.headers["retry-after"] == "1"
+                assert refused.json()["kind"] == "RateLimitedError"
+                for _ in lines:
+                    pass  # let the stream finish: its slot is released
+            assert c.post("/run", json={"command": ["true"]}).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -30,6 +30,8 @@ def serve(
              "in ms on a private copy of the workspace: their writes are discarded.")] = 0,
     workdir: Annotated[Optional[Path], typer.Option(
         help="The workspace of /run (default: current directory).")] = None,
+    max_runs: Annotated[Optional[int], typer.Option(
+        help="Runs at once before answering 429 (default: 4 per CPU).")] = None,
 ) -> None:
     """Serve the sandbox API (OpenAPI at /docs); a bearer token is required by default."""
     from tether.errors import UsageError
@@ -49,4 +51,4 @@ def serve(
     do_serve(host=host, port=port, token_file=token_file, rotate_token=rotate_token,
              auth=policy, allowed_origins=tuple(allow_origin or ()),
              max_body_bytes=parse_size(max_body), pool_size=pool, workdir=workdir,
-             announce=announce)
+             max_runs=max_runs, announce=announce)

@@ -72,6 +72,7 @@ class ApiSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     workdir: Path = field(default_factory=Path.cwd)
     pool_size: int = 0  # warm sandboxes kept for POST /run (0: every run starts cold)
+    max_runs: int | None = None  # runs at once before 429 (None: 4 per CPU)
 
 
 def _json_response(status: int, body: dict[str, Any], headers: list | None = None):
@@ -173,7 +174,8 @@ def create_app(settings: ApiSettings):
     if settings.auth is AuthPolicy.TOKEN_REQUIRED and not settings.token:
         raise errors.ConfigError("the sandbox API needs a token",
                                  "pass one (tether serve generates and stores it)")
-    runner = service.Service(workdir=settings.workdir, pool_size=settings.pool_size)
+    runner = service.Service(workdir=settings.workdir, pool_size=settings.pool_size,
+                             max_runs=settings.max_runs)
     # a workspace the runner refuses (missing, or exposing $HOME) fails here, not per request
     runner.prepare(schemas.RunRequest(command=["true"]))
     app = FastAPI(title="tether sandbox API", version=__version__,
@@ -195,7 +197,8 @@ def create_app(settings: ApiSettings):
 
     @app.post("/run", response_model=schemas.RunResponse)
     async def run(req: schemas.RunRequest, request: Request) -> schemas.RunResponse:
-        result = await runner.run(req, via="api", client=_client_of(request))
+        with runner.admission.slot():
+            result = await runner.run(req, via="api", client=_client_of(request))
         return schemas.RunResponse.from_result(result)
 
     @app.post("/run/stream", response_class=StreamingResponse,
@@ -203,16 +206,18 @@ def create_app(settings: ApiSettings):
     async def run_stream(req: schemas.RunRequest, request: Request):
         prepared = runner.prepare(req)  # bad options fail here, as a normal HTTP error
         stdin = req.stdin_bytes()
+        runner.admission.acquire()  # held until the stream ends (released by _stream)
         return StreamingResponse(_stream(lambda cb: runner.run_prepared(
-            prepared, stdin, via="api", client=_client_of(request), on_output=cb)),
+            prepared, stdin, via="api", client=_client_of(request), on_output=cb),
+            done=runner.admission.release),
             media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    _add_sandbox_routes(app, settings)
+    _add_sandbox_routes(app, settings, runner.admission)
     app.add_middleware(Guard, settings=settings)
     return app
 
 
-def _add_sandbox_routes(app, settings: ApiSettings) -> None:
+def _add_sandbox_routes(app, settings: ApiSettings, admission) -> None:
     """/sandboxes: named sandboxes, their exec, logs and files."""
     from tether.sandbox import named
 
@@ -245,9 +250,10 @@ def _add_sandbox_routes(app, settings: ApiSettings) -> None:
 
     @app.post("/sandboxes/{name}/exec", response_model=schemas.RunResponse)
     async def exec_in(name: str, req: schemas.ExecRequest, request: Request):
-        result = await named.exec_async(name, req.command, stdin=req.stdin_bytes(),
-                                        timeout=req.timeout, via="api",
-                                        client=_client_of(request))
+        with admission.slot():
+            result = await named.exec_async(name, req.command, stdin=req.stdin_bytes(),
+                                            timeout=req.timeout, via="api",
+                                            client=_client_of(request))
         return schemas.RunResponse.from_result(result)
 
     @app.get("/sandboxes/{name}/logs", response_class=Response)
@@ -267,7 +273,7 @@ def _add_sandbox_routes(app, settings: ApiSettings) -> None:
         return Response(status_code=204)
 
 
-async def _stream(start):
+async def _stream(start, done=None):
     """SSE events of one run: stdout/stderr chunks (base64) as they come, then exit or error.
 
     The queue is bounded, so a slow client slows the reader of the sandbox's pipes instead of
@@ -308,6 +314,8 @@ async def _stream(start):
         if not task.done():
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if done is not None:
+            done()
 
 
 def ensure_token(token_file: Path | None = None, *, rotate: bool = False) -> tuple[str, bool]:
@@ -346,7 +354,8 @@ def _is_loopback(host: str) -> bool:
 def serve(*, host: str = "127.0.0.1", port: int = 0, token_file: Path | None = None,
           rotate_token: bool = False, auth: AuthPolicy = AuthPolicy.TOKEN_REQUIRED,
           allowed_origins: tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY,
-          pool_size: int = 0, workdir: Path | None = None, announce=print) -> None:
+          pool_size: int = 0, workdir: Path | None = None, max_runs: int | None = None,
+          announce=print) -> None:
     """``tether serve``: bind, announce the URL (and a new token, once), serve until ^C."""
     import socket
 
@@ -380,7 +389,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, token_file: Path | None = N
     own = (url,) + ((f"http://localhost:{bound[1]}",) if _is_loopback(host) else ())
     settings = ApiSettings(token=token, auth=auth, allowed_origins=(*allowed_origins, *own),
                            max_body_bytes=max_body_bytes, workdir=Path(workdir or Path.cwd()),
-                           pool_size=pool_size)
+                           pool_size=pool_size, max_runs=max_runs)
     app = create_app(settings)
     announce(f"serving the sandbox API on {url}")
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)

@@ -224,13 +224,53 @@ async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallbac
     return result
 
 
+class Admission:
+    """At most ``limit`` runs at once; one more is refused (429), not queued without bound.
+
+    Used from one event loop only, so a plain counter is enough.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            from tether.errors import UsageError
+
+            raise UsageError("the run limit must be at least 1")
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> None:
+        from tether.errors import RateLimitedError
+
+        if self.active >= self.limit:
+            raise RateLimitedError(f"{self.active} runs are in progress (the limit is "
+                                   f"{self.limit})", "retry shortly", retry_after=1.0)
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+    @contextlib.contextmanager
+    def slot(self):
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+def default_run_limit() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
 class Service:
     """What the API and the MCP server run commands through (one per app, no globals)."""
 
-    def __init__(self, *, workdir: Path, pool_size: int = 0) -> None:
+    def __init__(self, *, workdir: Path, pool_size: int = 0,
+                 max_runs: int | None = None) -> None:
         self.workdir = Path(workdir)
         self.pool_size = pool_size
         self.pool = None
+        self.admission = Admission(max_runs or default_run_limit())
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app=None) -> AsyncIterator[None]:
