@@ -439,6 +439,11 @@ def test_runs_past_the_limit_get_429_with_retry_after(isolated, api_workdir):
                 assert refused.status_code == 429
                 assert refused.headers["retry-after"] == "1"
                 assert refused.json()["kind"] == "RateLimitedError"
+                from tether.sandbox import Client
+
+                with Client(url, TOKEN) as sdk, pytest.raises(errors.RateLimitedError) as info:
+                    sdk.run(["true"])
+                assert info.value.retry_after == 1.0
                 for _ in lines:
                     pass  # let the stream finish: its slot is released
             assert c.post("/run", json={"command": ["true"]}).status_code == 200

@@ -143,7 +143,10 @@ class AsyncClient:
             raise errors.ConnectError(f"could not reach the sandbox API: {exc}",
                                       "is 'tether serve' running at that address?") from exc
         if response.status_code >= 400:
-            raise error_from(response.status_code, _json_or_text(response))
+            exc = error_from(response.status_code, _json_or_text(response))
+            if isinstance(exc, errors.RateLimitedError):
+                exc.retry_after = _retry_after(response)
+            raise exc
         return response
 
     async def health(self) -> dict:
@@ -223,6 +226,13 @@ class AsyncClient:
 
     async def logs(self, name: str) -> bytes:
         return (await self._request("GET", f"/sandboxes/{name}/logs")).content
+
+
+def _retry_after(response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
 
 
 def _json_or_text(response) -> Any:
