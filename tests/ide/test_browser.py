@@ -255,6 +255,17 @@ def test_gateway_origins_and_auth(ide_env, tmp_path, web_app, monkeypatch):
                     open_timeout=10)
         assert refused.value.response.status_code == 403
 
+        # code-server's own login limiter works through the gateway: after a burst of 14
+        # failures (12/hour + 2/minute buckets) it refuses every attempt, the right one too
+        for attempt in range(1, 20):
+            text = httpx.post(gw + "/login", data={"password": f"guess-{attempt}-xx"}).text
+            if "rate limit" in text.lower():
+                break
+            assert "incorrect password" in text.lower()
+        assert attempt == 15
+        locked = httpx.post(gw + "/login", data={"password": "origin-test-password"})
+        assert locked.status_code == 200 and "rate limit" in locked.text.lower()
+
 
 def test_new_tunnel_url_is_trusted_after_a_tunnel_restart(ide_env, tmp_path, monkeypatch):
     """A restarted tunnel has a new host: the IDE must accept WebSockets from it."""

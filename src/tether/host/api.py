@@ -131,7 +131,7 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
                         public_url=public_url, proxy_upstream=proxy_upstream,
                         code_ttl_s=code_ttl_s,
                         state_dir=Path(state_dir) if state_dir else None, ide=ide,
-                        ide_extensions=tuple(ide_extensions),
+                        ide_extensions=_ide_extensions(ide_extensions),
                         ide_idle_timeout_s=ide_idle_timeout_s)
     from tether.tunnels import open_tunnel
 
@@ -158,6 +158,13 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
             down(state_dir=state.dir)
         raise
     return HostHandle(info, workspace)
+
+
+def _ide_extensions(extensions) -> tuple[str, ...]:
+    """Checked now, .vsix paths made absolute (a detached child runs in another cwd)."""
+    from tether.ide.server import classify_extension
+
+    return tuple(classify_extension(e)[1] for e in extensions)
 
 
 def _options_to_json(o: UpOptions) -> str:
@@ -310,7 +317,8 @@ def host_status(state_dir: str | Path | None = None) -> dict:
                  "policy": info.remote_shell_policy, "state_dir": str(state.dir)}
     if run is not None:
         keep = ("pid", "started_at", "directory", "url", "local_url", "tunnel", "gateway_port",
-                "sshd_port", "workspace_id", "host_key_fingerprint", "tunnel_restarts", "user")
+                "sshd_port", "workspace_id", "host_key_fingerprint", "tunnel_restarts", "user",
+                "ide")
         out.update({k: run.get(k) for k in keep})
         out["uptime_s"] = int(time.time()) - int(run.get("started_at") or time.time())
         out["clients"] = len(state.clients())

@@ -14,8 +14,8 @@ Everything code-server writes lives under one IDE folder (``<host state>/ide`` f
 
 code-server runs in its own session (process group); `stop()` ends the whole group, so
 its extension hosts, terminals and watchers go too. Login rate limiting is code-server's own
-(2 failed attempts a minute, 12 an hour, over all clients): behind the gateway every request
-comes from 127.0.0.1, so a per-address limit at the gateway would add nothing.
+(token buckets of 2 failures a minute and 12 an hour, over all clients): behind the gateway
+every request comes from 127.0.0.1, so a per-address limit at the gateway would add nothing.
 """
 
 from __future__ import annotations
