@@ -298,3 +298,20 @@ def test_prune_replaces_a_corrupt_index(tmp_path, isolated):
     assert api.verify(url, data=True).ok
     api.pull(url, tmp_path / "out")
     assert describe(tmp_path / "out") == describe(src)
+
+
+def test_prune_deletes_nothing_when_a_kept_snapshot_is_damaged(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src")
+    api.push(url, src)
+    (src / "n").write_text("n")
+    api.push(url, src)
+    store = open_store(url)
+    repo = Repository.open(store)
+    big = next(e.ref[0] for e in repo.read_tree(repo.find_snapshot(None)[1].tree)
+               if e.name == "big.bin")
+    store.delete(fmt.pack_key(repo.locate(big).pack))
+    before = set(store.list())
+    with pytest.raises(IntegrityError, match="prune stopped"):
+        api.prune(url, keep_last=1)
+    assert set(store.list()) == before

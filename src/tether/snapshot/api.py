@@ -281,9 +281,7 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
         with repo.lock("prune"):
             snaps = repo.snapshots()
             if keep_last is not None and len(snaps) > keep_last:
-                for sid, _ in snaps[:-keep_last]:
-                    s.delete(f"snapshots/{sid}")
-                    res.forgotten.append(sid)
+                res.forgotten = [sid for sid, _ in snaps[:-keep_last]]
                 snaps = snaps[-keep_last:]
             orphans = set(repo.adopt_orphans())
             idx = repo.index()
@@ -307,6 +305,8 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
                     keep[pack] = entries
                 else:
                     drop.append(pack)
+            for sid in res.forgotten:  # every check passed: from here on we delete
+                s.delete(f"snapshots/{sid}")
             old_keys = s.list("index/")  # corrupt ones too: the new index replaces all
             new_key = repo.write_index(keep)
             s.flush()  # the new index is durable before anything it replaces goes away
@@ -314,7 +314,8 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
                 if key != new_key:
                     s.delete(key)
             for pack in drop:
-                res.bytes_freed += sum(e.seg_length for e in by_pack[pack])
+                res.bytes_freed += sum(dict((e.seg_offset, e.seg_length)
+                                            for e in by_pack[pack]).values())
                 s.delete(fmt.pack_key(pack))
             res.packs_deleted, res.packs_kept = len(drop), len(keep)
             now = time.time()
