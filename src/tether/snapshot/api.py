@@ -289,6 +289,9 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
             problems: list[str] = []
             for sid, snap in snaps:
                 _walk_snapshot(repo, sid, snap, used, problems)
+            present = {fmt.pack_id_of_key(k) for k in s.list("packs/")}
+            lost = {idx.blobs[b].pack for b in used if b in idx.blobs} - present
+            problems += [f"pack {p.hex()[:12]} holds data in use but is missing" for p in lost]
             if problems:
                 raise IntegrityError(f"prune stopped: {problems[0]}",
                                      "run `tether snapshot verify` first; nothing was deleted")
