@@ -91,12 +91,15 @@ class Repository:
         return self._index
 
     def _get_index(self, key: str) -> bytes | None:
-        """An index object, or None if it does not match its name (corrupt). Index objects
-        are immutable: remote ones are kept in the local cache, so a push or pull downloads
-        only the indexes it has not seen."""
-        name = key.rsplit("/", 1)[-1]
+        return self._get_named(key)
+
+    def _get_named(self, key: str) -> bytes | None:
+        """An index or snapshot object, or None if it does not match its name (corrupt).
+        They are immutable: remote ones are kept in the local cache, so a command downloads
+        only the ones it has not seen."""
+        kind, name = key.split("/", 1)
         remote = not self.store.url.startswith("file://")
-        path = paths.cache_dir() / "snapshot" / "index" / self.config.id / name
+        path = paths.cache_dir() / "snapshot" / kind / self.config.id / name
         if remote:
             with contextlib.suppress(OSError):
                 data = path.read_bytes()
@@ -198,7 +201,13 @@ class Repository:
         out = []
         for key in self.store.list("snapshots/"):
             sid = key.rsplit("/", 1)[-1]
-            out.append((sid, fmt.decode_snapshot(self.store.get(key))))
+            try:
+                data = self._get_named(key)
+            except NotFoundError:
+                continue  # forgotten meanwhile
+            if data is None:
+                continue  # corrupt: verify reports it; it is not offered for restore
+            out.append((sid, fmt.decode_snapshot(data)))
         out.sort(key=lambda p: (p[1].time_ns, p[0]))
         return out
 
