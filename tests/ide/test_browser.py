@@ -97,6 +97,8 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", ide["upstream"])
         workspace = handle._workspace
         pgid = workspace.ide.server.proc.pid
+        runtime_dir = workspace.ide.server.runtime_dir
+        tmp_sockets_before = set(Path("/tmp").glob("vscode-*.sock"))
 
         page = chromium.new_page(viewport={"width": 1280, "height": 800})
         sockets = []
@@ -176,6 +178,7 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
         assert "right-password-for-tests" not in log
         members = group_members(pgid)
         assert len(members) >= 3  # server, extension host, pty host / shell
+        assert list(runtime_dir.glob("vscode-ipc-*.sock"))  # VS Code's sockets live here
     except BaseException:
         if page is not None:  # what the browser showed, for the failure report
             page.screenshot(path=str(tmp_path / "failure.png"))
@@ -183,8 +186,10 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
         raise
     finally:
         handle.stop()
-    # stopping `up` stops the whole group: no stragglers
+    # stopping `up` stops the whole group: no stragglers, no sockets left behind
     wait_for(lambda: not group_members(pgid), 10, "code-server's process group to exit")
+    assert not runtime_dir.exists()
+    assert set(Path("/tmp").glob("vscode-*.sock")) <= tmp_sockets_before
 
 
 def test_up_ide_cli_detached_then_down(ide_env, cli, tmp_path):

@@ -144,17 +144,19 @@ def test_config_holds_only_the_hash():
 
 def test_env_drops_passwords_and_redirects_xdg(tmp_path):
     env = server_env({"PASSWORD": "x", "HASHED_PASSWORD": "y", "TETHER_IDE_PASSWORD": "z",
-                      "HOME": "/h", "PATH": "/b"}, tmp_path)
+                      "HOME": "/h", "PATH": "/b"}, tmp_path, Path("/tmp/tether-ide-x"))
     assert not {"PASSWORD", "HASHED_PASSWORD", "TETHER_IDE_PASSWORD"} & set(env)
     assert env["HOME"] == "/h" and env["PATH"] == "/b"
     assert env["XDG_CONFIG_HOME"] == str(tmp_path / "xdg" / "config")
+    assert env["XDG_RUNTIME_DIR"] == "/tmp/tether-ide-x"  # VS Code's sockets, removed at stop
 
 
 def test_machine_settings_give_terminals_the_users_xdg():
     s = machine_settings({"XDG_CONFIG_HOME": "/u/.config"}, {"editor.fontSize": 15})
     assert s["editor.fontSize"] == 15
     assert s["terminal.integrated.env.linux"] == {
-        "XDG_CONFIG_HOME": "/u/.config", "XDG_DATA_HOME": None, "XDG_CACHE_HOME": None}
+        "XDG_CONFIG_HOME": "/u/.config", "XDG_DATA_HOME": None, "XDG_CACHE_HOME": None,
+        "XDG_RUNTIME_DIR": None}
 
 
 def test_extension_argv_installs_all_in_one_run(tmp_path):

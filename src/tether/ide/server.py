@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,7 @@ READY_PATH = "/healthz"
 EXTENSION_ID = re.compile(r"^[A-Za-z0-9][\w-]*\.[A-Za-z0-9][\w.-]*(@[\w.+-]+)?$")
 # Environment code-server gets pointed elsewhere; terminals get the user's values back.
 SECRET_ENV = ("PASSWORD", "HASHED_PASSWORD", "TETHER_IDE_PASSWORD")
-REDIRECTED_ENV = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME")
+REDIRECTED_ENV = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR")
 IGNORED_IN_SNAPSHOTS = ("data/logs/", "data/CachedData/", "data/CachedExtensionVSIXs/",
                         "data/CachedProfilesData/", "data/Backups/", "data/User/History/",
                         "data/User/workspaceStorage/", "data/clp/", "data/*.sock",
@@ -137,12 +139,18 @@ def extension_argv(cs: CodeServer, root: Path, extensions: list[str]) -> list[st
     return argv
 
 
-def server_env(base: dict[str, str], root: Path) -> dict[str, str]:
+def server_env(base: dict[str, str], root: Path, runtime_dir: Path) -> dict[str, str]:
+    """code-server's environment: no password variables, XDG dirs of its own.
+
+    ``runtime_dir`` (XDG_RUNTIME_DIR) is where VS Code puts its IPC sockets instead of /tmp,
+    which it never cleans; tether removes the folder when code-server stops. It must be short:
+    a Unix socket path has at most 107 bytes.
+    """
     # The password must not reach terminals and extensions through the environment.
     env = {k: v for k, v in base.items() if k not in SECRET_ENV}
     xdg = IdeLayout(root).xdg
     env.update(XDG_CONFIG_HOME=str(xdg / "config"), XDG_DATA_HOME=str(xdg / "data"),
-               XDG_CACHE_HOME=str(xdg / "cache"))
+               XDG_CACHE_HOME=str(xdg / "cache"), XDG_RUNTIME_DIR=str(runtime_dir))
     return env
 
 
@@ -224,6 +232,7 @@ class IdeServer:
     proc: subprocess.Popen | None = None
     started_in_s: float = 0.0
     installed_extensions: list[str] = field(default_factory=list)
+    runtime_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -243,16 +252,17 @@ class IdeServer:
         if not self.options.workspace.is_dir():
             raise UsageError(f"{self.options.workspace} is not a directory")
         prepare(self.options.root, self.hashed_password, base)
-        run_env = server_env(base, self.options.root)
-        self.installed_extensions = install_extensions(
-            self.code_server, self.options.root, self.options.extensions, run_env)
-        started = time.monotonic()
-        with self.layout.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                server_argv(self.code_server, self.options, self.port), env=run_env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=str(self.options.workspace), start_new_session=True)
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="tether-ide-"))  # 0700
         try:
+            run_env = server_env(base, self.options.root, self.runtime_dir)
+            self.installed_extensions = install_extensions(
+                self.code_server, self.options.root, self.options.extensions, run_env)
+            started = time.monotonic()
+            with self.layout.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    server_argv(self.code_server, self.options, self.port), env=run_env,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=str(self.options.workspace), start_new_session=True)
             self._wait_ready(started + timeout_s)
         except BaseException:
             self.stop()
@@ -290,15 +300,17 @@ class IdeServer:
         """Stop code-server's whole process group (extension hosts, terminals too)."""
         from tether.ssh.sshd import stop_group
 
-        if self.proc is None:
-            return
-        stop_group(self.proc.pid, timeout_s)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        if self.proc is not None:
+            stop_group(self.proc.pid, timeout_s)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self.runtime_dir = None
 
 
 def group_members(pgid: int) -> list[int]:
