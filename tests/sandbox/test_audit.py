@@ -99,3 +99,17 @@ def test_a_run_that_cannot_start_is_audited_with_its_error(isolated, tmp_path: P
         named.exec_sync("broken", ["true"])
     last = audit.read()[-1]
     assert last.exit_code is None and last.error and last.sandbox == "broken"
+
+
+def test_tether_sandbox_run_is_audited(isolated, cli, tmp_path: Path, monkeypatch):
+    work = tmp_path / "proj"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = cli("sandbox", "run", "--profile", "restrictive", "--", "sh", "-c", "exit 3")
+    assert r.exit_code == 3
+    [record] = audit.read()
+    assert (record.via, record.command, record.profile, record.network, record.exit_code) == \
+        ("cli", ("sh", "-c", "exit 3"), "restrictive", "none", 3)
+    refused = cli("sandbox", "run", "--mount", f"{tmp_path}/missing:/m", "--", "true")
+    assert refused.exit_code == 2
+    assert audit.read()[-1].error and audit.read()[-1].exit_code is None

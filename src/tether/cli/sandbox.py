@@ -58,7 +58,7 @@ def run(
         allow_domains=tuple(allow_domain or ()), mounts=tuple(mount or ()),
         env=tuple(env or ()), memory=memory, cpus=cpus, pids=pids, timeout=timeout,
         rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else stream,
-        prestart=False)
+        prestart=False, via="cli")
     out.result(result.to_dict(), lambda o: None)
     for note in result.notes:
         out.warn(note)

@@ -544,7 +544,22 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
 
 def sandbox_run(command: list[str], *, stdin: bytes | None = None,
                 on_output: OnOutput | None = None, keep: bool = False, prestart: bool = True,
-                **flags) -> RunResult:
-    """The one call behind `tether sandbox run`: build the spec (see build_spec) and run it."""
-    return run(build_spec(command, **flags), stdin=stdin, on_output=on_output, keep=keep,
-               prestart=prestart)
+                via: str = "python", **flags) -> RunResult:
+    """The one call behind `tether sandbox run`: build the spec (see build_spec) and run it.
+
+    The run is recorded in the audit log (tether.sandbox.audit), `via` naming the caller.
+    """
+    from tether.errors import TetherError
+    from tether.sandbox import audit
+
+    spec = build_spec(command, **flags)
+    started = time.monotonic()
+    try:
+        result = run(spec, stdin=stdin, on_output=on_output, keep=keep, prestart=prestart)
+    except TetherError as exc:
+        audit.record_run(via=via, command=spec.command, profile=spec.profile,
+                         network=spec.network, exit_code=None,
+                         duration_s=time.monotonic() - started, error=exc.message)
+        raise
+    audit.record_result(spec, result, via=via)
+    return result
