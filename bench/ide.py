@@ -55,7 +55,7 @@ def _start_once(session, gateway_url: str) -> float:
     def start() -> None:
         try:
             session.start([gateway_url])
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
 
     t = threading.Thread(target=start)

@@ -227,9 +227,10 @@ def test_up_ide_cli_detached_then_down(ide_env, cli, tmp_path):
 
 def test_gateway_origins_and_auth(ide_env, tmp_path, web_app, monkeypatch):
     """WebSockets through the gateway work for its own origin only; everything needs login."""
-    import tether
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
+
+    import tether
 
     monkeypatch.setenv("TETHER_IDE_PASSWORD", "origin-test-password")
     ws_dir = tmp_path / "project"

@@ -250,8 +250,8 @@ def test_prerequisite_hints(missing, pm, hint):
     ("npm error code ENOTFOUND\nrequest to https://registry.npmjs.org failed", "registry"),
     ("npm error code ETARGET\nNo matching version found for code-server@9.9.9", "no such"),
     ("gyp ERR! build error", "native modules"),
-    ("prebuild-install warn install getaddrinfo ENOTFOUND github.com\n"
-     "fatal error: gssapi/gssapi.h: No such file or directory\ngyp ERR! not ok",
+    (("prebuild-install warn install getaddrinfo ENOTFOUND github.com\n"
+      "fatal error: gssapi/gssapi.h: No such file or directory\ngyp ERR! not ok"),
      "gssapi/gssapi.h is missing"),
     ("npm error nospc ENOSPC: no space left", "disk is full"),
     ("something else", "npm failed")], ids=["offline", "version", "gyp", "krb5-headers", "disk", "other"])

@@ -169,8 +169,8 @@ def diagnose(log_tail: str) -> tuple[str, str]:
                     f"install its headers (Debian: apt-get install -y {packages['apt']})")
     if "gyp err" in text or "not found: make" in text:
         return ("building code-server's native modules failed",
-                "install make, a C++ compiler and python3 (Debian: apt-get install -y "
-                "build-essential python3)")
+                ("install make, a C++ compiler and python3 (Debian: apt-get install -y "
+                 "build-essential python3)"))
     if "etarget" in text or "no matching version" in text or "e404" in text:
         return ("npm has no such version",
                 "see `npm view code-server versions` and pass --version")
@@ -287,7 +287,8 @@ def _run_step(step: Step, tools: Path, log_path: Path) -> tuple[Path, Path]:
         log.flush()
         try:
             proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, cwd=tools, timeout=STEP_TIMEOUT_S)
+                                  stderr=subprocess.STDOUT, cwd=tools, timeout=STEP_TIMEOUT_S,
+                                  check=False)
         except subprocess.TimeoutExpired as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise DeadlineError(f"installing {step.name} took more than "

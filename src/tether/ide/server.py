@@ -206,7 +206,7 @@ def install_extensions(cs: CodeServer, root: Path, extensions: tuple[str, ...],
     argv = extension_argv(cs, root, [value for _, value in resolved])
     try:
         proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout_s)
+                              text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise DeadlineError(f"installing extensions took more than {timeout_s:.0f}s") from exc
     output = (proc.stdout + proc.stderr).strip()
