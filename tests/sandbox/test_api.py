@@ -70,7 +70,7 @@ def test_browser_cross_origin_requests_are_refused_even_with_the_token(api_serve
         r = c.post("/run", json={"command": ["sh", "-c", "echo pwned > /tmp/x"]},
                    headers=api_server.headers(**headers))
     assert r.status_code == 403
-    assert "refused" in r.json()["error"]
+    assert "refused" in r.json()["error"] and r.json()["kind"] == "PermissionDeniedError"
 
 
 def test_an_allowed_origin_passes(isolated, api_workdir):

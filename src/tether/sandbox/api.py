@@ -123,9 +123,9 @@ class Guard:
         if refusal is not None:
             status, message, hint = refusal
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-            for msg in _json_response(status, {"error": message, "hint": hint,
-                                               "kind": "AuthError" if status == 401 else
-                                               "UsageError"}, extra):
+            kind = {401: "AuthError", 403: "PermissionDeniedError"}.get(status, "UsageError")
+            for msg in _json_response(status, {"error": message, "hint": hint, "kind": kind},
+                                      extra):
                 await send(msg)
             return
         seen = 0
