@@ -105,7 +105,7 @@ def run(ws: Path, runs: int) -> dict:
                                           f"> {tarball}")))
             repo = tmp / f"repo{i}"
             os.environ["TETHER_HOME"] = str(tmp / f"home{i}")
-            push_t.append(timed(lambda: api.push(f"file://{repo}", ws)))
+            push_t.append(timed(lambda repo=repo: api.push(f"file://{repo}", ws)))
             if i:
                 shutil.rmtree(repo)
         repo = tmp / "repo0"
@@ -146,10 +146,10 @@ def run(ws: Path, runs: int) -> dict:
         for i in range(runs):
             x = tmp / f"untar{i}"
             x.mkdir()
-            untar_t.append(timed(lambda: sh(f"zstd -dc {tarball} | tar -x -C {x}")))
+            untar_t.append(timed(lambda x=x: sh(f"zstd -dc {tarball} | tar -x -C {x}")))
             shutil.rmtree(x)
             out = tmp / f"pull{i}"
-            pull_t.append(timed(lambda: api.pull(url, out)))
+            pull_t.append(timed(lambda out=out: api.pull(url, out)))
             shutil.rmtree(out)
         figures["untar_s"] = min(untar_t)
         figures["pull_s"] = min(pull_t)

@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from snapfix import CrashAfter, describe, make_tree, set_times  # noqa: E402
 
 from tether.errors import IntegrityError, LockedError, NotFoundError  # noqa: E402
-from tether.snapshot import api, repo as repomod  # noqa: E402
+from tether.snapshot import api  # noqa: E402
 from tether.snapshot import format as fmt  # noqa: E402
+from tether.snapshot import repo as repomod
 from tether.snapshot.repo import Repository  # noqa: E402
 from tether.snapshot.stores import open_store  # noqa: E402
 

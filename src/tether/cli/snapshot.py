@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ def _size(n: float) -> str:
 
 @app.command()
 def push(path: Annotated[Path, typer.Argument(help="Folder to snapshot.")], store: StoreArg,
-         tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag the snapshot "
+         tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the snapshot "
                                                            "(repeatable).")] = None,
          json: JsonOption = False) -> None:
     """Snapshot PATH into STORE; only new content is uploaded."""
@@ -49,7 +49,7 @@ def push(path: Annotated[Path, typer.Argument(help="Folder to snapshot.")], stor
 def pull(source: Annotated[str, typer.Argument(
             help="The store URL, optionally followed by @ and a snapshot id prefix or tag "
                  "(STORE@ID, STORE@TAG); default: the newest snapshot.")],
-         path: Annotated[Optional[Path], typer.Argument(
+         path: Annotated[Path | None, typer.Argument(
              help="Where to restore (default: the path the snapshot was taken from).")] = None,
          replace: Annotated[bool, typer.Option("--replace", help="Swap out a non-empty "
                                                "destination (atomically).")] = False,
@@ -127,7 +127,7 @@ def verify(store: StoreArg,
 
 @app.command()
 def prune(store: StoreArg,
-          keep_last: Annotated[Optional[int], typer.Option("--keep-last", min=1,
+          keep_last: Annotated[int | None, typer.Option("--keep-last", min=1,
                                help="Forget all but the newest N snapshots first.")] = None,
           json: JsonOption = False) -> None:
     """Delete packs no snapshot uses (never while a push holds the repository)."""

@@ -298,7 +298,7 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
             keep: dict[bytes, list[fmt.BlobEntry]] = {}
             drop: list[bytes] = []
             by_pack: dict[bytes, list[fmt.BlobEntry]] = {p: [] for p in idx.packs}
-            for blob, loc in idx.blobs.items():
+            for loc in idx.blobs.values():
                 by_pack[loc.pack].append(loc.entry)
             # Where list() may lag, a pack no index names yet may belong to a push whose lock
             # we could not see: keep such packs (the grace rule); the next push adopts them.

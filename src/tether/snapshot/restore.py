@@ -83,9 +83,9 @@ def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
     def need(blob: bytes, rel: str) -> int:
         loc = blobs.get(blob)
         if loc is None or loc.pack not in present:
+            what = f"pack {loc.pack.hex()[:12]}" if loc else f"blob {blob.hex()[:12]}"
             raise NotFoundError(f"snapshot {sid[:12]} is missing data for {rel or '/'}: "
-                                f"{'pack ' + loc.pack.hex()[:12] if loc else 'blob ' + blob.hex()[:12]}"
-                                " is not in the store",
+                                f"{what} is not in the store",
                                 "restore another snapshot; `tether snapshot verify` lists "
                                 "what is damaged")
         return loc.entry.length

@@ -81,7 +81,8 @@ class VenvProblem:
 
 def _interpreter_version(python: Path) -> str | None:
     try:
-        out = subprocess.run([str(python), "-c", "import platform;print(platform.python_version())"],
+        out = subprocess.run([str(python), "-c",
+                              "import platform; print(platform.python_version())"],
                              capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
