@@ -94,6 +94,9 @@ def test_cli_watch_session_list_conflicts_resolve_stop(ws, roots):
                  "the watching session to report the conflict")
         [session] = listed()
         assert session["pid"] == proc.pid and session["status"] == "watching"
+        status = json.loads(_cli("sync", "status", str(roots.local), "--json").stdout)
+        assert status["id"] == session["id"] and status["running"] is True
+        assert status["mode"] == "two-way-safe" and status["agent_pid"] > 0
         conflicts = json.loads(_cli("sync", "conflicts", "--json").stdout)
         assert [c["path"] for c in conflicts] == ["notes.md"]
         assert conflicts[0]["local"]["kind"] == "file"

@@ -89,7 +89,9 @@ def start(
         api.sync_watch(name, local, remote, mode=mode, excludes=exclude or (),
                        on_cycle=on_cycle)
         return
-    result = api.sync_once(name, local, remote, mode=mode, excludes=exclude or ())
+    with out.progress(f"sync {name}", total=None, unit="bytes") as advance:
+        result = api.sync_once(name, local, remote, mode=mode, excludes=exclude or (),
+                               on_bytes=advance)
     data = result.to_dict()
 
     def human(o: Output) -> None:

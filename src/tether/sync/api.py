@@ -33,12 +33,13 @@ __all__ = ["CycleReport", "Keep", "Mode", "SyncResult", "reconcile", "sync_confl
 
 def sync_once(name: str, local: str | os.PathLike, remote: str | None = None, *,
               mode: Mode | str = Mode.TWO_WAY_SAFE, excludes: Sequence[str] = (),
-              agent_command: str | None = None) -> SyncResult:
-    """Sync once (sync facade of :func:`sync_once_async`)."""
+              agent_command: str | None = None,
+              on_bytes: Callable[[int], None] | None = None) -> SyncResult:
+    """Sync once (sync facade of :func:`sync_once_async`); ``on_bytes(n)`` reports traffic."""
     from tether.link.pool import run_sync
 
     return run_sync(sync_once_async(name, local, remote, mode=mode, excludes=excludes,
-                                    agent_command=agent_command))
+                                    agent_command=agent_command, on_bytes=on_bytes))
 
 
 def sync_watch(name: str, local: str | os.PathLike, remote: str | None = None, *,

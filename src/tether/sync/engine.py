@@ -141,7 +141,9 @@ def agent_command_line(opts: SyncOptions) -> str:
 class RemoteAgent:
     """Frames to and from ``tether agent sync`` on one SSH exec channel."""
 
-    def __init__(self, conn: Any, name: str, on_notify: Callable[[], None]) -> None:
+    def __init__(self, conn: Any, name: str, on_notify: Callable[[], None],
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self.on_bytes = on_bytes or (lambda n: None)
         self.conn = conn
         self.name = name
         self.on_notify = on_notify
@@ -171,6 +173,7 @@ class RemoteAgent:
         try:
             while data := await self.proc.stdout.read(1 << 20):
                 self.bytes_received += len(data)
+                self.on_bytes(len(data))
                 for frame in decoder.feed(data):
                     if frame.type is P.T.NOTIFY:
                         self.on_notify()
@@ -205,6 +208,7 @@ class RemoteAgent:
                 raise self._gone()
             self.proc.stdin.write(frame)
             self.bytes_sent += len(frame)
+            self.on_bytes(len(frame))
             self._unflushed += len(frame)
             if self._unflushed >= DRAIN_AT:
                 self._unflushed = 0
@@ -255,7 +259,9 @@ class Session:
     """One sync session's state between cycles: base, local scanner, mirror of the remote."""
 
     def __init__(self, opts: SyncOptions, *, watch: bool = False,
-                 on_cycle: Callable[[CycleReport], None] | None = None) -> None:
+                 on_cycle: Callable[[CycleReport], None] | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self.on_bytes = on_bytes
         self.opts = opts
         self.sid = opts.id
         self.watching = watch
@@ -294,7 +300,7 @@ class Session:
 
         profile = load_profile(self.opts.name)
         self.conn = await open_ssh(profile, keepalive_s=10.0 if self.watching else None)
-        agent = RemoteAgent(self.conn, self.opts.name, self._remote_changed)
+        agent = RemoteAgent(self.conn, self.opts.name, self._remote_changed, self.on_bytes)
         try:
             ready = await agent.start(agent_command_line(self.opts), {
                 "v": P.VERSION, "root": self.opts.remote, "excludes": list(self.opts.excludes),
@@ -560,9 +566,13 @@ def _note(session: Session, report: CycleReport | None, status: str,
 
 async def run_session(opts: SyncOptions, *, watch: bool = False,
                       on_cycle: Callable[[CycleReport], None] | None = None,
-                      stop: asyncio.Event | None = None) -> SyncResult:
-    """Sync until in step (one-shot) or until stopped (watch). Records itself for `sync list`."""
-    session = Session(opts, watch=watch, on_cycle=on_cycle)
+                      stop: asyncio.Event | None = None,
+                      on_bytes: Callable[[int], None] | None = None) -> SyncResult:
+    """Sync until in step (one-shot) or until stopped (watch). Records itself for `sync list`.
+
+    ``on_bytes(n)`` is called for every n bytes crossing the link (progress bars).
+    """
+    session = Session(opts, watch=watch, on_cycle=on_cycle, on_bytes=on_bytes)
     result = SyncResult(session.sid, opts.name, str(opts.local), opts.remote, opts.mode.value)
     t0 = time.monotonic()
     _note(session, None, "starting")
@@ -660,11 +670,12 @@ async def _poke_on(stop: asyncio.Event, changes: Any) -> None:
 
 async def sync_once_async(name: str, local: str | os.PathLike, remote: str | None = None, *,
                           mode: Mode | str = Mode.TWO_WAY_SAFE, excludes: Sequence[str] = (),
-                          agent_command: str | None = None) -> SyncResult:
+                          agent_command: str | None = None,
+                          on_bytes: Callable[[int], None] | None = None) -> SyncResult:
     """Sync ``local`` with ``remote`` on host ``name`` once (until both sides are in step)."""
     opts = make_options(name, local, remote, mode=mode, excludes=excludes,
                         agent_command=agent_command)
-    return await run_session(opts)
+    return await run_session(opts, on_bytes=on_bytes)
 
 
 async def watch_async(name: str, local: str | os.PathLike, remote: str | None = None, *,
