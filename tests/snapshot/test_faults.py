@@ -316,3 +316,20 @@ def test_prune_deletes_nothing_when_a_kept_snapshot_is_damaged(tmp_path, isolate
     with pytest.raises(IntegrityError, match="prune stopped"):
         api.prune(url, keep_last=1)
     assert set(store.list()) == before
+
+
+def test_two_processes_pushing_at_once(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    a = _random_tree(tmp_path / "a", files=20)
+    b = _random_tree(tmp_path / "b", files=20)
+    (b / "shared.bin").write_bytes((a / "f00.bin").read_bytes())
+    script = ("import sys; from tether.snapshot import api; "
+              "print(api.push(sys.argv[1], sys.argv[2]).snapshot_id)")
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, str(p)],
+                              stdout=subprocess.PIPE, text=True) for p in (a, b)]
+    ids = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert api.verify(url, data=True).ok
+    for sid, src in zip(ids, (a, b)):
+        api.pull(f"{url}@{sid}", tmp_path / f"out-{sid[:6]}")
+        assert describe(tmp_path / f"out-{sid[:6]}") == describe(src)
