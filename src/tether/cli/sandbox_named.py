@@ -150,9 +150,11 @@ def cp(
     """Copy files into or out of a sandbox (NAME:/workspace/..., NAME:~/...)."""
     from tether.sandbox import named
 
-    count = named.copy(src, dst)
-    Output(json).result({"files": count, "src": src, "dst": dst},
-                        f"copied {count} file{'s' if count != 1 else ''}")
+    out = Output(json)
+    with out.progress("copying", total=None, unit="files") as advance:
+        count = named.copy(src, dst, progress=advance)
+    out.result({"files": count, "src": src, "dst": dst},
+               f"copied {count} file{'s' if count != 1 else ''}")
 
 
 def logs(

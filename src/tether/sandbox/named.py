@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -394,18 +394,21 @@ def parse_location(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def copy(src: str, dst: str) -> int:
-    """``tether sandbox cp``: exactly one side is ``NAME:path``; returns files copied."""
+def copy(src: str, dst: str, *, progress: Callable[[int], None] | None = None) -> int:
+    """``tether sandbox cp``: exactly one side is ``NAME:path``; returns files copied.
+
+    ``progress(n)`` is called as files are copied (for a progress bar)."""
+    progress = progress or (lambda n: None)
     (s_name, s_path), (d_name, d_path) = parse_location(src), parse_location(dst)
     if (s_name is None) == (d_name is None):
         raise UsageError("cp needs exactly one side written as NAME:path",
                          "tether sandbox cp ./file dev:/workspace/  or  dev:/workspace/out .")
     if s_name is not None:
-        return _copy_out(_load(s_name), s_path, Path(d_path))
-    return _copy_in(Path(s_path), _load(d_name), d_path)
+        return _copy_out(_load(s_name), s_path, Path(d_path), progress)
+    return _copy_in(Path(s_path), _load(d_name), d_path, progress)
 
 
-def _copy_out(box: NamedSandbox, inner: str, host: Path) -> int:
+def _copy_out(box: NamedSandbox, inner: str, host: Path, progress) -> int:
     root, rel = layer_path(box, inner)
     kind = _safefs.kind_of(root, rel)
     if kind == "missing":
@@ -413,12 +416,14 @@ def _copy_out(box: NamedSandbox, inner: str, host: Path) -> int:
     if kind == "file":
         target = host / PurePosixPath(inner).name if host.is_dir() else host
         _write_host(target, _safefs.read_file(root, rel))
+        progress(1)
         return 1
     dest = host / PurePosixPath(inner).name if host.is_dir() else host
     count = 0
     for relpath, data in _safefs.walk_files(root, rel):
         _write_host(dest / relpath, data)
         count += 1
+        progress(1)
     return count
 
 
@@ -430,7 +435,7 @@ def _write_host(target: Path, data: bytes) -> None:
         raise LocalIOError(f"could not write {target}: {exc.strerror}") from exc
 
 
-def _copy_in(host: Path, box: NamedSandbox, inner: str) -> int:
+def _copy_in(host: Path, box: NamedSandbox, inner: str, progress) -> int:
     if not host.exists():
         raise NotFoundError(f"{host} does not exist")
     root, rel = layer_path(box, inner)
@@ -438,12 +443,14 @@ def _copy_in(host: Path, box: NamedSandbox, inner: str) -> int:
     base = f"{rel}/{host.name}" if into_dir else rel
     if host.is_file():
         _safefs.write_file(root, base, host.read_bytes(), host.stat().st_mode & 0o777)
+        progress(1)
         return 1
     count = 0
     for file in sorted(p for p in host.rglob("*") if p.is_file() and not p.is_symlink()):
         _safefs.write_file(root, f"{base}/{file.relative_to(host).as_posix()}",
                            file.read_bytes(), file.stat().st_mode & 0o777)
         count += 1
+        progress(1)
     return count
 
 
