@@ -8,7 +8,6 @@ import io
 import subprocess
 import tarfile
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -87,7 +86,8 @@ def test_release_install_then_runs_and_is_found(tmp_path, release_server):
     release_server[f"/v9.1.0/{top}.tar.gz"] = make_archive(top)
     got: list[int] = []
     r = install.install("9.1.0", tools=tmp_path, method="release", on_bytes=got.append)
-    assert r.installed and r.code_server.argv == (str(tmp_path / "code-server-9.1.0/bin/code-server"),)
+    binary = tmp_path / "code-server-9.1.0" / "bin" / "code-server"
+    assert r.installed and r.code_server.argv == (str(binary),)
     assert sum(got) == len(release_server[f"/v9.1.0/{top}.tar.gz"])
     out = subprocess.run([*r.code_server.argv, "--version"], capture_output=True, text=True,
                          check=True).stdout

@@ -187,7 +187,8 @@ def test_vsix_paths_are_made_absolute(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("url,host", [
-    ("http://127.0.0.1:8765", "127.0.0.1:8765"), ("https://a-b.trycloudflare.com/", "a-b.trycloudflare.com"),
+    ("http://127.0.0.1:8765", "127.0.0.1:8765"),
+    ("https://a-b.trycloudflare.com/", "a-b.trycloudflare.com"),
     ("https://Host.Example:8443/x", "host.example:8443")], ids=["local", "tunnel", "port-case"])
 def test_origin_host(url, host):
     assert origin_host(url) == host
@@ -254,7 +255,8 @@ def test_prerequisite_hints(missing, pm, hint):
       "fatal error: gssapi/gssapi.h: No such file or directory\ngyp ERR! not ok"),
      "gssapi/gssapi.h is missing"),
     ("npm error nospc ENOSPC: no space left", "disk is full"),
-    ("something else", "npm failed")], ids=["offline", "version", "gyp", "krb5-headers", "disk", "other"])
+    ("something else", "npm failed")],
+    ids=["offline", "version", "gyp", "krb5-headers", "disk", "other"])
 def test_diagnose_npm_failures(log, reason):
     assert reason in install.diagnose(log)[0]
 
