@@ -285,3 +285,12 @@ def test_logs_follow_streams_until_the_main_command_ends(isolated):
     r = tether_proc(isolated.env, "sandbox", "logs", "chatty", "--follow")
     assert r.returncode == 0 and r.stdout == b"first\nsecond\n"
     assert time.monotonic() - started >= 0.5  # it waited for the second line
+
+
+def test_rm_force_stops_a_running_sandbox_first(isolated):
+    named.create("busy", command=["sleep", "60"])
+    pid = named.start("busy").status()[1]
+    assert pid is not None
+    named.remove("busy", force=True)
+    assert not (named.root_dir() / "busy").exists()
+    assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
