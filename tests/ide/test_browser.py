@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -310,3 +311,15 @@ def test_new_tunnel_url_is_trusted_after_a_tunnel_restart(ide_env, tmp_path, mon
         wait_for(lambda: not group_members(first_pid), 10, "the old code-server to exit")
     finally:
         workspace.stop()
+
+
+def test_ide_install_is_instant_when_cached(ide_env, cli):
+    r = cli("ide", "install", "--json")
+    assert r.exit_code == 0, r.stderr
+    data = r.json()
+    assert data["installed"] is False and data["duration_s"] < 2
+    assert data["code_server"]["source"] == "tools"
+    assert data["code_server"]["node"].endswith("node-24/bin/node")
+    out = subprocess.run([*data["code_server"]["argv"], "--version"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.splitlines()[-1].startswith(data["version"] + " ")
