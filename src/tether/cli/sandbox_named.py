@@ -117,7 +117,7 @@ def exec_(
     out = Output(json)
     data = _stdin_bytes() if stdin else None
     result = named.exec_sync(name, command, stdin=data, timeout=timeout, via="cli",
-                             on_output=None if json else _stream)
+                             on_output=None if json else _stream, prestart=False)
     out.result(result.to_dict(), lambda o: None)
     if result.timed_out:
         out.warn(f"timed out after {timeout or 'the sandbox timeout'}s: killed")

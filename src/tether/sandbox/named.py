@@ -257,14 +257,16 @@ def spec_for(box: NamedSandbox, command: Sequence[str], *, timeout: float | None
 
 async def exec_async(name: str, command: Sequence[str], *, stdin: bytes | None = None,
                      timeout: float | None = None, via: str = "cli", client: str | None = None,
-                     on_output=None):
-    """Run ``command`` in a fresh process over the sandbox's layer; audited."""
+                     on_output=None, prestart: bool = True):
+    """Run ``command`` in a fresh process over the sandbox's layer; audited.
+
+    prestart: see service.run_blocking (the CLI passes False)."""
     from tether.sandbox.service import run_spec
 
     box = _load(name)
     spec = spec_for(box, command, timeout=timeout)
     return await run_spec(spec, stdin=stdin, on_output=on_output, via=via, client=client,
-                          sandbox=name)
+                          sandbox=name, prestart=prestart)
 
 
 def exec_sync(name: str, command: Sequence[str], **kw):

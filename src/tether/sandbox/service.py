@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import os
 import signal
@@ -173,11 +174,14 @@ def result_from(status: int, rusage, out: bytes, err: bytes, timed_out: bool,
 
 
 def run_blocking(spec, *, stdin: bytes | None = None, on_output=None,
-                 handle: RunHandle | None = None):
-    """``runner.run`` that ``handle`` can cancel from another thread (a client went away)."""
+                 handle: RunHandle | None = None, prestart: bool = True):
+    """``runner.run`` that ``handle`` can cancel from another thread (a client went away).
+
+    prestart: False for one-shot processes (the CLI), which gain nothing from the runner
+    keeping pre-joined launchers ready."""
     from tether.sandbox import runner
 
-    return runner.run(spec, stdin=stdin, on_output=on_output,
+    return runner.run(spec, stdin=stdin, on_output=on_output, prestart=prestart,
                       on_start=handle.started if handle is not None else None)
 
 
@@ -195,7 +199,7 @@ async def run_in_thread(fn, *args, handle: RunHandle, **kw):
 
 async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallback | None = None,
                    via: str, client: str | None = None, sandbox: str | None = None,
-                   pool=None):
+                   pool=None, prestart: bool = True):
     """Run ``spec`` (pooled if ``pool`` has a warm sandbox for it) and audit the run.
 
     Cancelling the caller (an SSE client that went away) kills the run.
@@ -205,7 +209,7 @@ async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallbac
     started = time.monotonic()
     handle = RunHandle()
     relay = thread_relay(on_output, asyncio.get_running_loop(), handle)
-    run = pool.run if pool is not None else run_blocking
+    run = pool.run if pool is not None else functools.partial(run_blocking, prestart=prestart)
     try:
         result = await run_in_thread(run, spec, stdin=stdin, on_output=relay, handle=handle)
     except TetherError as exc:
