@@ -38,6 +38,7 @@ from tether.sync.reconcile import (Action, Conflict, Entry, Keep, Kind, Mode, Op
 from tether.sync.scan import Scanner
 
 DRAIN_AT = 1 << 20
+COALESCE_AT = 256 << 10
 BASE_SAVE_EVERY_S = 2.0
 RESCAN_EVERY_S = 30.0  # watch mode: a full rescan now and then, in case an event was lost
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -152,6 +153,7 @@ class RemoteAgent:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._unflushed = 0
+        self._out = bytearray()
         self._stderr = bytearray()
         self._tasks: list[asyncio.Task] = []
 
@@ -201,15 +203,23 @@ class RemoteAgent:
                                    "reconnects by itself")
 
     async def send(self, frame: bytes) -> None:
+        """Queue a frame; small frames are coalesced so a batch of files costs few SSH
+        packets (each channel write is at least one packet, with its own MAC and padding)."""
+        self._out += frame
+        self.bytes_sent += len(frame)
+        self.on_bytes(len(frame))
+        if len(self._out) >= COALESCE_AT:
+            await self.flush()
+
+    async def flush(self) -> None:
         import asyncssh
 
+        if not self._out:
+            return
+        data, self._out = self._out, bytearray()
         try:
-            if self.proc.stdin.is_closing() if hasattr(self.proc.stdin, "is_closing") else False:
-                raise self._gone()
-            self.proc.stdin.write(frame)
-            self.bytes_sent += len(frame)
-            self.on_bytes(len(frame))
-            self._unflushed += len(frame)
+            self.proc.stdin.write(bytes(data))
+            self._unflushed += len(data)
             if self._unflushed >= DRAIN_AT:
                 self._unflushed = 0
                 await self.proc.stdin.drain()
@@ -217,6 +227,7 @@ class RemoteAgent:
             raise self._gone() from exc
 
     async def recv(self) -> P.Frame:
+        await self.flush()  # whatever we wait on may depend on what we queued
         frame = await self.queue.get()
         if frame is None:
             self.queue.put_nowait(None)  # every later recv fails the same way
@@ -237,7 +248,7 @@ class RemoteAgent:
     async def aclose(self) -> None:
         if self.proc is not None:
             try:
-                self.proc.stdin.write(P.encode_json(P.T.BYE, {}))
+                self.proc.stdin.write(bytes(self._out) + P.encode_json(P.T.BYE, {}))
                 self.proc.stdin.write_eof()
             except Exception:  # noqa: BLE001 - closing a channel that may be gone already
                 pass
@@ -334,6 +345,7 @@ class Session:
             self.remote_dirty = False
             await agent.send(P.encode_json(P.T.SCAN, {
                 "full": self.full_next, "partial": self.watching and not self.full_rescan}))
+            await agent.flush()  # the agent scans while we do
         if self.watching and not self.full_rescan and self.scanner.last is not None:
             local = self.scanner.scan_paths(self.changes.dirty.take())  # small: inline
         else:
@@ -497,7 +509,7 @@ class Session:
                               a.path, worthy])
             await agent.send(P.encode_json(P.T.GET, {"items": items}))
             await agent.send(P.encode(P.T.SIGS_REPLY, P.encode_sigs(sig_lists)))
-            await agent.proc.stdin.drain()
+            await agent.flush()
             while True:
                 frame = await agent.recv()
                 if frame.type is P.T.RESULT:
