@@ -187,3 +187,19 @@ def test_receiver_never_writes_through_a_symlinked_directory(tmp_path):
     done, failed = rx.result()
     assert done == [] and len(failed) == 2
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+
+
+def test_unreadable_directory_is_unstable_not_empty(tmp_path, monkeypatch):
+    """Root reads everything, so the EACCES of an unreadable directory is injected."""
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "f").write_text("x")
+    real = Scanner._listing
+
+    def listing(self, rel, mtime_ns, rules):
+        if rel == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real(self, rel, mtime_ns, rules)
+
+    monkeypatch.setattr(Scanner, "_listing", listing)
+    r = Scanner(tmp_path).scan()
+    assert "locked" in r.unstable and "locked/f" not in r.tree

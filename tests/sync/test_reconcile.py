@@ -226,3 +226,9 @@ def test_law_limiting_to_changed_paths_changes_nothing(base, local, remote, mode
     assert reconcile(base, local, remote, mode, stamp="T", paths=changed) == full
     assert advance_base(base, local, remote, full[0], changed) == \
         advance_base(base, local, remote, full[0])
+
+
+def test_skip_covers_everything_below_an_unreadable_directory():
+    base = {"d": D, "d/x": A, "e": A}
+    actions, _ = reconcile(base, {"d": D, "e": A2}, base, S, skip={"d"})
+    assert actions == [cp("e", REM, A2, A)]  # d/x is not deleted remotely

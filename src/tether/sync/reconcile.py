@@ -268,6 +268,15 @@ def _fix_directories(actions: list[Action]) -> list[Action]:
     return deletes + copies
 
 
+def _under(path: str, skipped: set[str]) -> bool:
+    """``path`` or one of its ancestors is in ``skipped``."""
+    while path:
+        if path in skipped:
+            return True
+        path = posixpath.dirname(path)
+    return False
+
+
 def reconcile(base: Tree, local: Tree, remote: Tree, mode: Mode = Mode.TWO_WAY_SAFE, *,
               stamp: str = "0", skip: Iterable[str] = (),
               resolutions: Mapping[str, Keep] | None = None,
@@ -287,7 +296,7 @@ def reconcile(base: Tree, local: Tree, remote: Tree, mode: Mode = Mode.TWO_WAY_S
     todo = set(base) | set(local) | set(remote) if paths is None \
         else set(paths) | set(resolutions)
     for path in sorted(todo):
-        if path in skipped:
+        if skipped and _under(path, skipped):
             continue
         b, l, r = base.get(path), local.get(path), remote.get(path)
         if l == r:

@@ -204,6 +204,11 @@ class Scanner:
             names, own = self._listing(rel, mtime_ns, rules)
         except (FileNotFoundError, NotADirectoryError):
             return  # RACE: removed while we walked; the next scan sees it gone
+        except PermissionError:
+            # Unreadable: its contents are unknown, not gone. Marking the directory
+            # unstable makes the reconciler leave everything below it alone.
+            out.unstable.add(rel)
+            return
         tree, cache, stat = out.tree, self.cache, os.stat
         base = self.full(rel) + "/" if rel else self.root.rstrip("/") + "/"
         prefix = rel + "/" if rel else ""
@@ -212,6 +217,9 @@ class Scanner:
             # stat relative to an open directory: the kernel resolves one name, not the path
             dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
+            return
+        except PermissionError:
+            out.unstable.add(rel)
             return
         try:
             for name, _ in names:
