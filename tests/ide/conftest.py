@@ -2,7 +2,7 @@
 
 code-server is installed with the same `tether.ide.install.install` users run, into a cache
 that outlives test runs (``TETHER_TOOLS_CACHE``, default ``~/.cache/tether-test-tools``): the
-first run on a machine takes about three minutes, later runs find it at once.
+first run on a machine takes about five minutes, later runs find it at once.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def install(
                                                 "(default: the tested one)")] = None,
     force: Annotated[bool, typer.Option("--force", help="Reinstall even if present")] = False,
     method: Annotated[str, typer.Option(
-        "--method", help="npm: from the npm registry (builds native modules, ~3 min); "
+        "--method", help="npm: from the npm registry (builds native modules, ~5 min); "
         "release: the standalone archive from GitHub (needs internet)")] = "npm",
     json: JsonOption = False,
 ) -> None:

@@ -249,7 +249,7 @@ def require(version: str | None = None, tools: Path | None = None) -> CodeServer
     if found is None:
         what = f"code-server {version}" if version else "code-server"
         raise SystemDependencyError(f"{what} is not installed",
-                                    "install it with `tether ide install` (about 3 minutes, "
+                                    "install it with `tether ide install` (about 5 minutes, "
                                     "800 MB), or put code-server on PATH")
     return found
 
