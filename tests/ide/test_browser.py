@@ -323,3 +323,26 @@ def test_ide_install_is_instant_when_cached(ide_env, cli):
     out = subprocess.run([*data["code_server"]["argv"], "--version"], capture_output=True,
                          text=True, timeout=60, check=True).stdout
     assert out.splitlines()[-1].startswith(data["version"] + " ")
+
+
+def test_code_server_left_by_a_crashed_up_is_stopped_at_the_next_start(ide_env, tmp_path):
+    from tether.ide.install import require
+    from tether.ide.password import hash_password
+    from tether.ide.server import IdeOptions, IdeServer
+
+    ws_dir = tmp_path / "project"
+    ws_dir.mkdir()
+    options = IdeOptions(workspace=ws_dir, root=tmp_path / "ide")
+    hashed = hash_password("crash-test-password")
+    first = IdeServer(require(), options, hashed).start()
+    pgid, runtime_dir = first.proc.pid, first.runtime_dir
+    first.proc = first.runtime_dir = None  # its owner was SIGKILLed: nobody stops it
+    assert group_members(pgid) and runtime_dir.is_dir()
+    second = IdeServer(require(), options, hashed).start()
+    try:
+        wait_for(lambda: not group_members(pgid), 10, "the stale code-server to stop")
+        assert not runtime_dir.exists()
+        assert httpx.get(second.url + "/healthz").status_code == 200
+    finally:
+        second.stop()
+    assert not (tmp_path / "ide" / "code-server.pid").exists()

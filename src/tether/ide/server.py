@@ -56,6 +56,7 @@ class IdeLayout:
     extensions = property(lambda self: self.root / "profile" / "extensions")
     config = property(lambda self: self.root / "config.yaml")
     log = property(lambda self: self.root / "code-server.log")
+    pid_file = property(lambda self: self.root / "code-server.pid")
     xdg = property(lambda self: self.root / "xdg")
     machine_settings = property(lambda self: self.user_data / "Machine" / "settings.json")
 
@@ -252,6 +253,7 @@ class IdeServer:
         if not self.options.workspace.is_dir():
             raise UsageError(f"{self.options.workspace} is not a directory")
         prepare(self.options.root, self.hashed_password, base)
+        stop_stale(self.layout)
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="tether-ide-"))  # 0700
         try:
             run_env = server_env(base, self.options.root, self.runtime_dir)
@@ -263,6 +265,8 @@ class IdeServer:
                     server_argv(self.code_server, self.options, self.port), env=run_env,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=str(self.options.workspace), start_new_session=True)
+            paths.atomic_write(self.layout.pid_file, json.dumps(
+                {"pid": self.proc.pid, "runtime_dir": str(self.runtime_dir)}))
             self._wait_ready(started + timeout_s)
         except BaseException:
             self.stop()
@@ -308,9 +312,37 @@ class IdeServer:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+            self.layout.pid_file.unlink(missing_ok=True)
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
+
+
+def stop_stale(layout: IdeLayout) -> bool:
+    """Stop a code-server group left by a crashed `up` (SIGKILL skips our stop).
+
+    Only a process whose command line names this IDE folder is touched: the pid may have
+    been reused by something else since. Its runtime dir (sockets) goes too.
+    """
+    from tether.ssh.sshd import stop_group
+
+    try:
+        record = json.loads(layout.pid_file.read_text())
+        pid, runtime_dir = int(record["pid"]), Path(record["runtime_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    stopped = False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        cmdline = ""
+    if str(layout.user_data) in cmdline:
+        stop_group(pid)
+        stopped = True
+    if runtime_dir.name.startswith("tether-ide-"):
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+    layout.pid_file.unlink(missing_ok=True)
+    return stopped
 
 
 def group_members(pgid: int) -> list[int]:
