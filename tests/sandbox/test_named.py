@@ -294,3 +294,74 @@ def test_rm_force_stops_a_running_sandbox_first(isolated):
     named.remove("busy", force=True)
     assert not (named.root_dir() / "busy").exists()
     assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+# -- exec into a running sandbox joins its namespaces (_join.py) --------------------------
+
+@pytest.mark.parametrize(("argv", "share_net", "expected"), [
+    (["bwrap", "--unshare-all", "--share-net", "--die-with-parent", "--", "sh", "--share-net"],
+     True, ["bwrap", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--userns", "7",
+            "--pidns", "8", "--die-with-parent", "--", "sh", "--share-net"]),
+    (["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--", "true"],
+     False, ["bwrap", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--unshare-net",
+             "--userns", "7", "--pidns", "8", "--ro-bind", "/usr", "/usr", "--", "true"]),
+    (["bwrap", "--unshare-pid", "--", "true"], False, None),
+    (["bwrap", "--unshare-all", "--userns", "3", "--", "true"], False, None),
+], ids=["host-network", "no-network-gets-its-own", "not-a-runner-argv", "already-joining"])
+def test_join_argv(argv, share_net, expected):
+    from tether.sandbox._join import join_argv
+
+    assert join_argv(argv, share_net=share_net, userns_fd=7, pidns_fd=8) == expected
+
+
+def _start_marked(name: str, marker: str, options=None) -> None:
+    named.create(name, options, command=["bash", "-c", f"exec -a {marker} sleep 60"])
+    named.start(name)
+    deadline = time.monotonic() + 15
+    while b"ok" not in named.exec_sync(name, ["sh", "-c", f"ps -e -o args | grep -q '^{marker}' "
+                                                   "&& echo ok"]).stdout:
+        assert time.monotonic() < deadline, "exec never saw the main command"
+        time.sleep(0.1)
+
+
+def test_exec_into_a_running_sandbox_sees_and_signals_its_main_command(isolated):
+    marker = f"tether-main-{os.getpid()}"
+    _start_marked("live", marker)
+    r = named.exec_sync("live", ["pkill", "-f", marker])
+    assert r.exit_code == 0
+    deadline = time.monotonic() + 10
+    while named.get("live").status()[0] == "running":
+        assert time.monotonic() < deadline, "killing the main command from exec did nothing"
+        time.sleep(0.05)
+    # stopped: a new exec is a separate sandbox again and sees no main command
+    r = named.exec_sync("live", ["ps", "-e", "-o", "args"])
+    assert marker.encode() not in r.stdout
+
+
+def test_a_joined_exec_keeps_the_profile(isolated):
+    from tether.sandbox.schemas import RunOptions
+
+    from .sandbox_service_fixtures import host_listener
+
+    marker = f"tether-locked-{os.getpid()}"
+    _start_marked("lockedlive", marker, RunOptions(profile="restrictive"))
+    listener, port = host_listener()
+    try:
+        r = named.exec_sync("lockedlive", ["bash", "-c", (
+            f"grep -q '^Seccomp:.2' /proc/self/status && echo SECCOMP; "
+            f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo NET; "
+            "echo x > /usr/evil 2>/dev/null && echo WROTE; ps -e -o args")])
+        assert b"SECCOMP" in r.stdout and marker.encode() in r.stdout
+        assert b"NET" not in r.stdout and b"WROTE" not in r.stdout
+    finally:
+        listener.close()
+        named.stop("lockedlive")
+
+
+def test_attach_into_a_running_sandbox_sees_its_main_command(isolated):
+    marker = f"tether-attach-{os.getpid()}"
+    _start_marked("shell", marker)
+    r = tether_proc(isolated.env, "sandbox", "attach", "shell", "--", "sh", "-c",
+                    f"ps -e -o args | grep '^{marker}' | wc -l")
+    named.stop("shell")
+    assert r.returncode == 0 and r.stdout.strip().endswith(b"1"), r.stdout

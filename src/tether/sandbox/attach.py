@@ -80,6 +80,7 @@ def attach(name: str, command: Sequence[str] | None = None, *, record: Path | No
 
     spec = replace(spec, env=tuple(sorted(env.items())))
     prepared = runner._prepare(spec, runner.probe(), False)
+    ns_fds = _join_running(box, spec, prepared)
     recorder = None
     started = time.monotonic()
     try:
@@ -87,9 +88,12 @@ def attach(name: str, command: Sequence[str] | None = None, *, record: Path | No
         _set_winsize(master, cols, rows)
         cg = prepared.cgroup
         try:
-            proc = spawn_prepared(prepared, stdin=slave, stdout=slave, stderr=slave)
+            proc = spawn_prepared(prepared, stdin=slave, stdout=slave, stderr=slave,
+                                  extra_fds=ns_fds)
         finally:
             os.close(slave)
+            for fd in ns_fds:
+                os.close(fd)
         if record is not None:
             recorder = asciicast.Recorder.open(record, cols, rows,
                                                env={"TERM": env["TERM"], "SHELL": argv[0]},
@@ -106,6 +110,27 @@ def attach(name: str, command: Sequence[str] | None = None, *, record: Path | No
     audit.record_run(via=via, command=argv, profile=spec.profile, network=spec.network,
                      exit_code=code, duration_s=time.monotonic() - started, sandbox=name)
     return code
+
+
+def _join_running(box, spec, prepared) -> list[int]:
+    """While the main command runs, the shell joins its namespaces (it sees its processes);
+    returns the namespace fds to pass to bwrap (none when it starts a separate sandbox)."""
+    from tether.sandbox import _join
+    from tether.sandbox.profiles import NetworkMode
+
+    status, supervisor, _ = box.status()
+    init = _join.sandbox_init(supervisor) if status == "running" else None
+    fds = _join.open_namespaces(init) if init is not None else None
+    if fds is None:
+        return []
+    argv = _join.join_argv(prepared.argv, share_net=spec.network is NetworkMode.FULL,
+                           userns_fd=fds[0], pidns_fd=fds[1])
+    if argv is None:
+        for fd in fds:
+            os.close(fd)
+        return []
+    prepared.argv = argv
+    return fds
 
 
 @contextlib.contextmanager

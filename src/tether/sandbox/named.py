@@ -266,7 +266,18 @@ async def exec_async(name: str, command: Sequence[str], *, stdin: bytes | None =
     box = _load(name)
     spec = spec_for(box, command, timeout=timeout)
     return await run_spec(spec, stdin=stdin, on_output=on_output, via=via, client=client,
-                          sandbox=name, prestart=prestart)
+                          sandbox=name, prestart=prestart, run_fn=_joined_runner(box))
+
+
+def _joined_runner(box: NamedSandbox):
+    """While the main command runs, new processes join its namespaces (see _join.py)."""
+    import functools
+
+    from tether.sandbox import _join
+
+    status, supervisor, _ = box.status()
+    init = _join.sandbox_init(supervisor) if status == "running" else None
+    return functools.partial(_join.run_joined, init_pid=init) if init is not None else None
 
 
 def exec_sync(name: str, command: Sequence[str], **kw):
@@ -459,17 +470,6 @@ def _copy_in(host: Path, box: NamedSandbox, inner: str, progress) -> int:
 # -- the supervisor of a started sandbox ---------------------------------------------------
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry))
-    return out
-
-
 async def _supervise(name: str) -> int:
     """Run the main command, its output to main.log; on SIGTERM end it and exit."""
     from tether.sandbox.service import run_spec
@@ -487,6 +487,8 @@ async def _supervise(name: str) -> int:
         # run (cgroup removed, run audited) and we record a stop instead of an exit.
         nonlocal stopping
         stopping = True
+        from tether.sandbox._join import _children_of
+
         for child in _children_of(os.getpid()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
@@ -494,7 +496,9 @@ async def _supervise(name: str) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
     ended: dict = {"exit_code": None}
     try:
-        result = await run_spec(spec, on_output=on_output, via="start", sandbox=name)
+        # prestart=False: the bwrap of the main command must be our only child (_join.py)
+        result = await run_spec(spec, on_output=on_output, via="start", sandbox=name,
+                                prestart=False)
         ended.update(exit_code=result.exit_code, timed_out=result.timed_out)
     except TetherError as exc:
         log.write(f"tether: {exc.message}\n".encode())

@@ -199,7 +199,7 @@ async def run_in_thread(fn, *args, handle: RunHandle, **kw):
 
 async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallback | None = None,
                    via: str, client: str | None = None, sandbox: str | None = None,
-                   pool=None, prestart: bool = True):
+                   pool=None, prestart: bool = True, run_fn=None):
     """Run ``spec`` (pooled if ``pool`` has a warm sandbox for it) and audit the run.
 
     Cancelling the caller (an SSE client that went away) kills the run.
@@ -209,7 +209,9 @@ async def run_spec(spec, *, stdin: bytes | None = None, on_output: OutputCallbac
     started = time.monotonic()
     handle = RunHandle()
     relay = thread_relay(on_output, asyncio.get_running_loop(), handle)
-    run = pool.run if pool is not None else functools.partial(run_blocking, prestart=prestart)
+    # run_fn(spec, stdin=, on_output=, handle=): another way to start it (a joined exec)
+    run = run_fn or (pool.run if pool is not None
+                     else functools.partial(run_blocking, prestart=prestart))
     try:
         result = await run_in_thread(run, spec, stdin=stdin, on_output=relay, handle=handle)
     except TetherError as exc:
