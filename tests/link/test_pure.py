@@ -181,3 +181,38 @@ def test_tcp_address() -> None:
         "no-name", "no-command"])
 def test_parse_fast(argv, expected) -> None:
     assert parse_fast(argv) == expected
+
+
+def _copy_errors():
+    import errno
+
+    import asyncssh
+
+    return [
+        (OSError(errno.ENOTCONN, "Transport endpoint is not connected"), errors.ConnectError),
+        (ConnectionResetError(), errors.ConnectError),
+        (asyncssh.SFTPConnectionLost("gone"), errors.ConnectError),
+        (asyncssh.ConnectionLost("gone"), errors.ConnectError),
+        (PermissionError(13, "Permission denied", "/x/y"), errors.LocalIOError),
+        (asyncssh.SFTPNoSuchFile("no such file"), errors.NotFoundError),
+        (asyncssh.SFTPPermissionDenied("denied"), errors.PermissionDeniedError),
+        (asyncssh.SFTPFailure("failure"), errors.PeerError),
+        (ExceptionGroup("g", [ValueError("x"), asyncssh.SFTPConnectionLost("gone")]),
+         errors.ConnectError),
+    ]
+
+
+@pytest.mark.parametrize("index", range(9), ids=[
+    "enotconn", "reset", "sftp-lost", "ssh-lost", "local-perm", "no-such-file",
+    "sftp-perm", "sftp-failure", "group"])
+def test_copy_errors_are_translated(index) -> None:
+    from tether.link.copy import translate
+
+    exc, expected = _copy_errors()[index]
+    assert type(translate(exc, "gpu")) is expected
+
+
+def test_unknown_copy_errors_stay_bugs() -> None:
+    from tether.link.copy import translate
+
+    assert translate(ValueError("a bug of ours"), "gpu") is None

@@ -309,16 +309,18 @@ def translate(exc: BaseException, plan_host: str) -> errors.TetherError | None:
         return errors.NotFoundError(f"{plan_host}: {exc.reason}")
     if isinstance(exc, asyncssh.SFTPPermissionDenied):
         return errors.PermissionDeniedError(f"{plan_host}: permission denied: {exc.reason}")
-    if isinstance(exc, (asyncssh.SFTPConnectionLost, asyncssh.ConnectionLost,
-                        asyncssh.SFTPNoConnection, asyncssh.DisconnectError, ConnectionError,
-                        BrokenPipeError)):
+    # An OSError naming no file came from the socket (ENOTCONN, ECONNRESET...), not the disk.
+    socket_error = isinstance(exc, OSError) and not exc.filename
+    if socket_error or isinstance(exc, (asyncssh.SFTPConnectionLost, asyncssh.ConnectionLost,
+                                        asyncssh.SFTPNoConnection, asyncssh.DisconnectError,
+                                        ConnectionError)):
         return errors.ConnectError(
             f"the link to {plan_host!r} dropped during the copy",
             "nothing half-written was left under the target names; run the copy again")
     if isinstance(exc, asyncssh.SFTPError):
         return errors.PeerError(f"{plan_host}: {exc.reason}")
     if isinstance(exc, OSError):
-        return errors.LocalIOError(f"{exc.filename or 'local file'}: {exc.strerror or exc}")
+        return errors.LocalIOError(f"{exc.filename}: {exc.strerror or exc}")
     return None
 
 

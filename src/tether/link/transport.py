@@ -40,6 +40,11 @@ if TYPE_CHECKING:  # pragma: no cover
 SSH_PATH = "/.tether/ssh"
 MAX_FRAME = 4 * 1024 * 1024  # contract B says >= 1 MiB; the bridge may send up to this
 CONNECT_TIMEOUT_S = 15.0
+# Receive side of every channel: a larger window and packets keep a download's pipeline full
+# through the bridge and cut asyncssh's per-packet Python cost (~1.2x measured on loopback).
+# 128 KiB stays well under OpenSSH's 256 KiB packet limit.
+CHANNEL_WINDOW = 8 * 1024 * 1024
+CHANNEL_MAX_PACKET = 128 * 1024
 # Fast AEAD ciphers first: both run in OpenSSL through `cryptography`.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                      "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
@@ -450,6 +455,7 @@ async def open_ssh(profile: HostProfile, *, keepalive_s: float | None = None,
         encryption_algs=[c for c in PREFERRED_CIPHERS],
         connect_timeout=CONNECT_TIMEOUT_S, login_timeout=CONNECT_TIMEOUT_S,
         keepalive_interval=keepalive_s or 0, keepalive_count_max=3,
+        window=CHANNEL_WINDOW, max_pktsize=CHANNEL_MAX_PACKET,
     )
     where = profile.url
     try:
