@@ -119,7 +119,7 @@ def create_server(workdir: Path | None = None):
     async def sandbox_exec(name: str, command: list[str], ctx: Context,
                            stdin: str | None = None,
                            timeout: float | None = None) -> dict[str, Any]:
-        """Run a command in a named sandbox (files persist, processes do not)."""
+        """Run a command in a named sandbox (files persist; sees its running main command)."""
         data = None if stdin is None else stdin.encode()
         return _result(await named.exec_async(name, command, stdin=data, timeout=timeout,
                                               via="mcp", client=_client_name(ctx)))

@@ -7,9 +7,10 @@ directory). Everything else is what the profile gives any run: read-only system,
 ``/tmp``, its network and limits.
 
 Every ``exec`` is a fresh bwrap over that layer (files persist between execs and across CLI
-restarts; processes do not). ``start`` runs the sandbox's main command, if it has one, under a
-small detached supervisor (``python -m tether.sandbox.named NAME``) that writes its output to
-``main.log`` and its end to ``exit.json``; ``stop`` ends it. State lives in
+restarts). ``start`` runs the sandbox's main command, if it has one, under a small detached
+supervisor (``python -m tether.sandbox.named NAME``) that writes its output to ``main.log`` and
+its end to ``exit.json``; ``stop`` ends it. While it runs, an exec joins its user and pid
+namespaces and sees its processes (_join.py). State lives in
 ``paths.state_dir()/sandboxes/NAME/``.
 """
 
