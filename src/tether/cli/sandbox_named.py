@@ -111,7 +111,7 @@ def exec_(
         "--stdin", "-i", help="Pass this command's stdin to CMD (read fully first).")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Run CMD in the sandbox (a fresh process over its files); exits with CMD's code."""
+    """Run CMD in the sandbox (its files; its processes while started); exits with its code."""
     from tether.sandbox import named
 
     out = Output(json)

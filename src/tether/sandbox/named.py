@@ -259,7 +259,7 @@ def spec_for(box: NamedSandbox, command: Sequence[str], *, timeout: float | None
 async def exec_async(name: str, command: Sequence[str], *, stdin: bytes | None = None,
                      timeout: float | None = None, via: str = "cli", client: str | None = None,
                      on_output=None, prestart: bool = True):
-    """Run ``command`` in a fresh process over the sandbox's layer; audited.
+    """Run ``command`` over the sandbox's layer (joining its main command if it runs); audited.
 
     prestart: see service.run_blocking (the CLI passes False)."""
     from tether.sandbox.service import run_spec
