@@ -214,3 +214,28 @@ async def test_sparse_file_over_1gb_streams(ws, roots):
         fh.seek(1 << 29)
         assert fh.read(6) == b"marker"
     assert grew_kib < 200 * 1024  # far below the file's size
+
+
+async def test_one_way_modes(ws, roots):
+    (roots.local / "a").write_text("a0")
+    await sync(ws, roots, mode="one-way-safe")
+    (roots.remote / "a").write_text("edited remotely")
+    (roots.remote / "extra").write_text("remote only")
+    (roots.local / "b").write_text("b")
+    r = await sync(ws, roots, mode="one-way-safe")
+    assert (roots.remote / "a").read_text() == "edited remotely"  # not overwritten
+    assert (roots.remote / "extra").exists() and not (roots.local / "extra").exists()
+    assert (roots.remote / "b").read_text() == "b" and r.downloaded == 0
+    r = await sync(ws, roots, mode="one-way-replica")
+    assert snapshot(roots.remote) == snapshot(roots.local)
+    assert r.deleted_remote == 1
+
+
+async def test_two_way_resolved_local_wins(ws, roots):
+    (roots.local / "f").write_text("base")
+    await sync(ws, roots, mode="two-way-resolved")
+    (roots.local / "f").write_text("local")
+    (roots.remote / "f").write_text("remote")
+    r = await sync(ws, roots, mode="two-way-resolved")
+    assert (roots.remote / "f").read_text() == "local"
+    assert r.conflicts == [] and [c.resolved for c in r.auto_resolved] == ["local"]

@@ -39,6 +39,7 @@ from tether.sync.scan import Scanner
 
 DRAIN_AT = 1 << 20
 COALESCE_AT = 256 << 10
+QUEUE_FRAMES = 32  # frames read ahead of the receiver (DATA frames are <= 1 MiB)
 BASE_SAVE_EVERY_S = 2.0
 RESCAN_EVERY_S = 30.0  # watch mode: a full rescan now and then, in case an event was lost
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -67,7 +68,8 @@ class CycleReport:
     downloaded: int = 0
     deleted_local: int = 0
     deleted_remote: int = 0
-    conflicts: list[Conflict] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)  # open ones
+    auto_resolved: list[Conflict] = field(default_factory=list)  # two-way-resolved
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (side, path, why)
     unstable: list[str] = field(default_factory=list)
     bytes_sent: int = 0
@@ -94,6 +96,7 @@ class SyncResult:
     deleted_local: int = 0
     deleted_remote: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
+    auto_resolved: list[Conflict] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -106,6 +109,7 @@ class SyncResult:
         self.deleted_local += r.deleted_local
         self.deleted_remote += r.deleted_remote
         self.conflicts = r.conflicts
+        self.auto_resolved += r.auto_resolved
         self.failed = r.failed
         self.bytes_sent += r.bytes_sent
         self.bytes_received += r.bytes_received
@@ -116,6 +120,7 @@ class SyncResult:
                 "uploaded": self.uploaded, "downloaded": self.downloaded,
                 "deleted_local": self.deleted_local, "deleted_remote": self.deleted_remote,
                 "conflicts": [c.to_dict() for c in self.conflicts],
+                "auto_resolved": [c.to_dict() for c in self.auto_resolved],
                 "failed": [{"side": s, "path": p, "reason": w} for s, p, w in self.failed],
                 "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
                 "duration_s": round(self.duration_s, 3)}
@@ -149,7 +154,8 @@ class RemoteAgent:
         self.name = name
         self.on_notify = on_notify
         self.proc: Any = None
-        self.queue: asyncio.Queue[P.Frame | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[P.Frame | None] = asyncio.Queue(maxsize=QUEUE_FRAMES)
+        self._eof = False
         self.bytes_sent = 0
         self.bytes_received = 0
         self._unflushed = 0
@@ -180,11 +186,13 @@ class RemoteAgent:
                     if frame.type is P.T.NOTIFY:
                         self.on_notify()
                     else:
-                        self.queue.put_nowait(frame)
+                        await self.queue.put(frame)  # bounded: a slow disk slows the reader
+        except asyncio.CancelledError:
+            raise
         except Exception:  # noqa: BLE001 - any read failure means the channel is gone
             pass
-        finally:
-            self.queue.put_nowait(None)
+        self._eof = True
+        await self.queue.put(None)
 
     async def _errors(self) -> None:
         try:
@@ -228,9 +236,10 @@ class RemoteAgent:
 
     async def recv(self) -> P.Frame:
         await self.flush()  # whatever we wait on may depend on what we queued
+        if self._eof and self.queue.empty():
+            raise self._gone()  # every recv after the end fails the same way
         frame = await self.queue.get()
         if frame is None:
-            self.queue.put_nowait(None)  # every later recv fails the same way
             raise self._gone()
         if frame.type is P.T.ERROR:
             msg = frame.json()
@@ -395,14 +404,16 @@ class Session:
         actions, conflicts = reconcile(
             self.base, local.tree, self.remote_tree, self.opts.mode, stamp=_stamp(),
             skip=skip, resolutions=resolutions, paths=paths)
+        open_ = [c for c in conflicts if c.resolved is None]
         if paths is None:
-            self.conflicts = {c.path: c for c in conflicts}
+            self.conflicts = {c.path: c for c in open_}
         else:  # a conflict changes only when one of its paths does
             for p in paths:
                 self.conflicts.pop(p, None)
-            self.conflicts.update((c.path, c) for c in conflicts)
+            self.conflicts.update((c.path, c) for c in open_)
         report = CycleReport(conflicts=sorted(self.conflicts.values(), key=lambda c: c.path),
-                             unstable=sorted(skip))
+                             unstable=sorted(skip),
+                             auto_resolved=[c for c in conflicts if c.resolved])
         done: list[Action] = []
         up = [a for a in actions if a.dst is Side.REMOTE]
         down = [a for a in actions if a.dst is Side.LOCAL]
