@@ -91,10 +91,15 @@ def sync_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHost]:
 
 
 @pytest.fixture
-def ws(isolated, sync_host: SyncHost) -> str:
-    """This (isolated) laptop paired with ``sync_host`` as "ws" through the real gateway."""
+def ws(isolated, sync_host: SyncHost, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This (isolated) laptop paired with ``sync_host`` as "ws" through the real gateway.
+
+    The agent runs under sshd with the real HOME; it is told not to keep its stat cache
+    (which lives in ~/.cache), so tests leave nothing in real user files.
+    """
     from tether.link.pairing import connect
 
+    monkeypatch.setenv("TETHER_SYNC_REMOTE_CACHE", "0")
     sync_host.ensure_gateway()
     connect(sync_host.connection_string(), "ws")
     return "ws"

@@ -203,3 +203,51 @@ def test_unreadable_directory_is_unstable_not_empty(tmp_path, monkeypatch):
     monkeypatch.setattr(Scanner, "_listing", listing)
     r = Scanner(tmp_path).scan()
     assert "locked" in r.unstable and "locked/f" not in r.tree
+
+
+def test_stat_cache_survives_the_process(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(20):
+        (root / f"f{i}").write_text(str(i))
+    first = Scanner(root)
+    tree = first.scan().tree
+    first.save_cache(str(tmp_path / "c.scan"))
+    later = Scanner(root)
+    assert later.load_cache(str(tmp_path / "c.scan"))
+    again = later.scan()
+    assert again.tree == tree and again.hashed_bytes == 0
+    assert not Scanner(tmp_path).load_cache(str(tmp_path / "c.scan"))  # another root
+    (tmp_path / "bad.scan").write_bytes(b"TSC1garbage")
+    assert not Scanner(root).load_cache(str(tmp_path / "bad.scan"))
+
+
+def test_agent_keeps_its_stat_cache_between_sessions(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").write_text("a")
+    env = {**os.environ, "TETHER_HOME": str(tmp_path / "th")}
+    hello = P.encode_json(P.T.HELLO, {"v": P.VERSION, "root": str(root), "cache": True})
+    stream = hello + P.encode_json(P.T.SCAN, {"full": True}) + P.encode_json(P.T.BYE, {})
+    out = subprocess.run([sys.executable, "-m", "tether.cli.main", "agent", "sync",
+                          str(root)], input=stream, capture_output=True, env=env, timeout=30)
+    frames = P.FrameDecoder().feed(out.stdout)
+    assert [f.type for f in frames] == [P.T.READY, P.T.TREE]
+    [cache] = (tmp_path / "th").rglob("*.scan")
+    s = Scanner(root)
+    assert s.load_cache(str(cache)) and s.scan().hashed_bytes == 0
+
+
+def test_agent_refuses_another_protocol_version(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tether.cli.main", "agent", "sync",
+                          str(tmp_path)], input=P.encode_json(P.T.HELLO, {"v": 99}),
+                         capture_output=True, timeout=30)
+    [frame] = P.FrameDecoder().feed(out.stdout)
+    assert frame.type is P.T.ERROR and "version" in frame.json()["message"]
+    assert out.returncode == 1

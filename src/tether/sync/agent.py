@@ -63,6 +63,7 @@ class Agent:
         self.receiver: Receiver | None = None
         self.observer: Any = None
         self.dirty: Any = None  # watch.DirtySet while watching
+        self.cache_file: str | None = None
 
     # -- requests ----------------------------------------------------------------------
     def hello(self, msg: dict) -> None:
@@ -75,6 +76,9 @@ class Agent:
             os.makedirs(root, exist_ok=True)
         self.root = root
         self.scanner = Scanner(root, msg.get("excludes") or ())
+        if msg.get("cache"):
+            self.cache_file = _cache_file(root)
+            self.scanner.load_cache(self.cache_file)
         self.receiver = Receiver(self.scanner)
         if msg.get("watch"):
             self._watch()
@@ -156,6 +160,22 @@ class Agent:
     def stop(self) -> None:
         if self.observer is not None:
             self.observer.stop()
+        if self.cache_file and self.scanner is not None:
+            try:
+                self.scanner.save_cache(self.cache_file)
+            except OSError:
+                pass  # only a cache: the next session hashes again
+
+
+def _cache_file(root: str) -> str:
+    """Where this machine keeps the stat cache of ``root`` between sessions."""
+    import hashlib
+
+    from tether import paths
+
+    d = paths.ensure_dir(paths.cache_dir() / "sync")
+    return str(d / (hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+                    + ".scan"))
 
 
 def serve(root: str, fd_in: int = 0, fd_out: int = 1) -> int:

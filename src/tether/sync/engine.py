@@ -288,6 +288,8 @@ class Session:
         self.on_cycle = on_cycle
         self.base = state.load_base(self.sid)
         self.scanner = Scanner(opts.local, opts.excludes)
+        self.cache_file = str(state.sync_dir() / f"{self.sid}.scan")
+        self.scanner.load_cache(self.cache_file)  # a fresh process need not hash it all
         self.remote_tree: dict[str, Entry] = {}
         self.remote_unstable: set[str] = set()
         self.remote_dirty = True
@@ -324,7 +326,8 @@ class Session:
         try:
             ready = await agent.start(agent_command_line(self.opts), {
                 "v": P.VERSION, "root": self.opts.remote, "excludes": list(self.opts.excludes),
-                "create": not self.base, "watch": self.watching})
+                "create": not self.base, "watch": self.watching,
+                "cache": os.environ.get("TETHER_SYNC_REMOTE_CACHE", "1") != "0"})
         except BaseException:
             await agent.aclose()
             self.conn.close()
@@ -444,12 +447,20 @@ class Session:
         return report
 
     def flush_base(self) -> None:
-        """Save the base if it changed. Watch mode saves at most every few seconds: a base
-        that is a little old is safe (both sides equal on a path is never a conflict)."""
+        """Save the base (and the stat cache) if it changed. Watch mode saves at most every
+        few seconds: a base that is a little old is safe (both sides equal on a path is
+        never a conflict), and a stale stat cache only costs hashing."""
         if self.base_dirty:
             state.save_base(self.sid, self.base)
             self.base_dirty = False
             self.base_saved = time.monotonic()
+            self.save_cache()
+
+    def save_cache(self) -> None:
+        try:
+            self.scanner.save_cache(self.cache_file)
+        except OSError:
+            pass  # only a cache: the next run hashes again
 
     @staticmethod
     def _count(done: list[Action], report: CycleReport) -> None:
@@ -623,6 +634,7 @@ async def run_session(opts: SyncOptions, *, watch: bool = False,
         raise
     finally:
         session.flush_base()
+        session.save_cache()
         await session.disconnect()
         result.duration_s = time.monotonic() - t0
     return result

@@ -25,6 +25,7 @@ from tether.sync.ignore import IGNORE_FILES, Rules
 from tether.sync.reconcile import DIR, Entry, Kind
 
 READ_SIZE = 1 << 20
+CACHE_MAGIC = b"TSC1"  # stat cache file format, version 1
 _EXEC = st.S_IXUSR
 
 
@@ -272,6 +273,44 @@ class Scanner:
             return None  # fifos, sockets, devices are not synced
         self.cache[rel] = (key, entry)
         return entry
+
+    # -- a stat cache that outlives the process ------------------------------------------
+    def load_cache(self, path: str) -> bool:
+        """Load a cache written by :meth:`save_cache` for this root; False if unusable.
+
+        marshal, not pickle: loading it can fail but never run code. The file lives in
+        tether's own 0600 state or cache directory.
+        """
+        import marshal
+
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(4) != CACHE_MAGIC:
+                    return False
+                root, items = marshal.loads(fh.read())
+        except (OSError, EOFError, ValueError, TypeError):
+            return False
+        if root != self.root or not isinstance(items, dict):
+            return False
+        try:
+            self.cache = {rel: (tuple(key), Entry(Kind(e[0]), e[1], e[2], e[3], e[4]))
+                          for rel, (key, e) in items.items()}
+        except (TypeError, ValueError, IndexError):
+            self.cache = {}
+            return False
+        return True
+
+    def save_cache(self, path: str) -> None:
+        import marshal
+
+        items = {rel: (key, (int(e.kind), e.digest, e.size, e.executable, e.target))
+                 for rel, (key, e) in self.cache.items()}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(CACHE_MAGIC)
+            fh.write(marshal.dumps((self.root, items)))
+        os.replace(tmp, path)
 
     def remember(self, rel: str, entry: Entry) -> None:
         """Record a file this side just wrote, so the next scan does not read it again."""
