@@ -13,9 +13,10 @@ Then measures, against a file:// store:
                  files that install added or changed
 - restore_ratio  pull wall time / `zstd -dc | tar -x`
 
-Both sides skip the same files (__pycache__, *.pyc, .cache). Timings are the best of
-``--runs`` (default 3), interleaved, each started after ``sync``, because the machine is
-shared. The file:// store fsyncs every pack (durable); tar's output is not fsynced.
+Both sides skip the same files (__pycache__, *.pyc, .cache). The machine is shared, so
+each of ``--runs`` (default 3) runs times the anchor and tether back to back (order
+alternating, each after ``sync``), and a ratio is the median of the per-run ratios.
+The file:// store fsyncs every pack (durable); tar's output is not fsynced.
 
 Usage: python bench/snapshot.py [--json] [--runs N] [--workspace DIR] [--rebuild]
 """
@@ -26,11 +27,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 GOALS = {  # name -> (goal, "<=" or "<")
@@ -64,6 +67,20 @@ def build_workspace(ws: Path) -> None:
     sh("git init -q && git add -A && git -c user.name=bench -c user.email=b@x "
        "commit -q -m init", cwd=ws / "src")
     (ws / ".bench-ready").write_text("ok")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fmt_times(ts: list[float]) -> str:
+    return " ".join(f"{t:.2f}" for t in ts)
+
+
+def paired_ratio(ours: list[float], anchor: list[float]) -> float:
+    """Median of per-run ratios: each of our runs is timed right next to an anchor run, so a
+    load spike from other processes on the shared machine hits both sides of one pair."""
+    return statistics.median(o / a for o, a in zip(ours, anchor))
 
 
 def timed(fn) -> float:
@@ -100,20 +117,22 @@ def run(ws: Path, runs: int) -> dict:
     figures: dict[str, float] = {}
     try:
         tar_t, push_t = [], []
+        tar_cmd = f"tar -cf - {excl} -C {ws} . | zstd -3 -T0 -q > {tarball}"
         for i in range(runs):
-            tar_t.append(timed(lambda: sh(f"tar -cf - {excl} -C {ws} . | zstd -3 -T0 -q "
-                                          f"> {tarball}")))
             repo = tmp / f"repo{i}"
             os.environ["TETHER_HOME"] = str(tmp / f"home{i}")
-            push_t.append(timed(lambda repo=repo: api.push(f"file://{repo}", ws)))
+            pair = [(tar_t, partial(sh, tar_cmd)), (push_t, partial(api.push, f"file://{repo}", ws))]
+            for times, step in (pair if i % 2 == 0 else pair[::-1]):  # alternate: cancel drift
+                times.append(timed(step))
             if i:
                 shutil.rmtree(repo)
         repo = tmp / "repo0"
         url = f"file://{repo}"
         os.environ["TETHER_HOME"] = str(tmp / "home0")
+        log(f"tar|zstd {fmt_times(tar_t)}; push {fmt_times(push_t)}")
         figures["tar_zstd_s"] = min(tar_t)
         figures["push_s"] = min(push_t)
-        figures["push_ratio"] = min(push_t) / min(tar_t)
+        figures["push_ratio"] = paired_ratio(push_t, tar_t)
         figures["tar_zst_bytes"] = tarball.stat().st_size
         figures["repo_bytes"] = du(repo)
         figures["size_ratio"] = figures["repo_bytes"] / figures["tar_zst_bytes"]
@@ -144,16 +163,18 @@ def run(ws: Path, runs: int) -> dict:
 
         untar_t, pull_t = [], []
         for i in range(runs):
-            x = tmp / f"untar{i}"
+            x, out = tmp / f"untar{i}", tmp / f"pull{i}"
             x.mkdir()
-            untar_t.append(timed(lambda x=x: sh(f"zstd -dc {tarball} | tar -x -C {x}")))
+            pair = [(untar_t, partial(sh, f"zstd -dc {tarball} | tar -x -C {x}")),
+                    (pull_t, partial(api.pull, url, out))]
+            for times, step in (pair if i % 2 == 0 else pair[::-1]):
+                times.append(timed(step))
             shutil.rmtree(x)
-            out = tmp / f"pull{i}"
-            pull_t.append(timed(lambda out=out: api.pull(url, out)))
             shutil.rmtree(out)
+        log(f"untar {fmt_times(untar_t)}; pull {fmt_times(pull_t)}")
         figures["untar_s"] = min(untar_t)
         figures["pull_s"] = min(pull_t)
-        figures["restore_ratio"] = min(pull_t) / min(untar_t)
+        figures["restore_ratio"] = paired_ratio(pull_t, untar_t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return figures
