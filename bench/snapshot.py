@@ -80,7 +80,7 @@ def fmt_times(ts: list[float]) -> str:
 def paired_ratio(ours: list[float], anchor: list[float]) -> float:
     """Median of per-run ratios: each of our runs is timed right next to an anchor run, so a
     load spike from other processes on the shared machine hits both sides of one pair."""
-    return statistics.median(o / a for o, a in zip(ours, anchor))
+    return statistics.median(o / a for o, a in zip(ours, anchor, strict=True))
 
 
 def timed(fn) -> float:
@@ -121,7 +121,8 @@ def run(ws: Path, runs: int) -> dict:
         for i in range(runs):
             repo = tmp / f"repo{i}"
             os.environ["TETHER_HOME"] = str(tmp / f"home{i}")
-            pair = [(tar_t, partial(sh, tar_cmd)), (push_t, partial(api.push, f"file://{repo}", ws))]
+            pair = [(tar_t, partial(sh, tar_cmd)),
+                    (push_t, partial(api.push, f"file://{repo}", ws))]
             for times, step in (pair if i % 2 == 0 else pair[::-1]):  # alternate: cancel drift
                 times.append(timed(step))
             if i:
