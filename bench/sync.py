@@ -65,7 +65,9 @@ class Bench:
         self.home = root / "home"
         self.home.mkdir()
         self.env = {**os.environ, "HOME": str(self.home), "TETHER_HOME": str(root / "th"),
-                    "TETHER_SECRETS_BACKEND": "file", "NO_COLOR": "1"}
+                    "TETHER_SECRETS_BACKEND": "file", "NO_COLOR": "1",
+                    # the agent runs with the real HOME: keep its stat cache out of it
+                    "TETHER_SYNC_REMOTE_CACHE": "0"}
         os.environ.update(self.env)
         bindir = Path(sys.executable).parent
         self.tether = str(bindir / "tether") if (bindir / "tether").exists() \

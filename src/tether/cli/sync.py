@@ -26,13 +26,23 @@ class _DefaultStart(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
+_HELP = """Two-way file sync with a workspace.
+
+  tether sync NAME LOCAL [REMOTE] [--watch] [--mode MODE] [--exclude P]... [--json]
+
+REMOTE is relative to the workspace home (default: LOCAL's folder name). MODE is \
+two-way-safe (default: a conflict keeps both versions), two-way-resolved (local wins), \
+one-way-safe (never overwrites remote changes) or one-way-replica (remote mirrors local). \
+.gitignore and .tetherignore files are honoured. See `tether sync start --help`.
+"""
+
 app = typer.Typer(cls=_DefaultStart, add_completion=False, no_args_is_help=True,
-                  help="Two-way file sync with a workspace: `tether sync NAME LOCAL [REMOTE]`.")
+                  help=_HELP)
 
 
 @app.callback()
 def sync() -> None:
-    """Two-way file sync with a workspace: tether sync NAME LOCAL [REMOTE] [--watch]."""
+    pass
 
 
 def _conflict_rows(conflicts: list[dict]) -> list[tuple]:
@@ -51,7 +61,7 @@ def _show_conflicts(o: Output, conflicts: list[dict]) -> None:
                     markup=False)
 
 
-@app.command("start", hidden=True, help="Sync LOCAL with REMOTE on host NAME.")
+@app.command("start", help="Sync LOCAL with REMOTE on host NAME (`start` may be left out).")
 def start(
     name: Annotated[str, typer.Argument(help="Host name (see `tether hosts`).")],
     local: Annotated[str, typer.Argument(help="Local folder.")],
@@ -101,6 +111,8 @@ def start(
                     f"{len(result.conflicts)} conflicts in {result.duration_s:.1f} s",
                     markup=False)
         _show_conflicts(o, data["conflicts"])
+        for c in data["auto_resolved"]:
+            o.warn(f"{c['path']}: changed on both sides; kept {c['resolved']} ({result.mode})")
         for f in data["failed"]:
             o.warn(f"{f['side']}: {f['path']}: {f['reason']}")
 
