@@ -131,11 +131,14 @@ class _Walker:
         finally:
             view.release()
 
-    def walk(self, dfd: int, rel: str, dst: os.stat_result) -> tuple[str, bool]:
+    def walk(self, dfd: int, rel: str, dst: os.stat_result) -> tuple[str, bool] | None:
         """Store the directory open at ``dfd`` and return (tree id, clean): clean when it and
-        everything below match the stat cache, so the cached tree id is reused unencoded."""
+        everything below match the stat cache, so the cached tree id is reused unencoded.
+        None: the directory is a cache (CACHEDIR.TAG) and is skipped."""
         rows: list[list] = []
         entries = list(os.scandir(dfd))
+        if rel and any(e.name == "CACHEDIR.TAG" for e in entries) and is_cachedir(dfd):
+            return None
         cached_tree = self.cache.dir_tree(rel, dst)
         clean = cached_tree is not None
         if any(e.name == "pyvenv.cfg" for e in entries):
@@ -179,13 +182,14 @@ class _Walker:
                     clean = False
                     continue
                 try:
-                    if is_cachedir(sub):
-                        clean = clean and self.cache.dir_tree(path, st) == ""
-                        self.cache.remember_dir(path, st, "")
-                        continue
-                    tree, sub_clean = self.walk(sub, path, st)
+                    walked = self.walk(sub, path, st)
                 finally:
                     os.close(sub)
+                if walked is None:  # a cache directory: skipped, remembered as such
+                    clean = clean and self.cache.dir_tree(path, st) == ""
+                    self.cache.remember_dir(path, st, "")
+                    continue
+                tree, sub_clean = walked
                 clean = clean and sub_clean
                 rows.append([name, "d", mode & 0o7777, st.st_mtime_ns, 0, tree])
             elif stat.S_ISLNK(mode):
@@ -237,7 +241,7 @@ def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
         except OSError as exc:
             raise LocalIOError(f"cannot open {root}: {exc.strerror}") from exc
         try:
-            tree, _ = walker.walk(dfd, "", os.fstat(dfd))
+            tree, _ = walker.walk(dfd, "", os.fstat(dfd))  # type: ignore[misc]  # root: never None
         finally:
             os.close(dfd)
         written = data.finish()
