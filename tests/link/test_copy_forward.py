@@ -212,3 +212,19 @@ def test_cli_progress_bar_on_a_terminal(paired, tether_bin, tmp_path) -> None:
     assert "1 file" in text and "/s" in text  # the bar: label, bytes, rate
     assert "upload: 1 file," in text
     assert (tmp_path / "dst" / "p.bin").stat().st_size == src.stat().st_size
+
+
+def test_several_sources_into_a_directory(paired, tmp_path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    r = tether.copy([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], f"{paired}:{remote}")
+    assert r.files == 2 and sorted(p.name for p in remote.iterdir()) == ["a.txt", "b.txt"]
+    with pytest.raises(errors.UsageError, match="not an existing directory"):
+        tether.copy([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")],
+                    f"{paired}:{remote}/missing")
+    back = tmp_path / "back"
+    back.mkdir()
+    tether.copy([f"{paired}:{remote}/a.txt", f"{paired}:{remote}/b.txt"], str(back))
+    assert (back / "a.txt").read_text() == "a" and (back / "b.txt").read_text() == "b"
