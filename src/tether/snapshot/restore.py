@@ -280,18 +280,24 @@ def write_data(repo: Repository, w: _Writer, progress: Callable[[int], None],
     order = sorted(by_pack)
     with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as fetcher:
         fetches = [fetcher.submit(_fetch, repo, p, by_pack[p]) for p in order[:2]]
-        jobs = []
-        for i, pack in enumerate(order):
-            frames = fetches[i].result()
-            if i + 2 < len(order):
-                fetches.append(fetcher.submit(_fetch, repo, order[i + 2], by_pack[order[i + 2]]))
-            fetches[i] = None  # type: ignore[call-overload]  # free the pack's bytes early
-            jobs += [pool.submit(_decode_and_write, pack, frame, entries, w, progress)
-                     for frame, entries in frames]
-            while len(jobs) > 4 * threads:  # bound memory: at most a few segments queued
-                jobs.pop(0).result()
-        for job in jobs:
-            job.result()
+        jobs: list = []
+        try:
+            for i, pack in enumerate(order):
+                frames = fetches[i].result()
+                if i + 2 < len(order):
+                    fetches.append(fetcher.submit(_fetch, repo, order[i + 2],
+                                                  by_pack[order[i + 2]]))
+                fetches[i] = None  # type: ignore[call-overload]  # free the pack's bytes early
+                jobs += [pool.submit(_decode_and_write, pack, frame, entries, w, progress)
+                         for frame, entries in frames]
+                while len(jobs) > 4 * threads:  # bound memory: at most a few segments queued
+                    jobs.pop(0).result()
+            for job in jobs:
+                job.result()
+        except BaseException:
+            for f in jobs + [f for f in fetches if f is not None]:
+                f.cancel()  # an error or Ctrl-C: do not finish writing a restore we drop
+            raise
 
 
 def _stage_dir(dest: Path) -> Path:
