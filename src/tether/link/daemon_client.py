@@ -151,9 +151,9 @@ def run_exec(req: dict, *, stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int
             watched = (signal.SIGWINCH,)
         else:
             watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        send(wire.encode_json(wire.OPEN, req))  # first: a W or S frame may only follow it
         for signum in watched:
             old_handlers[signum] = signal.signal(signum, on_signal)
-        send(wire.encode_json(wire.OPEN, req))
         return _pump(sock, stdin_fd if req.get("stdin", True) else None, stdout_fd, stderr_fd)
     finally:
         for signum, handler in old_handlers.items():
