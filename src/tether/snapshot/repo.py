@@ -70,10 +70,11 @@ class Repository:
             if not create:
                 raise NotFoundError(f"no snapshot repository at {store.url}",
                                     "push a snapshot there first") from None
-            config = fmt.RepoConfig(id=secrets.token_hex(16))
-            store.put("config", fmt.encode_config(config))
+            store.put("config", fmt.encode_config(fmt.RepoConfig(id=secrets.token_hex(16))))
             store.flush()
-            return cls(store, config)
+            # RACE: two first pushes may both write a config; whichever the store kept is the
+            # repository's, so read it back rather than trusting our own.
+            raw = store.get("config")
         return cls(store, fmt.decode_config(raw))
 
     # -- index -----------------------------------------------------------------------------
