@@ -136,7 +136,8 @@ def test_supervisor_restarts_the_tunnel_of_a_workspace(tmp_path) -> None:
             assert wait_for(lambda: (state.read_run() or {}).get("tunnel_restarts") == 1, 10)
             run = state.read_run()
             assert run["url"] != first_url
-            assert any("new URL" in m and run["url"] in m for m in messages)
+            # RACE: run.json is written before the announcement (same thread, just after)
+            assert wait_for(lambda: any("new URL" in m and run["url"] in m for m in messages), 5)
             assert e.ssh("tether-relay", "true").returncode == 255
             result = connect(ws.new_connection_string(), "relay")
             assert result.paired is False and profiles.load_profile("relay").url == run["url"]

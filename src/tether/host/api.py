@@ -258,6 +258,7 @@ def down(timeout: float = 15.0, state_dir: str | Path | None = None) -> dict:
         return {"stopped": False, "reason": "no workspace is running"}
     if lock_is_free(state.dir):
         _stop_stale_sshd(state, run)
+        _stop_stale_ide(state)
         state.clear_run()
         return {"stopped": False, "reason": "no workspace is running (cleared a stale record)"}
     pid = int(run["pid"])
@@ -275,6 +276,7 @@ def down(timeout: float = 15.0, state_dir: str | Path | None = None) -> dict:
             pass
         time.sleep(0.2)
     _stop_stale_sshd(state, run)
+    _stop_stale_ide(state)
     state.clear_run()
     return {"stopped": True, "pid": pid}
 
@@ -292,6 +294,13 @@ def _stop_stale_sshd(state: HostState, run: dict) -> None:
         return
     if str(state.dir / "sshd_config") in cmdline:
         stop_group(int(pid))
+
+
+def _stop_stale_ide(state: HostState) -> None:
+    """Stop a code-server left by a crashed host (checked by its command line)."""
+    from tether.ide.server import IdeLayout, ide_root, stop_stale
+
+    stop_stale(IdeLayout(ide_root(state.dir)))
 
 
 def pair_code(ttl_s: int = DEFAULT_CODE_TTL_S, state_dir: str | Path | None = None) -> dict:
