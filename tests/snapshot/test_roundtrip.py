@@ -266,3 +266,19 @@ def test_modes_are_exact_whatever_the_umask(tmp_path, store_url):
     finally:
         os.umask(old)
     assert describe(tmp_path / "out") == describe(src)
+
+
+def test_trees_deeper_than_restore_accepts_are_skipped_with_a_note(tmp_path, store_url,
+                                                                    monkeypatch):
+    from tether.snapshot import backup
+
+    monkeypatch.setattr(backup, "MAX_DEPTH", 3)
+    src = tmp_path / "src"
+    (src / "a" / "b" / "c" / "d").mkdir(parents=True)
+    (src / "a" / "b" / "c" / "d" / "deep.txt").write_text("x")
+    (src / "a" / "ok.txt").write_text("x")
+    r = api.push(store_url, src)
+    assert r.skipped == ["a/b/c/d/: nested deeper than 3 directories"]
+    api.pull(store_url, tmp_path / "out")
+    assert (tmp_path / "out" / "a" / "ok.txt").exists()
+    assert not (tmp_path / "out" / "a" / "b" / "c" / "d").exists()

@@ -27,6 +27,7 @@ from tether.errors import LocalIOError, NotFoundError, UsageError
 from tether.snapshot import format as fmt
 from tether.snapshot import venvs as venvmod
 from tether.snapshot.repo import PackWriter, Repository
+from tether.snapshot.restore import MAX_DEPTH
 from tether.snapshot.scan import Excluder, StatCache, is_cachedir
 from tether.snapshot.stores.base import Store
 
@@ -175,6 +176,10 @@ class _Walker:
                 self.files += 1
                 self.bytes += size
             elif is_dir:
+                if path.count("/") >= MAX_DEPTH:  # restore refuses deeper trees: do not write one
+                    self.skipped.append(f"{path}/: nested deeper than {MAX_DEPTH} directories")
+                    clean = False
+                    continue
                 try:
                     sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
                 except (FileNotFoundError, PermissionError) as exc:
