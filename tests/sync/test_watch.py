@@ -130,3 +130,36 @@ def test_cli_bad_input(ws, roots, cli):
     assert r.exit_code == 10
     r = cli("sync", "stop", "--json")
     assert r.exit_code == 2
+
+
+async def test_watch_falls_back_to_polling_without_a_watcher(ws, roots, monkeypatch):
+    """An exhausted inotify watch limit (ENOSPC) must not stop syncing: rescans every 2 s."""
+    import errno
+
+    from tether.sync import watch
+
+    def no_inotify(root, on_paths):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watch, "start_observer", no_inotify)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch_async(ws, roots.local, str(roots.remote), stop=stop))
+    try:
+        sid = state.session_id(ws, roots.local.resolve(), str(roots.remote))
+
+        def first_cycle_done() -> bool:
+            try:
+                return state.load_record(sid).cycles >= 1
+            except Exception:  # noqa: BLE001 - not written yet
+                return False
+
+        await until(first_cycle_done, what="the first cycle")
+        await asyncio.sleep(0.3)
+        (roots.local / "polled.txt").write_text("found by a rescan")
+        began = time.monotonic()
+        await until(has(roots.remote / "polled.txt", "found by a rescan"), timeout=10,
+                    what="the periodic rescan")
+        assert time.monotonic() - began > 0.5  # it really waited for a rescan
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

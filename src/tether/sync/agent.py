@@ -26,6 +26,7 @@ from tether.sync.scan import Scanner
 
 FLUSH_AT = 1 << 20
 NOTIFY_DEBOUNCE_S = 0.005
+POLL_S = 2.0  # without inotify: how often to rescan everything
 
 
 class _Out:
@@ -155,7 +156,15 @@ class Agent:
                 self.out.flush()
 
         threading.Thread(target=notifier, name="sync-notify", daemon=True).start()
-        self.observer = start_observer(self.root, on_paths)
+        try:
+            self.observer = start_observer(self.root, on_paths)
+        except OSError:  # e.g. the inotify watch limit: fall back to periodic full rescans
+            def poll() -> None:
+                while True:
+                    time.sleep(POLL_S)
+                    on_paths([""])  # "" = the root: a full rescan
+
+            threading.Thread(target=poll, name="sync-poll", daemon=True).start()
 
     def stop(self) -> None:
         if self.observer is not None:

@@ -42,6 +42,7 @@ COALESCE_AT = 256 << 10
 QUEUE_FRAMES = 32  # frames read ahead of the receiver (DATA frames are <= 1 MiB)
 BASE_SAVE_EVERY_S = 2.0
 RESCAN_EVERY_S = 30.0  # watch mode: a full rescan now and then, in case an event was lost
+POLL_S = 2.0  # the same without a working watcher (inotify limit reached)
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 MAX_ONESHOT_CYCLES = 3
 
@@ -646,7 +647,11 @@ async def _watch(session: Session, result: SyncResult,
     from tether.sync.watch import Debouncer, start_observer
 
     session.changes = Debouncer()
-    observer = start_observer(str(session.opts.local), session.changes.poke)
+    try:
+        observer = start_observer(str(session.opts.local), session.changes.poke)
+        idle_s = RESCAN_EVERY_S
+    except OSError:  # e.g. the inotify watch limit: rescan everything every few seconds
+        observer, idle_s = None, POLL_S
     loop = asyncio.get_running_loop()
     try:  # `tether sync resolve` sends SIGUSR1: run a cycle now to apply the resolution
         loop.add_signal_handler(signal.SIGUSR1, session.changes.poke_now)
@@ -679,17 +684,18 @@ async def _watch(session: Session, result: SyncResult,
                 asyncio.get_running_loop().call_later(0.2, session.changes.poke, retry)
                 session.remote_dirty = True
             got = await session.changes.wait(BASE_SAVE_EVERY_S if session.base_dirty
-                                             else RESCAN_EVERY_S)
+                                             else idle_s)
             if not got and session.base_dirty:
                 session.flush_base()  # quiet now: write the base down
-                got = await session.changes.wait(RESCAN_EVERY_S)
+                got = await session.changes.wait(idle_s)
             if not got:
                 session.remote_dirty = session.full_rescan = True  # now and then: everything
             if stop is not None and stop.is_set():
                 break
         _note(session, None, "stopped")
     finally:
-        observer.stop()
+        if observer is not None:
+            observer.stop()
         if stopper is not None:
             stopper.cancel()
         try:
