@@ -95,3 +95,13 @@ def test_interrupted_push_resumes(tmp_path, remote, monkeypatch):
     assert r.adopted_packs >= 2 and r.bytes_new < 10_000    # only trees were missing
     api.pull(remote(), tmp_path / "out")
     assert describe(tmp_path / "out") == describe(src)
+
+
+def test_urls_get_the_retry_layer_for_remote_stores_only(tmp_path, isolated, monkeypatch):
+    from tether.snapshot.stores.local import LocalStore
+    from tether.snapshot.stores.wrappers import RetryingStore
+
+    assert isinstance(api.open_retrying(f"file://{tmp_path}/r"), LocalStore)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert isinstance(api.open_retrying("s3://bucket/prefix"), RetryingStore)

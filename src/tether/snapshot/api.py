@@ -25,10 +25,21 @@ from tether.snapshot.stores.base import Store, open_store
 StoreLike = str | Store
 
 
+def open_retrying(url: str) -> Store:
+    """``open_store`` plus the one retry layer for remote stores (their clients' own retries
+    are off, so attempts do not multiply); a local folder needs none."""
+    s = open_store(url)
+    if url.startswith("file:"):
+        return s
+    from tether.snapshot.stores.wrappers import RetryingStore
+
+    return RetryingStore(s)
+
+
 @contextlib.contextmanager
 def _opened(store: StoreLike) -> Iterator[Store]:
     if isinstance(store, str):
-        s = open_store(store)
+        s = open_retrying(store)
         try:
             yield s
         finally:

@@ -19,7 +19,7 @@ from tether.snapshot import api
 from tether.snapshot.backup import PushResult
 from tether.snapshot.repo import Repository
 from tether.snapshot.restore import PullResult
-from tether.snapshot.stores.base import Store, open_store
+from tether.snapshot.stores.base import Store
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def restore_components(store: Store | str, components: Sequence[Component], *,
                        progress: Callable[[int], None] | None = None) -> RestoreReport:
     """Pull the newest snapshot of each component to its path (atomic swap per component)."""
     _check(components)
-    s = open_store(store) if isinstance(store, str) else store
+    s = api.open_retrying(store) if isinstance(store, str) else store
     report = RestoreReport()
     try:
         try:
