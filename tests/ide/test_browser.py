@@ -346,3 +346,30 @@ def test_code_server_left_by_a_crashed_up_is_stopped_at_the_next_start(ide_env, 
     finally:
         second.stop()
     assert not (tmp_path / "ide" / "code-server.pid").exists()
+
+
+def test_ctrl_c_on_foreground_up_stops_code_server(ide_env, tmp_path, tether_bin):
+    import signal
+
+    ws_dir = tmp_path / "project"
+    ws_dir.mkdir()
+    proc = subprocess.Popen([tether_bin, "up", str(ws_dir), "--ide", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        raw = ""
+        while True:  # the JSON document ends with a "}" line
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            raw += line
+            if line.startswith("}"):
+                break
+        ide = json.loads(raw)["ide"]
+        pgid = ide["pid"]
+        assert group_members(pgid)
+        assert httpx.get(ide["url"] + "login").status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: not group_members(pgid), 10, "code-server to stop with `up`")
