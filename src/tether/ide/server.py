@@ -5,6 +5,7 @@ Everything code-server writes lives under one IDE folder (``<host state>/ide`` f
     ide/
       config.yaml        0600: auth + the argon2 hash of the password (never the password)
       code-server.log    its stdout/stderr
+      code-server.pid    while it runs: pid + runtime dir, so a crashed owner's group is found
       xdg/{config,data,cache}/   XDG dirs for code-server itself (its coder.json, heartbeat)
       profile/           the "ide" snapshot component: settings, keybindings, extensions
         .tetherignore    logs and caches stay out of snapshots
@@ -13,7 +14,8 @@ Everything code-server writes lives under one IDE folder (``<host state>/ide`` f
         extensions/      --extensions-dir
 
 code-server runs in its own session (process group); `stop()` ends the whole group, so
-its extension hosts, terminals and watchers go too. Login rate limiting is code-server's own
+its extension hosts, terminals and watchers go too, and removes the private XDG_RUNTIME_DIR
+(/tmp/tether-ide-XXXX) that holds VS Code's IPC sockets, which it would otherwise leave in /tmp. Login rate limiting is code-server's own
 (token buckets of 2 failures a minute and 12 an hour, over all clients): behind the gateway
 every request comes from 127.0.0.1, so a per-address limit at the gateway would add nothing.
 """
