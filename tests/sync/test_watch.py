@@ -54,6 +54,9 @@ async def test_watch_both_ways_and_survives_a_killed_link(ws, roots, sync_host):
                     what="sync after reconnect")
 
         sid = state.session_id(ws, roots.local.resolve(), str(roots.remote))
+        # the record names the new agent once the first cycle after reconnecting ended
+        await until(lambda: state.pid_alive(state.load_record(sid).agent_pid or 0),
+                    what="the new agent in the session record")
         agent_pid = state.load_record(sid).agent_pid
         os.kill(agent_pid, signal.SIGKILL)  # the agent dies on the workspace
         (roots.local / "after-agent.txt").write_text("again")
