@@ -122,7 +122,15 @@ def test_cli_watch_session_list_conflicts_resolve_stop(ws, roots):
             proc.wait()
 
 
-def test_cli_bad_input(ws, roots, cli):
+def test_cli_one_shot_output_and_bad_input(ws, roots, cli):
+    (roots.local / "x.txt").write_text("x")
+    r = cli("sync", ws, str(roots.local), str(roots.remote))
+    assert r.exit_code == 0, r.stderr
+    assert "1 up, 0 down, 0 deleted, 0 conflicts" in r.stdout
+    [rec] = cli("sync", "list", "--json").json()
+    assert rec["status"] == "idle" and rec["local"] == str(roots.local.resolve())
+    listed = cli("sync", "list").stdout
+    assert rec["id"] in listed and "idle" in listed
     r = cli("sync", ws, str(roots.local / "missing"), "x")
     assert r.exit_code == 2 and "not a directory" in r.stderr
     r = cli("sync", ws, str(roots.local), "x", "--mode", "yolo")
@@ -132,7 +140,7 @@ def test_cli_bad_input(ws, roots, cli):
     r = cli("sync", "resolve", str(roots.local / "nothing"), "--keep", "local")
     assert r.exit_code == 10
     r = cli("sync", "stop", "--json")
-    assert r.exit_code == 2
+    assert r.exit_code == 10 and "not running" in r.json()["error"]
 
 
 async def test_watch_falls_back_to_polling_without_a_watcher(ws, roots, monkeypatch):
