@@ -124,8 +124,9 @@ def test_conflict_name(path, side, want):
     (OS_, {"f": A}, {"f": A}, {}, False),  # one-way: an emptied remote is just refilled
     (OR, {"f": A}, {}, {"f": A}, True),
     (S, {"f": A}, {"g": A}, {"f": A}, False),
+    (S, {"f": A}, {}, {}, False),
 ], ids=["first-sync", "local-emptied", "remote-emptied", "oneway-remote-emptied",
-        "replica-local-emptied", "local-renamed-all"])
+        "replica-local-emptied", "local-renamed-all", "both-emptied"])
 def test_halt_reason(mode, base, local, remote, halts):
     assert (halt_reason(base, local, remote, mode) is not None) is halts
 

@@ -385,7 +385,8 @@ class Session:
         if reason:
             raise errors.SyncHaltedError(
                 f"sync {self.sid} halted: {reason}; nothing was deleted on the other side",
-                "restore the folder, or start over with `tether sync stop` and a new root")
+                "restore the folder; if the deletion is meant, delete the same files on "
+                "the other side too and sync again")
 
     def _candidates(self, local: Any, resolutions: Mapping[str, Keep]) -> set[str] | None:
         """Paths that may need work this cycle; None: all of them (after a full scan)."""

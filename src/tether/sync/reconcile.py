@@ -139,8 +139,8 @@ def halt_reason(base: Tree, local: Tree, remote: Tree, mode: Mode) -> str | None
     An emptied (or vanished, which scans as empty) root would otherwise look like "the user
     deleted everything" and be mirrored to the other side.
     """
-    if not base:
-        return None
+    if not base or (not local and not remote):
+        return None  # nothing to lose: a first sync, or both sides emptied on purpose
     if not local:
         return "the local sync root is empty (or gone) but was not before"
     if not remote and mode in (Mode.TWO_WAY_SAFE, Mode.TWO_WAY_RESOLVED):
