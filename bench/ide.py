@@ -101,8 +101,11 @@ def run(n: int) -> dict:
 
     tools = _tools()
     with tempfile.TemporaryDirectory() as tmp:
+        # everything (tether, code-server, Chromium's crash reports) stays in the temp dir
         os.environ.update(TETHER_HOME=f"{tmp}/home", TETHER_SECRETS_BACKEND="file",
-                          TETHER_IDE_PASSWORD=PASSWORD)
+                          TETHER_IDE_PASSWORD=PASSWORD, HOME=f"{tmp}/user",
+                          XDG_CONFIG_HOME=f"{tmp}/user/.config",
+                          XDG_CACHE_HOME=f"{tmp}/user/.cache")
         from tether import paths
 
         mine = paths.ensure_dir(paths.tools_dir(), 0o755)
