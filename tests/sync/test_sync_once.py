@@ -239,3 +239,20 @@ async def test_two_way_resolved_local_wins(ws, roots):
     r = await sync(ws, roots, mode="two-way-resolved")
     assert (roots.remote / "f").read_text() == "local"
     assert r.conflicts == [] and [c.resolved for c in r.auto_resolved] == ["local"]
+
+
+async def test_renaming_a_large_file_sends_no_content(ws, roots):
+    data = os.urandom(8 << 20)
+    (roots.local / "weights.bin").write_bytes(data)
+    await sync(ws, roots)
+    (roots.local / "ckpt").mkdir()
+    (roots.local / "weights.bin").rename(roots.local / "ckpt" / "weights-v1.bin")
+    up = await sync(ws, roots)
+    assert (roots.remote / "ckpt" / "weights-v1.bin").read_bytes() == data
+    assert not (roots.remote / "weights.bin").exists()
+    assert up.bytes_sent < 64 << 10, up.bytes_sent
+    (roots.remote / "ckpt" / "weights-v1.bin").rename(roots.remote / "final.bin")
+    down = await sync(ws, roots)
+    assert (roots.local / "final.bin").read_bytes() == data
+    assert not (roots.local / "ckpt" / "weights-v1.bin").exists()
+    assert down.bytes_received < 64 << 10, down.bytes_received

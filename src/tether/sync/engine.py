@@ -495,14 +495,16 @@ class Session:
             await agent.send(P.encode_json(P.T.SIGS, {"paths": [a.path for a in delta]}))
             reply = await agent.expect(P.T.SIGS_REPLY)
             sigs = dict(zip((a.path for a in delta), P.decode_sigs(reply.payload)))
-        for a in actions:
+        clones = _clone_sources(actions, self.remote_tree)
+        for a in _sources_last(actions, clones):
             if a.op is Op.DELETE:
                 await agent.send(P.encode_json(P.T.DELETE, {
                     "path": a.path, "expect": P.entry_to_json(a.expect)}))
                 continue
             assert a.entry is not None
             for frame in send_frames(self.scanner, a.src_path, a.entry, a.expect,
-                                     sigs.get(a.path), dest=a.path):
+                                     sigs.get(a.path), dest=a.path,
+                                     clone_from=clones.get(a.path)):
                 await agent.send(frame)
         await agent.send(P.encode_json(P.T.COMMIT, {}))
         result = (await agent.expect(P.T.RESULT)).json()
@@ -513,10 +515,16 @@ class Session:
         agent = self.agent
         assert agent is not None
         receiver = Receiver(self.scanner)
+        local_tree = self.scanner.last.tree if self.scanner.last else {}
+        clones = _clone_sources(actions, local_tree)
         copies = []
-        for a in actions:
+        for a in _sources_last(actions, clones):
             if a.op is Op.DELETE:
                 receiver.delete(a.path, a.expect)
+            elif a.path in clones:  # a rename here: no bytes over the link
+                receiver.begin(a.path, a.entry, a.expect)  # type: ignore[arg-type]
+                receiver.clone(clones[a.path])
+                receiver.end()
             else:
                 copies.append(a)
         if copies:
@@ -542,6 +550,31 @@ class Session:
                     raise errors.ProtocolError(f"unexpected {frame.type.name} in a GET reply")
         applied, failed = receiver.result()
         return self._settle(actions, Side.LOCAL, {p for p, _ in applied}, failed, report)
+
+
+def _clone_sources(actions: list[Action], tree: Mapping[str, Entry]) -> dict[str, str]:
+    """New large files whose content the receiving side already holds at another path
+    (renames, copies): dest path -> that path."""
+    wanted = {a.entry.digest: a for a in actions if a.op is Op.COPY and a.entry is not None
+              and a.entry.kind is Kind.FILE and a.entry.size >= DELTA_MIN}
+    if not wanted:
+        return {}
+    out: dict[str, str] = {}
+    for path, e in tree.items():
+        a = wanted.get(e.digest) if e.kind is Kind.FILE else None
+        if a is not None and path != a.path and a.path not in out:
+            out[a.path] = path
+    return out
+
+
+def _sources_last(actions: list[Action], clones: Mapping[str, str]) -> list[Action]:
+    """Deletes of clone sources run after the copies that read them (a rename: the old
+    name goes only once the new one exists); everything else keeps its order."""
+    if not clones:
+        return actions
+    sources = set(clones.values())
+    held = [a for a in actions if a.op is Op.DELETE and a.path in sources]
+    return [a for a in actions if not (a.op is Op.DELETE and a.path in sources)] + held
 
 
 def _delta_worthy(a: Action) -> bool:

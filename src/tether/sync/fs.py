@@ -245,6 +245,26 @@ class Receiver:
             self._hash.update(block if n == len(block) else block[:n])
             length -= n
 
+    def clone(self, source: str) -> None:
+        """The content is this side's own file ``source`` (a rename or copy elsewhere):
+        read locally instead of over the link; END still checks the digest."""
+        if self._skip or self._out is None:
+            return
+        rel = safe_rel(source)
+        if rel is None or not self._parents_real(rel):
+            self._fail(self._path or "", "unsafe clone source")
+            self._abandon()
+            return
+        try:
+            with open(self.scanner.full(rel), "rb", buffering=0) as fh:
+                while data := fh.read(READ_SIZE):
+                    self.data(data)
+                    if self._out is None:
+                        return
+        except OSError as exc:
+            self._fail(self._path or "", f"clone source: {exc.strerror or exc}")
+            self._abandon()
+
     def copy_range(self, offset: int, length: int) -> None:
         if self._skip or self._out is None:
             return
@@ -330,6 +350,8 @@ class Receiver:
             self.copy_range(*P.decode_range(frame.payload))
         elif t is P.T.ZEROS:
             self.zeros(P.decode_zeros(frame.payload))
+        elif t is P.T.CLONE:
+            self.clone(str(frame.json().get("from", "")))
         elif t is P.T.END:
             self.end()
         elif t is P.T.BEGIN:
@@ -353,11 +375,18 @@ class Receiver:
 
 
 def send_frames(scanner: Scanner, path: str, entry: Entry, expect: Entry | None,
-                sigs: list[P.Chunk] | None, dest: str | None = None) -> Iterator[bytes]:
-    """BEGIN + content + END for sending ``path`` (written as ``dest`` on the other side)."""
+                sigs: list[P.Chunk] | None, dest: str | None = None,
+                clone_from: str | None = None) -> Iterator[bytes]:
+    """BEGIN + content + END for sending ``path`` (written as ``dest`` on the other side).
+
+    ``clone_from``: the receiver already holds this content at that path; send no bytes.
+    """
     yield P.encode_json(P.T.BEGIN, {"path": dest or path, "entry": P.entry_to_json(entry),
                                     "expect": P.entry_to_json(expect)})
-    if entry.kind is Kind.FILE:
+    if entry.kind is Kind.FILE and clone_from:
+        yield P.encode_json(P.T.CLONE, {"from": clone_from})
+        yield P.encode(P.T.END)
+    elif entry.kind is Kind.FILE:
         try:
             yield from file_frames(scanner.full(path), sigs)
         except OSError:

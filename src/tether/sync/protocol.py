@@ -57,6 +57,7 @@ class T(enum.IntEnum):
     ERROR = 16  # json {message, hint}
     BYE = 17  # json {}
     ZEROS = 18  # >Q length: a run of zero bytes (the receiver leaves a hole)
+    CLONE = 19  # json {from}: the content is the receiver's own file at `from` (renames)
 
 
 @dataclass(frozen=True, slots=True)
