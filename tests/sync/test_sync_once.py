@@ -256,3 +256,10 @@ async def test_renaming_a_large_file_sends_no_content(ws, roots):
     assert (roots.local / "final.bin").read_bytes() == data
     assert not (roots.local / "ckpt" / "weights-v1.bin").exists()
     assert down.bytes_received < 64 << 10, down.bytes_received
+
+
+async def test_a_remote_root_that_is_a_file_is_a_clear_error(ws, roots):
+    roots.remote.write_text("not a folder")
+    with pytest.raises(errors.PeerError, match="is not a directory on the workspace"):
+        await sync(ws, roots)
+    assert roots.remote.read_text() == "not a folder"

@@ -73,6 +73,9 @@ class Agent:
                                        f"supported (this agent speaks {P.VERSION})",
                                        "install the same tether version on both sides")
         root = os.path.abspath(os.path.expanduser(msg.get("root") or self.root))
+        if os.path.lexists(root) and not os.path.isdir(root):
+            raise errors.UsageError(f"{root} is not a directory on the workspace",
+                                    "choose another REMOTE folder")
         if msg.get("create"):
             os.makedirs(root, exist_ok=True)
         self.root = root
@@ -228,8 +231,15 @@ def serve(root: str, fd_in: int = 0, fd_out: int = 1) -> int:
         out.write(P.encode_json(P.T.ERROR, {"message": exc.message, "hint": exc.hint}))
         out.flush()
         return 1
-    except BrokenPipeError:
-        return 0  # the engine went away; nothing half-written stays visible
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            return 0  # the engine went away; nothing half-written stays visible
+        where = exc.filename or agent.root
+        out.write(P.encode_json(P.T.ERROR, {
+            "message": f"{where}: {exc.strerror or exc}",
+            "hint": "check the remote folder (it must be a directory you can write)"}))
+        out.flush()
+        return 1
     finally:
         agent.stop()
 
