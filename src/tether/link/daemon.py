@@ -96,7 +96,8 @@ class Daemon:
         op = request.get("op")
         if op == "ping":
             writer.write(wire.encode_json(wire.REPLY, {"pid": os.getpid(),
-                                                       "hosts": self.pool.names()}))
+                                                       "hosts": self.pool.names(),
+                                                       "agents": self.pool.agent_states()}))
         elif op == "shutdown":
             writer.write(wire.encode_json(wire.REPLY, {"pid": os.getpid()}))
             self.stop.set()

@@ -267,7 +267,7 @@ def _run_in_process(req: dict) -> int:
         target.flush()
 
     async def go() -> int:
-        pool = LinkPool(keepalive_s=None)
+        pool = LinkPool(keepalive_s=None, exec_agent=False)  # one command: no agent
         try:
             conn = await pool.get(req["name"])
             proc = await lexec.start(conn, line, on_output=emit)

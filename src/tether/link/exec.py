@@ -15,9 +15,12 @@ import signal as _signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether import errors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tether.link.agent_link import AgentProcess
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STDOUT, STDERR = 1, 2
@@ -271,8 +274,27 @@ class RemoteProcess:
 
 
 async def start(conn: Any, command: str | None, *, on_output: Callable[[int, bytes], None],
-                pty: PtySpec | None = None) -> RemoteProcess:
-    """Start ``command`` (None: the login shell) and return the live process."""
+                pty: PtySpec | None = None) -> RemoteProcess | AgentProcess:
+    """Start ``command`` (None: the login shell) and return the live process.
+
+    A command without a PTY on a connection with an exec agent (:mod:`tether.link.agent_link`)
+    runs under the agent, skipping the login shell's rc files; everything else gets its own
+    SSH session channel.
+    """
+    if command is not None and pty is None:
+        from tether.link.agent_link import link_for
+
+        link = link_for(conn)
+        if link is not None:
+            proc = await link.start(command, on_output)
+            if proc is not None:
+                return proc
+    return await _start_session(conn, command, on_output=on_output, pty=pty)
+
+
+async def _start_session(conn: Any, command: str | None, *,
+                         on_output: Callable[[int, bytes], None],
+                         pty: PtySpec | None) -> RemoteProcess:
     import asyncssh
 
     import secrets

@@ -26,11 +26,20 @@ class LinkPool:
     """Open SSH connections by host name, reused while alive and the profile is unchanged."""
 
     def __init__(self, *, keepalive_s: float | None = 30.0,
-                 opener: Callable[..., Awaitable[Any]] | None = None) -> None:
+                 opener: Callable[..., Awaitable[Any]] | None = None,
+                 exec_agent: bool | None = None) -> None:
+        """``exec_agent``: run commands through an exec agent on each connection (see
+        :mod:`tether.link.agent_link`); pays off from the second command on a connection.
+        None: on unless ``TETHER_EXEC_AGENT=0``."""
+        import os
+
         self._conns: dict[str, tuple[Any, Any]] = {}  # name -> (profile, connection)
         self._locks: dict[str, asyncio.Lock] = {}
         self._keepalive_s = keepalive_s
         self._opener = opener
+        if exec_agent is None:
+            exec_agent = os.environ.get("TETHER_EXEC_AGENT", "1") != "0"
+        self._exec_agent = exec_agent
 
     async def get(self, name: str) -> Any:
         """The warm connection for ``name``, opening one if needed."""
@@ -47,6 +56,10 @@ class LinkPool:
                 del self._conns[name]
                 conn.close()
             conn = await self._open(profile)
+            if self._exec_agent:
+                from tether.link.agent_link import enable
+
+                enable(conn)
             self._conns[name] = (profile, conn)
             return conn
 
@@ -65,6 +78,17 @@ class LinkPool:
 
     def names(self) -> list[str]:
         return [n for n, (_, c) in self._conns.items() if not c.is_closed()]
+
+    def agent_states(self) -> dict[str, str]:
+        """Host name -> its exec agent's state ("ready", "unavailable"...) for open links."""
+        from tether.link.agent_link import link_for
+
+        out = {}
+        for name, (_, conn) in self._conns.items():
+            link = link_for(conn)
+            if link is not None and not conn.is_closed():
+                out[name] = link.state.value
+        return out
 
     async def aclose(self) -> None:
         conns = [c for _, c in self._conns.values()]
