@@ -78,6 +78,15 @@ def test_missing_sshd_names_the_install_command(monkeypatch) -> None:
         sshd.ensure_sshd(mac)
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def test_sshd_runs_and_stops_with_its_sessions(tmp_path, sshd_server) -> None:
     # our runner, with a client key of the session sshd fixture authorized
     d = sshd.Sshd(tmp_path / "h", session_env=(("TETHER_WORKSPACE", "/w"),))
@@ -99,10 +108,29 @@ def test_sshd_runs_and_stops_with_its_sessions(tmp_path, sshd_server) -> None:
                             f"{sshd_server.user}@127.0.0.1", "true"], capture_output=True,
                            text=True, timeout=20)
         assert r.returncode == 255
-        sleeper = subprocess.Popen([*args, "sleep 60"])
+        # a session that is running when sshd stops (sshd gives each its own process group)
+        sleeper = subprocess.Popen([*args, "echo $$; exec sleep 60"], stdout=subprocess.PIPE,
+                                   text=True)
+        remote = sleeper.stdout.readline().strip()
+        assert remote.isdigit(), "the session did not start"
+        assert _alive(int(remote))
         pid = d.proc.pid
     finally:
         d.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
     assert sleeper.wait(10) == 255
+    assert not _alive(int(remote)), "the session's command outlived sshd"
+
+
+@pytest.mark.parametrize("table,root,groups", [
+    ({}, 10, set()),
+    ({10: (1, 10), 11: (10, 10)}, 10, {10}),
+    # sshd: connection (own session) -> privsep child + user shell (own session) -> command
+    ({10: (1, 10), 20: (10, 20), 21: (20, 20), 30: (20, 30), 31: (30, 30), 40: (1, 40)},
+     10, {20, 30}),
+    ({10: (1, 10), 20: (99, 20)}, 10, set()),
+    ({10: (20, 10), 20: (10, 20)}, 10, {20}),
+], ids=["nothing", "own-group-child", "sshd-sessions", "unrelated", "cycle-terminates"])
+def test_descendant_groups(table, root, groups) -> None:
+    assert sshd.descendant_groups(table, root) == groups

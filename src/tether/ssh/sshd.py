@@ -229,27 +229,89 @@ class Sshd:
             pass
 
 
-def stop_group(pgid: int, timeout: float = 5.0) -> None:
-    """SIGTERM a process group, then SIGKILL what is left after ``timeout``."""
+def descendant_groups(table: dict[int, tuple[int, int]], root: int) -> set[int]:
+    """Process groups of every descendant of ``root`` (pure; ``table``: pid -> (ppid, pgid)).
+
+    sshd puts each connection, and each session under it, into a session of its own
+    (setsid), so killing the listener's group alone leaves every open session running.
+    """
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _pgid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    groups: set[int] = set()
+    todo = list(children.get(root, ()))
+    seen = {root}
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        groups.add(table[pid][1])
+        todo.extend(children.get(pid, ()))
+    return groups
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgid) of the live processes we can see (/proc on Linux, else `ps`).
+
+    Zombies are left out: they hold no resources, and one nobody reaps yet (common in
+    containers) would otherwise look like a process that ignores SIGKILL.
+    """
+    table: dict[int, tuple[int, int]] = {}
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # RACE: the process exited while we listed /proc
+                continue
+            # the command name is in parentheses and may itself hold spaces or ")"
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z":
+                table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+        return table
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,pgid=,stat="], capture_output=True,
+                         text=True, check=False).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and all(p.isdigit() for p in parts[:3]) and "Z" not in parts[3]:
+            table[int(parts[0])] = (int(parts[1]), int(parts[2]))
+    return table
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a group; False when the group is gone or not ours to signal."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_group(pgid: int, timeout: float = 5.0) -> None:
+    """SIGTERM a process group and the groups of all its descendants, then SIGKILL what is
+    left after ``timeout``.
+
+    The group is stopped (SIGSTOP) while its descendants are listed, so a connection sshd
+    accepts meanwhile cannot slip out of the list.
+    """
+    if not _signal_group(pgid, signal.SIGSTOP):
         return
-    except PermissionError:
-        return
+    groups = {pgid} | (descendant_groups(process_table(), pgid) - {os.getpgrp()})
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
+    _signal_group(pgid, signal.SIGCONT)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
+    while groups and time.monotonic() < deadline:
         # reap our own child, else the group lingers as a zombie
         try:
             os.waitpid(pgid, os.WNOHANG)
         except ChildProcessError:
             pass
-        time.sleep(0.02)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        groups &= {group for _ppid, group in process_table().values()}
+        if groups:
+            time.sleep(0.05)
+    for group in groups:
+        _signal_group(group, signal.SIGKILL)
