@@ -295,9 +295,9 @@ async def start(conn: Any, command: str | None, *, on_output: Callable[[int, byt
 async def _start_session(conn: Any, command: str | None, *,
                          on_output: Callable[[int, bytes], None],
                          pty: PtySpec | None) -> RemoteProcess:
-    import asyncssh
-
     import secrets
+
+    import asyncssh
 
     kwargs: dict[str, Any] = {"encoding": None}
     if pty is not None:

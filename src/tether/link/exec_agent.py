@@ -85,7 +85,7 @@ def shell_argv(shell, command, env):
     if name == "bash":
         bash_env = env.pop("BASH_ENV", None)
         if bash_env is not None:
-            command = "export BASH_ENV=%s; %s" % (shlex.quote(bash_env), command)
+            command = f"export BASH_ENV={shlex.quote(bash_env)}; {command}"
         return [name, "--norc", "--noprofile", "-c", command], env
     if name in ("zsh", "csh", "tcsh"):
         return [name, "-f", "-c", command], env
@@ -102,9 +102,9 @@ def decode(buf):
     while len(buf) >= HEADER.size:
         kind, ident, size = HEADER.unpack_from(buf)
         if kind not in KINDS_IN:
-            raise ProtocolFault("unknown frame kind %r" % kind)
+            raise ProtocolFault(f"unknown frame kind {kind!r}")
         if size > MAX_PAYLOAD:
-            raise ProtocolFault("frame of %d bytes" % size)
+            raise ProtocolFault(f"frame of {size} bytes")
         end = HEADER.size + size
         if len(buf) < end:
             break
@@ -120,7 +120,7 @@ def _nonblock(fd):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
 
-class Command(object):
+class Command:
     """One running command: its process, pipes, credits and buffered stdin."""
 
     def __init__(self, ident, proc, window):
@@ -146,7 +146,7 @@ class Command(object):
         self.outs = {}
 
 
-class Agent(object):
+class Agent:
     def __init__(self, rfd, wfd, env, shell):
         self.rfd = rfd
         self.wfd = wfd
@@ -176,13 +176,12 @@ class Agent(object):
         cmd = self.commands.get(ident)
         if kind == RUN:
             if ident == 0 or cmd is not None:
-                raise ProtocolFault("RUN with a bad or used id %d" % ident)
+                raise ProtocolFault(f"RUN with a bad or used id {ident}")
             self.run(ident, json.loads(payload.decode()))
         elif kind == HELLO:
             version = json.loads(payload.decode()).get("v")
             if version != VERSION:
-                raise ProtocolFault("this agent speaks v%d, the local side v%r"
-                                    % (VERSION, version))
+                raise ProtocolFault(f"this agent speaks v{VERSION}, the local side v{version!r}")
         elif cmd is None:
             if kind == STDIN and payload:  # the command is gone: its input is not wanted
                 self.send(INPUT_CREDIT, ident, CREDIT.pack(len(payload)))
@@ -196,7 +195,7 @@ class Agent(object):
         elif kind == SIGNAL:
             name = payload.decode("ascii", "replace")
             if name not in SIGNALS:
-                raise ProtocolFault("cannot send signal %r" % name)
+                raise ProtocolFault(f"cannot send signal {name!r}")
             self.killpg(cmd, getattr(signal, "SIG" + name))
         elif kind == GRANT:
             cmd.credit += CREDIT.unpack(payload)[0]
@@ -212,7 +211,7 @@ class Agent(object):
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                     start_new_session=True, close_fds=True)
         except OSError as exc:
-            self.send_json(FAILED, ident, {"message": "%s: %s" % (self.shell, exc.strerror)})
+            self.send_json(FAILED, ident, {"message": f"{self.shell}: {exc.strerror}"})
             return
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             _nonblock(stream.fileno())
@@ -361,7 +360,7 @@ class Agent(object):
     def serve(self):
         self.outbuf += MARK
         self.send_json(HELLO, 0, {"v": VERSION, "pid": os.getpid(), "shell": self.shell,
-                                  "python": "%d.%d.%d" % sys.version_info[:3],
+                                  "python": ".".join(map(str, sys.version_info[:3])),
                                   "in_window": IN_WINDOW})
         try:
             while not (self.eof and not self.commands):
