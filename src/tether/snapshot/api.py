@@ -250,14 +250,19 @@ def verify(store: StoreLike, *, data: bool = False,
         for sid, snap in snaps:
             _walk_snapshot(repo, sid, snap, used, res.problems)
         if data:
-            for pack in sorted(idx.packs & present):
-                n, size, problems = check_pack(repo, pack)
-                res.packs += 1
-                res.blobs_checked += n
-                res.bytes_checked += size
-                res.problems += problems
-                if progress:
-                    progress(size)
+            from concurrent.futures import ThreadPoolExecutor
+
+            # packs are read, decompressed and hashed in parallel (all release the GIL);
+            # map() keeps at most a few packs in memory at once and reports in order
+            with ThreadPoolExecutor(2) as pool:
+                checked = pool.map(lambda p: check_pack(repo, p), sorted(idx.packs & present))
+                for n, size, problems in checked:
+                    res.packs += 1
+                    res.blobs_checked += n
+                    res.bytes_checked += size
+                    res.problems += problems
+                    if progress:
+                        progress(size)
         else:
             res.packs = len(idx.packs & present)
     return res
