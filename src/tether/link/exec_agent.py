@@ -366,9 +366,8 @@ class Agent:
             while not (self.eof and not self.commands):
                 self.poll_once()
                 if self.deadline is not None and time.monotonic() >= self.deadline:
-                    for cmd in self.commands.values():
-                        if cmd.status is None:
-                            self.killpg(cmd, signal.SIGKILL)
+                    for cmd in self.commands.values():  # shell alive, or its pipes still held
+                        self.killpg(cmd, signal.SIGKILL)
                     break
         except ProtocolFault as exc:
             self.outbuf += encode(FATAL, 0, json.dumps({"message": str(exc)}).encode())
