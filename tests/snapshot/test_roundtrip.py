@@ -282,3 +282,14 @@ def test_trees_deeper_than_restore_accepts_are_skipped_with_a_note(tmp_path, sto
     api.pull(store_url, tmp_path / "out")
     assert (tmp_path / "out" / "a" / "ok.txt").exists()
     assert not (tmp_path / "out" / "a" / "b" / "c" / "d").exists()
+
+
+def test_a_push_right_after_a_pull_reads_nothing(tmp_path, store_url):
+    """A workspace restored on a new machine and then autosaved is not read again."""
+    src = make_tree(tmp_path / "src")
+    api.push(store_url, src)
+    api.pull(store_url, tmp_path / "restored")
+    r = api.push(store_url, tmp_path / "restored")
+    assert r.files_read == 0 and r.bytes_new == 0
+    (tmp_path / "restored" / "a.txt").write_text("edited after restore")
+    assert api.push(store_url, tmp_path / "restored").files_read == 1

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.errors import IntegrityError, LocalIOError, NotFoundError, UsageError
+from tether.errors import IntegrityError, LocalIOError, NotFoundError, TetherError, UsageError
 from tether.snapshot import format as fmt
 from tether.snapshot.repo import Repository
 from tether.snapshot.stores.base import Store
@@ -395,8 +395,27 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
         except OSError as exc:
             warnings.append(f"restored, but could not remove the previous {dest} kept at "
                             f"{old}: {exc.strerror}")
+    seed_stat_cache(repo, dest, p)
     return PullResult(sid, str(dest), len(p.files), len(p.dirs), len(p.links), p.total,
                       time.perf_counter() - started, warnings), p
+
+
+def seed_stat_cache(repo: Repository, dest: Path, p: Plan) -> None:
+    """Tell the next push of ``dest`` what was just restored, so it does not read it all
+    again (a workspace restored on a new machine and then autosaved). Best effort: the
+    cache is only a cache."""
+    from tether.snapshot.scan import StatCache
+
+    cache = StatCache(repo.config.id, dest)
+    for f in p.files:
+        try:
+            st = os.lstat(os.path.join(dest, f.rel))
+        except OSError:
+            continue
+        if st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
+            cache.remember(f.rel, st, [i.hex() for i in f.ids])
+    with contextlib.suppress(TetherError):
+        cache.save(repo.index().index_keys)
 
 
 def _rmtree_stage(stage: Path) -> None:
