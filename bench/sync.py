@@ -5,7 +5,8 @@ sshd + gateway, paired over loopback) in temp dirs, then measures:
 
 - initial_ratio: `tether sync bench SRC DST` (the real CLI, Python start-up included) of a
   10k-file, 200 MB tree / `rsync -a -e "ssh -F CFG"` of the same tree through the same
-  gateway path (ProxyCommand `tether proxy bench`). Goal <= 1.0.
+  gateway path (ProxyCommand `tether proxy bench`); two interleaved rounds into fresh
+  folders, best of each (the machine is shared). Goal <= 1.0.
 - rescan_100k_s: a no-change rescan of 100k files by the scanner (stat cache warm, as in a
   running session). Goal < 1 s.
 - watch_p50_ms / watch_p99_ms: a 4 KB save on the laptop until the new content is readable
@@ -90,28 +91,35 @@ class Bench:
     def initial(self, files: int, mb: int) -> None:
         src = self.root / "tree"
         make_tree(src, files, mb * 1_000_000)
-        dst_rsync, dst_sync = self.root / "remote-rsync", self.root / "remote-sync"
         subprocess.run(["ssh", "-F", str(self.ssh_config), "tether-bench", "true"],
                        check=True, timeout=60)  # host key pinned, first connection made
-        began = time.perf_counter()
-        subprocess.run(["rsync", "-a", "-e", f"ssh -F {self.ssh_config}", f"{src}/",
-                        f"tether-bench:{dst_rsync}/"], check=True, timeout=900)
-        rsync_s = time.perf_counter() - began
-        began = time.perf_counter()
-        r = subprocess.run([self.tether, "sync", "bench", str(src), str(dst_sync), "--json"],
-                           env=self.env, capture_output=True, text=True, timeout=900)
-        sync_s = time.perf_counter() - began
-        if r.returncode != 0:
-            raise SystemExit(f"tether sync failed: {r.stderr}")
-        got = json.loads(r.stdout)
-        if got["uploaded"] < files:
-            raise SystemExit(f"tether sync copied {got['uploaded']} of {files} files")
+        # Two interleaved rounds, best of each: this box is shared, so load comes and goes.
+        rsync_runs, sync_runs = [], []
+        for i in range(2):
+            dst_rsync, dst_sync = self.root / f"remote-rsync{i}", self.root / f"remote-sync{i}"
+            began = time.perf_counter()
+            subprocess.run(["rsync", "-a", "-e", f"ssh -F {self.ssh_config}", f"{src}/",
+                            f"tether-bench:{dst_rsync}/"], check=True, timeout=900)
+            rsync_runs.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            r = subprocess.run([self.tether, "sync", "bench", str(src), str(dst_sync),
+                                "--json"], env=self.env, capture_output=True, text=True,
+                               timeout=900)
+            sync_runs.append(time.perf_counter() - began)
+            if r.returncode != 0:
+                raise SystemExit(f"tether sync failed: {r.stderr}")
+            got = json.loads(r.stdout)
+            if got["uploaded"] < files:
+                raise SystemExit(f"tether sync copied {got['uploaded']} of {files} files")
+            shutil.rmtree(dst_rsync)
+            if i == 0:
+                shutil.rmtree(dst_sync)  # the second copy stays for the watch figures
+        rsync_s, sync_s = min(rsync_runs), min(sync_runs)
         f = self.figures
         f["rsync_initial_s"] = rsync_s
         f["sync_initial_s"] = sync_s
         f["initial_ratio"] = sync_s / rsync_s
         f["initial_MBps"] = mb / sync_s
-        shutil.rmtree(dst_rsync)
 
     def rescan(self, files: int) -> None:
         from tether.sync.scan import Scanner
@@ -134,7 +142,7 @@ class Bench:
 
     def watch(self, saves: int) -> None:
         src = self.root / "tree"
-        dst = self.root / "remote-sync"
+        dst = self.root / "remote-sync1"
         proc = subprocess.Popen([self.tether, "sync", "bench", str(src), str(dst), "--watch"],
                                 env=self.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)

@@ -71,6 +71,7 @@ class CycleReport:
     deleted_remote: int = 0
     conflicts: list[Conflict] = field(default_factory=list)  # open ones
     auto_resolved: list[Conflict] = field(default_factory=list)  # two-way-resolved
+    new_copies: int = 0  # conflict copies made this cycle (they sync next cycle)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (side, path, why)
     unstable: list[str] = field(default_factory=list)
     bytes_sent: int = 0
@@ -174,8 +175,12 @@ class RemoteAgent:
                                       "is tether installed on the workspace?") from exc
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._errors())]
         await self.send(P.encode_json(P.T.HELLO, hello))
-        ready = await self.expect(P.T.READY)
-        return ready.json()
+        ready = (await self.expect(P.T.READY)).json()
+        if ready.get("v") != P.VERSION:
+            raise errors.ProtocolError(
+                f"the sync agent on {self.name!r} speaks protocol {ready.get('v')!r}, "
+                f"this tether speaks {P.VERSION}", "install the same tether version on both sides")
+        return ready
 
     async def _read(self) -> None:
         decoder = P.FrameDecoder()
@@ -419,6 +424,7 @@ class Session:
         report = CycleReport(conflicts=sorted(self.conflicts.values(), key=lambda c: c.path),
                              unstable=sorted(skip),
                              auto_resolved=[c for c in conflicts if c.resolved])
+        report.new_copies = sum(1 for a in actions if a.source)
         done: list[Action] = []
         up = [a for a in actions if a.dst is Side.REMOTE]
         down = [a for a in actions if a.dst is Side.LOCAL]
@@ -655,7 +661,9 @@ async def run_session(opts: SyncOptions, *, watch: bool = False,
                 result.add(report)
                 if on_cycle:
                     on_cycle(report)
-                if not report.changed:
+                # Another cycle only when this one left work for it: conflict copies to
+                # carry across, files that were busy or changed under an apply.
+                if not (report.new_copies or report.failed or report.unstable):
                     break
             _note(session, report, "idle")
     except errors.SyncHaltedError as exc:
