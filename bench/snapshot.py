@@ -14,7 +14,7 @@ Then measures, against a file:// store:
 - restore_ratio  pull wall time / `zstd -dc | tar -x`
 
 Both sides skip the same files (__pycache__, *.pyc, .cache). The machine is shared, so
-each of ``--runs`` (default 3) runs times the anchor and tether back to back (order
+each of ``--runs`` (default 5) runs times the anchor and tether back to back (order
 alternating, each after ``sync``), and a ratio is the median of the per-run ratios.
 The file:// store fsyncs every pack (durable); tar's output is not fsynced.
 
@@ -118,6 +118,11 @@ def run(ws: Path, runs: int) -> dict:
     try:
         tar_t, push_t = [], []
         tar_cmd = f"tar -cf - {excl} -C {ws} . | zstd -3 -T0 -q > {tarball}"
+        # warm-up, not timed: page cache and imports favour neither side afterwards
+        sh(tar_cmd)
+        os.environ["TETHER_HOME"] = str(tmp / "home-warm")
+        api.push(f"file://{tmp}/repo-warm", ws)
+        shutil.rmtree(tmp / "repo-warm")
         for i in range(runs):
             repo = tmp / f"repo{i}"
             os.environ["TETHER_HOME"] = str(tmp / f"home{i}")
@@ -184,7 +189,7 @@ def run(ws: Path, runs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workspace", type=Path,
                     default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "tether-bench" / "snapshot-ws")
