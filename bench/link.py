@@ -8,13 +8,17 @@ sshd + gateway, paired over loopback) in temp dirs, then measures:
 - exec_ratio: p50 of `true` through the Python API on a warm link / p50 of
   `ssh tether-bench true` with an OpenSSH ControlMaster already open.
 - cli_exec_ms: p50 wall time of `tether exec bench -- true` (the real binary, Python start-up
-  included, link daemon warm). cli_overhead_ms: its p50 excess over the API call of the same
-  round, i.e. what the CLI adds to the remote command.
+  included, link daemon warm), with tether's bytecode cached as an installed package has it.
+  When PYTHONDONTWRITEBYTECODE is set (as in some sandboxes), cli_exec_nopyc_ms is the same
+  with tether's modules compiled at every start. cli_overhead_ms: cli_exec_ms's p50 excess
+  over the API call of the same round, i.e. what the CLI adds to the remote command.
 - echo_p50_ms: one byte echoed through the bridge by a PTY session (`cat` in raw mode).
 
-All exec figures include what the host's login shell does for every command (Debian's bash
-sources ~/.bashrc for ssh commands); remote_true_ms shows that floor, measured on the warm
-link. The three exec series are interleaved run by run, so load drift hits them alike.
+Debian's bash sources ~/.bashrc for every command sshd runs. The OpenSSH figures pay that
+every time; tether's exec agent (docs/exec-agent.md) pays it once per connection.
+remote_true_ms is `true` on the warm link (through the agent), plain_channel_true_ms the same
+on a plain SSH session channel (login shell rc included). The exec series are interleaved
+run by run, so load drift hits them alike.
 
 Usage: python bench/link.py [--json] [--size-mb N] [--runs N]
 """
@@ -75,7 +79,7 @@ class Bench:
         ws.mkdir()
         r = subprocess.run([self.tether, "up", str(ws), "--detach", "--connect", "bench",
                             "--json"], env=self.env, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=120, check=False)
         if r.returncode != 0:
             raise SystemExit(f"tether up failed: {r.stderr}")
         self.info = json.loads(r.stdout)
@@ -85,7 +89,8 @@ class Bench:
         self.ssh_config = self.home / ".ssh" / "config"
 
     def down(self) -> None:
-        subprocess.run([self.tether, "down"], env=self.env, capture_output=True, timeout=60)
+        subprocess.run([self.tether, "down"], env=self.env, capture_output=True, timeout=60,
+                       check=False)
 
     def _direct_ssh_opts(self) -> list[str]:
         p = self.profile
@@ -147,27 +152,40 @@ class Bench:
         control = str(self.root / "cm-%C")
         base = ["ssh", "-F", str(self.ssh_config), "-o", f"ControlPath={control}"]
         cli = [self.tether, "exec", "bench", "--", "true"]
+        # bytecode cached as in an installed package, in a private prefix (not the tree)
+        cached = {k: v for k, v in self.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        cached["PYTHONPYCACHEPREFIX"] = str(self.root / "pycache")
+        nopyc = self.env if self.env.get("PYTHONDONTWRITEBYTECODE") else None
         subprocess.run([*base, "-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-f",
                         "-N", "tether-bench"], check=True, timeout=60)
-        api, ssh, cli_ms = [], [], []
+        api, ssh, cli_ms, nopyc_ms = [], [], [], []
+
+        def run_cli(env: dict) -> None:
+            subprocess.run(cli, check=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+
         try:
             tether.exec("bench", "true")  # warm: the API's connection
             subprocess.run([*base, "tether-bench", "true"], check=True, timeout=60)
-            subprocess.run(cli, check=True, env=self.env, stdin=subprocess.DEVNULL)  # daemon
-            for _ in range(self.runs):
-                api += _timed(lambda: tether.exec("bench", "true"), 1)
-                ssh += _timed(lambda: subprocess.run([*base, "tether-bench", "true"],
-                                                     check=True, timeout=60), 1)
-                cli_ms += _timed(lambda: subprocess.run(cli, check=True, env=self.env,
-                                                        stdin=subprocess.DEVNULL), 1)
+            run_cli(cached)  # the daemon, and the bytecode cache
+            series = [(api, lambda: tether.exec("bench", "true")),
+                      (ssh, lambda: subprocess.run([*base, "tether-bench", "true"],
+                                                   check=True, timeout=60)),
+                      (cli_ms, lambda: run_cli(cached))]
+            if nopyc is not None:
+                series.append((nopyc_ms, lambda: run_cli(nopyc)))
+            for i in range(self.runs):  # rotate: whatever runs after ssh pays its clean-up
+                for samples, fn in series[i % len(series):] + series[:i % len(series)]:
+                    samples += _timed(fn, 1)
         finally:
-            subprocess.run([*base, "-O", "exit", "tether-bench"], capture_output=True)
+            subprocess.run([*base, "-O", "exit", "tether-bench"], capture_output=True, check=False)
             request("shutdown")
         f = self.figures
         f["api_exec_p50_ms"] = _p50(api)
         f["ssh_controlmaster_p50_ms"] = _p50(ssh)
         f["exec_ratio"] = _p50(api) / _p50(ssh)
         f["cli_exec_ms"] = _p50(cli_ms)
+        if nopyc_ms:
+            f["cli_exec_nopyc_ms"] = _p50(nopyc_ms)
         # what tether adds on top of the remote command itself (Python start-up, daemon hop)
         f["cli_overhead_ms"] = _p50([c - a for c, a in zip(cli_ms, api)])
 
@@ -198,12 +216,16 @@ async def _echo(samples: int) -> dict[str, float]:
         await got.get()
         times.append((time.perf_counter() - began) * 1000)
     proc.close()
-    remote = []
+    remote, plain = [], []
     for _ in range(10):
         began = time.perf_counter()
-        await lexec.run_captured(conn, "true")
+        await lexec.run_captured(conn, "true")  # the exec agent
         remote.append((time.perf_counter() - began) * 1000)
-    return {"echo_p50_ms": _p50(times), "remote_true_ms": _p50(remote)}
+        began = time.perf_counter()
+        await conn.run("true", check=True)  # a plain session channel: the login shell's rc
+        plain.append((time.perf_counter() - began) * 1000)
+    return {"echo_p50_ms": _p50(times), "remote_true_ms": _p50(remote),
+            "plain_channel_true_ms": _p50(plain)}
 
 
 def _verdict(name: str, value: float) -> str:

@@ -382,12 +382,20 @@ def test_agent_rejects_an_unknown_version(local_agent) -> None:
     assert local_agent.proc.wait(10) == 2
 
 
-def test_agent_rejects_an_unknown_frame(local_agent) -> None:
+@pytest.mark.parametrize("frame, message", [
+    (b"Q\0\0\0\1\0\0\0\0", "unknown frame"),
+    (agent_link.encode(agent_link.RUN, 1, b"{not json"), "bad b'R' frame"),
+    (agent_link.encode(agent_link.RUN, 0, b'{"cmd":"true"}'), "bad or used id"),
+    (b"I\0\0\0\1\xff\xff\xff\xff", "frame of"),
+], ids=["unknown-kind", "bad-json", "id-zero", "oversized"])
+def test_agent_rejects_bad_frames(local_agent, frame, message) -> None:
     assert local_agent.next()[0] == agent_link.HELLO
-    local_agent.proc.stdin.write(b"Q\0\0\0\1\0\0\0\0")
+    local_agent.send(agent_link.HELLO, 0, b'{"v":1}')
+    local_agent.proc.stdin.write(frame)
     local_agent.proc.stdin.flush()
     kind, _, payload = local_agent.next()
-    assert kind == agent_link.FATAL and "unknown frame" in json.loads(payload)["message"]
+    assert kind == agent_link.FATAL and message in json.loads(payload)["message"]
+    assert local_agent.proc.wait(10) == 2
 
 
 def test_local_side_rejects_unknown_frames() -> None:

@@ -279,7 +279,7 @@ class AgentLink:
     """The agent of one SSH connection: started on first use, shared by its commands."""
 
     def __init__(self, conn: Any) -> None:
-        self.conn = conn
+        self._conn = weakref.ref(conn)  # weak: the registry's key must be able to die
         self.state = State.IDLE
         self.reason = ""
         self.info: dict = {}
@@ -296,6 +296,8 @@ class AgentLink:
     async def start(self, command: str, on_output: Callable[[int, bytes], None],
                     ) -> AgentProcess | None:
         """Run ``command`` under the agent; None when the agent is unavailable here."""
+        if len(command) > MAX_PAYLOAD - 64:  # a RUN frame could not carry it
+            return None
         if self.state is not State.READY and not await self._ensure():
             return None
         ident = self._next_id
@@ -323,10 +325,13 @@ class AgentLink:
     async def _launch(self) -> None:
         import asyncssh
 
+        conn = self._conn()
+        if conn is None or conn.is_closed():
+            raise errors.ConnectError("the connection is closed")
         self._decoder = Decoder()
         self._hello = asyncio.get_running_loop().create_future()
         try:
-            chan, session = await self.conn.create_session(
+            chan, session = await conn.create_session(
                 lambda: _Channel(self), launch_command(), encoding=None)
         except (asyncssh.Error, ConnectionError, OSError) as exc:
             raise errors.ConnectError(f"cannot open the exec agent's channel: {exc}") from exc
@@ -425,10 +430,15 @@ class AgentLink:
                 + (f": {exc}" if exc else ""), "check the host, then run it again"))
         if self.state is State.READY:
             self.restarts += 1
-            self.state = State.IDLE if self.restarts < MAX_RESTARTS else State.UNAVAILABLE
-            if self.conn.is_closed():
-                self.state = State.UNAVAILABLE
+            conn = self._conn()
+            alive = conn is not None and not conn.is_closed()
+            self.state = (State.IDLE if alive and self.restarts < MAX_RESTARTS
+                          else State.UNAVAILABLE)
             self.reason = "the agent's channel closed"
+            if alive:  # the agent itself ended: say why, if it said anything
+                tail = session.stderr.decode(errors="replace").strip()[-500:]
+                log.warning("exec agent exited (status %s)%s", session.exit_status,
+                            f": {tail}" if tail else "")
 
     def close(self) -> None:
         if self._chan is not None:

@@ -271,7 +271,10 @@ class Agent:
             return
         self.inbuf += data
         for kind, ident, payload in decode(self.inbuf):
-            self.on_frame(kind, ident, payload)
+            try:
+                self.on_frame(kind, ident, payload)
+            except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+                raise ProtocolFault(f"bad {kind!r} frame: {exc}") from exc
 
     def write_local(self):
         try:
