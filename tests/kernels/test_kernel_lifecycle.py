@@ -105,7 +105,14 @@ async def test_async_manager_message_interrupt_and_shutdown(kenv):
         await kc.wait_for_ready(timeout=30)
         msg_id = kc.execute("import time\nwhile True:\n    time.sleep(0.01)",
                             stop_on_error=False)
-        await asyncio.sleep(1.0)
+        # interrupt only once the cell runs: an idle kernel has nothing to interrupt, and a
+        # fixed sleep is not enough on a loaded machine
+        while True:
+            msg = await kc.get_iopub_msg(timeout=30)
+            if (msg["parent_header"].get("msg_id") == msg_id
+                    and msg["msg_type"] == "execute_input"):
+                break
+        await asyncio.sleep(0.2)
         await km.interrupt_kernel()  # an interrupt_request over the forwarded control port
         while True:
             reply = await kc.get_shell_msg(timeout=10)
