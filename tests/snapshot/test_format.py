@@ -188,3 +188,40 @@ def test_a_segment_claiming_a_huge_size_is_refused_before_allocating():
     frame = zstandard.ZstdCompressor().compress(b"\0" * (fmt.MAX_SEGMENT + 1))
     with pytest.raises(IntegrityError, match="claims"):
         fmt.decode_segment(frame)
+
+
+# -- diff_trees: laws over random trees (pure: trees live in a dict) ---------------------
+
+def _build(spec, trees: dict) -> bytes:
+    """spec: {name: bytes (file) | dict (dir)} -> tree id, trees filled with decoded entries."""
+    entries = []
+    for name, v in spec.items():
+        if isinstance(v, dict):
+            entries.append(fmt.Entry(name, fmt.DIR, 0o755, 0, 0, _build(v, trees)))
+        else:
+            entries.append(fmt.Entry(name, fmt.FILE, 0o644, 0, len(v), (fmt.blob_id(v),)))
+    data = fmt.encode_tree(entries)
+    tid = fmt.blob_id(data)
+    trees[tid] = fmt.decode_tree(data)
+    return tid
+
+
+SPEC = st.recursive(st.binary(max_size=3),
+                    lambda kids: st.dictionaries(st.sampled_from("abcd"), kids, max_size=3),
+                    max_leaves=8).filter(lambda v: isinstance(v, dict))
+
+
+@settings(max_examples=100, deadline=None)
+@given(SPEC, SPEC)
+def test_diff_laws(x, y):
+    from tether.snapshot.api import diff_trees
+
+    trees: dict = {}
+    a, b = _build(x, trees), _build(y, trees)
+    assert diff_trees(trees.__getitem__, a, a) == []
+    forward = diff_trees(trees.__getitem__, a, b)
+    backward = diff_trees(trees.__getitem__, b, a)
+    assert (forward == []) == (a == b)
+    flip = {"+": "-", "-": "+"}
+    assert sorted((flip.get(c.status, c.status), c.path) for c in forward) == \
+        sorted((c.status, c.path) for c in backward)
