@@ -233,3 +233,18 @@ def test_skip_covers_everything_below_an_unreadable_directory():
     base = {"d": D, "d/x": A, "e": A}
     actions, _ = reconcile(base, {"d": D, "e": A2}, base, S, skip={"d"})
     assert actions == [cp("e", REM, A2, A)]  # d/x is not deleted remotely
+
+
+@pytest.mark.parametrize("module", ["tether.sync.reconcile", "tether.sync.protocol"])
+def test_pure_modules_import_no_io(module):
+    """The merge and the codec stay pure: no os, socket or asyncio (STYLE.md)."""
+    import ast
+    import importlib
+
+    source = importlib.import_module(module).__file__
+    tree = ast.parse(open(source, encoding="utf-8").read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"os", "posixpath", "socket", "asyncio", "subprocess"}

@@ -20,7 +20,6 @@ Invariants (tested, also with hypothesis):
 from __future__ import annotations
 
 import enum
-import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -123,14 +122,18 @@ class Conflict:
                 "remote": d(self.remote), "copy": self.copy, "resolved": self.resolved}
 
 
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
 def conflict_name(path: str, side: Side, stamp: str) -> str:
     """``dir/name.ext`` -> ``dir/name.conflict-<side>-<stamp>.ext`` (stamp: e.g. 20261121T131500)."""
-    head, tail = posixpath.split(path)
+    head, _, tail = path.rpartition("/")
     stem, dot, ext = tail.rpartition(".")
     if not stem:  # no extension, or a dotfile like ".env"
         stem, dot, ext = tail, "", ""
     name = f"{stem}.conflict-{side.value}-{stamp}{dot}{ext}"
-    return posixpath.join(head, name) if head else name
+    return f"{head}/{name}" if head else name
 
 
 def halt_reason(base: Tree, local: Tree, remote: Tree, mode: Mode) -> str | None:
@@ -179,10 +182,10 @@ class _Merge:
         origin = keep_on.other
         name = conflict_name(path, origin, self.stamp)
         prefix = conflict_name(path, origin, "\0").split("\0")[0]
-        head = posixpath.dirname(path)
+        head = _parent(path)
         for other_path, entry in tree.items():
             if (entry == version and other_path.startswith(prefix)
-                    and posixpath.dirname(other_path) == head):
+                    and _parent(other_path) == head):
                 return other_path
         if name in tree:
             return None
@@ -249,10 +252,10 @@ def _fix_directories(actions: list[Action]) -> list[Action]:
     copies_into: dict[Side, set[str]] = {Side.LOCAL: set(), Side.REMOTE: set()}
     for a in actions:
         if a.op is Op.COPY:
-            parent = posixpath.dirname(a.path)
+            parent = _parent(a.path)
             while parent:
                 copies_into[a.dst].add(parent)
-                parent = posixpath.dirname(parent)
+                parent = _parent(parent)
     kept: list[Action] = []
     for a in actions:
         if a.op is Op.DELETE and a.expect is not None and a.expect.kind is Kind.DIR:
@@ -273,7 +276,7 @@ def _under(path: str, skipped: set[str]) -> bool:
     while path:
         if path in skipped:
             return True
-        path = posixpath.dirname(path)
+        path = _parent(path)
     return False
 
 
