@@ -7,7 +7,10 @@ fast path depends on it); `tether.__all__` is frozen by a test.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself costs the CLI's exec fast path ~10 ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 from tether._version import __version__
 from tether.errors import TetherError

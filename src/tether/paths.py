@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tether.errors import LocalIOError
@@ -78,6 +76,9 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE_MODE,
     visible, then renames it over ``path``. With ``backup``, the previous file is first copied
     to ``path.bak`` (mode kept) and that path is returned. On any error ``path`` is untouched.
     """
+    import shutil  # deferred, with tempfile: the CLI's exec fast path imports this module
+    import tempfile
+
     if isinstance(data, str):
         data = data.encode()
     parent = path.parent

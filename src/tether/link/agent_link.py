@@ -356,7 +356,7 @@ class AgentLink:
     def _give_up(self, reason: str) -> None:
         self.state = State.UNAVAILABLE
         self.reason = reason
-        log.warning("exec agent unavailable, using plain channels: %s", reason)
+        log.info("exec agent unavailable, using plain channels: %s", reason)
         if self._chan is not None:
             self._chan.close()
 
@@ -435,10 +435,11 @@ class AgentLink:
             self.state = (State.IDLE if alive and self.restarts < MAX_RESTARTS
                           else State.UNAVAILABLE)
             self.reason = "the agent's channel closed"
-            if alive:  # the agent itself ended: say why, if it said anything
-                tail = session.stderr.decode(errors="replace").strip()[-500:]
-                log.warning("exec agent exited (status %s)%s", session.exit_status,
-                            f": {tail}" if tail else "")
+            tail = session.stderr.decode(errors="replace").strip()[-500:]
+            if alive and tail:  # the agent itself failed (the link dropping is no news)
+                log.warning("exec agent exited (status %s): %s", session.exit_status, tail)
+            else:
+                log.info("exec agent's channel closed (status %s)", session.exit_status)
 
     def close(self) -> None:
         if self._chan is not None:
