@@ -263,3 +263,24 @@ async def test_a_remote_root_that_is_a_file_is_a_clear_error(ws, roots):
     with pytest.raises(errors.PeerError, match="is not a directory on the workspace"):
         await sync(ws, roots)
     assert roots.remote.read_text() == "not a folder"
+
+
+def test_resolve_without_a_running_session(ws, roots):
+    """`resolve` on a finished session runs one cycle itself (sync API, no event loop)."""
+    import tether
+
+    f = roots.local / "cfg.toml"
+    f.write_text("base")
+    tether.sync_once(ws, roots.local, str(roots.remote))
+    f.write_text("mine")
+    (roots.remote / "cfg.toml").write_text("theirs")
+    r = tether.sync_once(ws, roots.local, str(roots.remote))
+    [c] = r.conflicts
+    assert [x["path"] for x in tether.sync_conflicts(str(roots.local))] == ["cfg.toml"]
+    res = tether.sync_resolve(f, "both")
+    assert res["remaining"] == [] and res["keep"] == "both"
+    assert (roots.remote / "cfg.toml").read_text() == "mine"
+    assert (roots.remote / c.copy).read_text() == "theirs"  # both versions survive
+    assert f.read_text() == "mine"
+    with pytest.raises(errors.NotFoundError):
+        tether.sync_resolve(f, "local")  # nothing left to resolve
