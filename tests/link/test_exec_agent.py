@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -311,8 +312,39 @@ def test_cli_exec_through_the_daemon_uses_the_agent(rc, tether_bin) -> None:
         r = subprocess.run([tether_bin, "exec", "rc", "--", command], capture_output=True,
                            stdin=subprocess.DEVNULL, timeout=30, check=False)
         assert (r.returncode, r.stdout, r.stderr) == (6, b"from-rc %d\n" % i, b"e\n")
+    r = subprocess.run([tether_bin, "exec", "rc", "--cwd", str(rc.home), "-e", "K=v w", "--",
+                        "sh", "-c", "echo $K; pwd"], capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=30, check=False)
+    assert r.stdout.decode() == f"v w\n{rc.home}\n"
+    # Ctrl-C and a TERM of the local process reach the remote command's process group
+    trap = "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.05; done"
+    for local_signal, script, code, out in [
+            (signal.SIGINT, trap, 7, b"got-int\n"),
+            (signal.SIGTERM, "echo ready; sleep 30", 143, b"")]:
+        proc = subprocess.Popen([tether_bin, "exec", "rc", "--", script],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            proc.send_signal(local_signal)
+            assert proc.stdout.read() == out
+            assert proc.wait(20) == code
+        finally:
+            proc.kill()
+            proc.wait()
     assert daemon_client.request("ping")["agents"] == {"rc": "ready"}
     assert rc.rc_runs() == 1
+
+
+def test_cli_fast_path_imports_little() -> None:
+    # a clean interpreter (no site): what `tether exec` itself costs to import
+    code = ("import sys, tether.cli.entry, tether.cli.exec_fast, tether.link.daemon_client, "
+            "tether.paths; print(' '.join(sorted(sys.modules)))")
+    src = str(Path(tether.__file__).parent.parent)
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": src}, check=True).stdout.split()
+    heavy = {"typing", "asyncio", "asyncssh", "typer", "rich", "tempfile", "shutil",
+             "platformdirs", "tether.link.exec", "tether.link.agent_link"}
+    assert not heavy & set(out)
 
 
 # -- the agent protocol without SSH ---------------------------------------------------------
