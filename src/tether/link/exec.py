@@ -2,8 +2,10 @@
 
 The pure part builds the remote command line (cwd, environment) and maps an SSH exit
 status or exit signal to a process exit code the way OpenSSH users expect (a command killed
-by SIGTERM exits 128+15). The I/O part, :func:`run_session`, streams stdout and stderr to
-callbacks as they arrive, feeds stdin with backpressure, and can ask for a PTY.
+by SIGTERM exits 128+15). The I/O part, :func:`start`, streams stdout and stderr to
+callbacks as they arrive, feeds stdin with backpressure, and can ask for a PTY. Commands
+without a PTY on a connection with an exec agent run under it (no login-shell rc cost per
+command: :mod:`tether.link.agent_link`); the rest get their own SSH session channel.
 """
 
 from __future__ import annotations
