@@ -168,6 +168,19 @@ async def test_environment_matches_a_plain_ssh_command(rc) -> None:
     assert not (rc.home / "benv-count").exists()  # ...but no command shell sourced it
 
 
+async def test_agent_through_the_gateway(paired) -> None:
+    pool = LinkPool()
+    try:
+        results = await asyncio.gather(*(tether.exec_async(paired, "echo $PPID; echo e >&2",
+                                                           pool=pool) for _ in range(3)))
+        link = agent_link.link_for(await pool.get(paired))
+        assert link is not None and link.state is agent_link.State.READY
+        assert {(r.stdout, r.stderr) for r in results} == {(b"%d\n" % link.info["pid"],
+                                                             b"e\n")}
+    finally:
+        await pool.aclose()
+
+
 async def test_rc_changes_apply_to_new_connections(rc) -> None:
     pool = LinkPool()
     try:

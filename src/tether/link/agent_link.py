@@ -303,8 +303,8 @@ class AgentLink:
         ident = self._next_id
         self._next_id += 1
         proc = AgentProcess(self, ident, command, on_output)
-        self._procs[ident] = proc
         self.send_json(RUN, ident, {"cmd": command, "window": OUT_WINDOW})
+        self._procs[ident] = proc  # no frame for it can arrive before this loop turn ends
         return proc
 
     async def _ensure(self) -> bool:
