@@ -174,3 +174,33 @@ async def test_watch_falls_back_to_polling_without_a_watcher(ws, roots, monkeypa
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_link_killed_mid_transfer_never_shows_half_a_file(ws, roots, sync_host):
+    (roots.local / "seed").write_text("s")
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch_async(ws, roots.local, str(roots.remote), stop=stop))
+    big = os.urandom(96 << 20)
+    target = roots.remote / "big.bin"
+
+    def temps() -> list:
+        return [p for p in roots.remote.iterdir() if p.name.startswith(".tether-sync-")]
+
+    try:
+        await until(has(roots.remote / "seed", "s"), what="initial sync")
+        (roots.local / "big.bin").write_bytes(big)
+        await until(lambda: bool(temps()) or target.exists(), timeout=30,
+                    what="the transfer to start")
+        mid_transfer = bool(temps()) and not target.exists()
+        sync_host.kill_gateway()
+        assert mid_transfer  # the link really died in the middle of the file
+        await asyncio.sleep(0.3)
+        assert not target.exists() or target.read_bytes() == big  # whole or absent
+        await asyncio.to_thread(sync_host.ensure_gateway)
+        await until(lambda: target.exists() and target.stat().st_size == len(big),
+                    timeout=60, what="the file after reconnecting")
+        assert target.read_bytes() == big
+        await until(lambda: not temps(), what="the dead agent's temp file to go")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

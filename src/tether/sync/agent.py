@@ -170,6 +170,8 @@ class Agent:
             threading.Thread(target=poll, name="sync-poll", daemon=True).start()
 
     def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.result()  # drops an unfinished temp file (the link died mid-file)
         if self.observer is not None:
             self.observer.stop()
         if self.cache_file and self.scanner is not None:
