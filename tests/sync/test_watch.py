@@ -97,6 +97,8 @@ def test_cli_watch_session_list_conflicts_resolve_stop(ws, roots):
                  "the watching session to report the conflict")
         [session] = listed()
         assert session["pid"] == proc.pid and session["status"] == "watching"
+        twice = _cli("sync", ws, str(roots.local), str(roots.remote), check=False)
+        assert twice.returncode == 2 and "already running" in twice.stderr
         status = json.loads(_cli("sync", "status", str(roots.local), "--json").stdout)
         assert status["id"] == session["id"] and status["running"] is True
         assert status["mode"] == "two-way-safe" and status["agent_pid"] > 0

@@ -22,7 +22,7 @@ from typing import Any
 
 from tether import errors
 from tether.sync import state
-from tether.sync.engine import (CycleReport, SyncOptions, SyncResult, make_options,
+from tether.sync.engine import (CycleReport, SyncResult, make_options,
                                 run_session, sync_once_async, watch_async)
 from tether.sync.reconcile import Keep, Mode, reconcile
 
@@ -49,7 +49,6 @@ def sync_watch(name: str, local: str | os.PathLike, remote: str | None = None, *
     """Watch and sync in the foreground until SIGTERM (`tether sync stop`) or Ctrl-C."""
     opts = make_options(name, local, remote, mode=mode, excludes=excludes,
                         agent_command=agent_command)
-    _refuse_second(opts)
 
     async def main() -> SyncResult:
         stop = asyncio.Event()
@@ -61,16 +60,6 @@ def sync_watch(name: str, local: str | os.PathLike, remote: str | None = None, *
         return await run_session(opts, watch=True, on_cycle=on_cycle, stop=stop)
 
     return asyncio.run(main())
-
-
-def _refuse_second(opts: SyncOptions) -> None:
-    try:
-        rec = state.load_record(opts.id)
-    except errors.NotFoundError:
-        return
-    if rec.running and rec.pid != os.getpid():
-        raise errors.InUseError(f"sync session {rec.id} already runs (pid {rec.pid})",
-                                f"tether sync stop {rec.id}")
 
 
 def sync_list() -> list[state.SessionRecord]:

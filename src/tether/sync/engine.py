@@ -647,6 +647,7 @@ async def run_session(opts: SyncOptions, *, watch: bool = False,
 
     ``on_bytes(n)`` is called for every n bytes crossing the link (progress bars).
     """
+    _refuse_second(opts)
     session = Session(opts, watch=watch, on_cycle=on_cycle, on_bytes=on_bytes)
     result = SyncResult(session.sid, opts.name, str(opts.local), opts.remote, opts.mode.value)
     t0 = time.monotonic()
@@ -681,6 +682,17 @@ async def run_session(opts: SyncOptions, *, watch: bool = False,
         await session.disconnect()
         result.duration_s = time.monotonic() - t0
     return result
+
+
+def _refuse_second(opts: SyncOptions) -> None:
+    """Two processes must not run one session: both would advance the same base."""
+    try:
+        rec = state.load_record(opts.id)
+    except errors.NotFoundError:
+        return
+    if rec.running and rec.pid != os.getpid():
+        raise errors.InUseError(f"sync session {rec.id} is already running (pid {rec.pid})",
+                                f"tether sync stop {rec.id}, or let it do the work")
 
 
 async def _watch(session: Session, result: SyncResult,
