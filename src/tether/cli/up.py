@@ -19,6 +19,9 @@ def render_started(o: Output, info: dict) -> None:
     o.out.print(f"workspace {info['workspace_id']} is up at {info['url']} "
                 f"(tunnel: {info['tunnel']}, platform: {info['platform']})", markup=False)
     o.out.print(f"host key: {info['host_key_fingerprint']}", markup=False)
+    if info.get("autosave"):
+        o.out.print(f"autosave: to {info['autosave']}, periodically and when it stops",
+                    markup=False)
     if info.get("connected"):
         c = info["connected"]
         o.out.print(f"this machine is paired as {c['name']!r}: try `ssh {c['ssh_host']}` "
@@ -60,6 +63,26 @@ def up(
     idle_timeout: Annotated[str | None, typer.Option(
         "--idle-timeout", help="With --ide: stop the IDE after this long without a browser "
         "(e.g. 30m, 2h)", metavar="DURATION")] = None,
+    restore: Annotated[str | None, typer.Option(
+        "--restore", help="Before starting, restore the workspace folder, --venv folders, the "
+        "IDE profile and the host identity from this snapshot store (`default`: a folder "
+        "under tether's state dir)", metavar="STORE")] = None,
+    venv: Annotated[list[Path] | None, typer.Option(
+        "--venv", help="A virtualenv to restore/save too, at the same absolute path "
+        "(repeatable)", metavar="PATH")] = None,
+    rebuild_venv: Annotated[bool, typer.Option(
+        "--rebuild-venv", help="With --restore: recreate a virtualenv whose interpreter no "
+        "longer matches from its recorded package list")] = False,
+    force_identity: Annotated[bool, typer.Option(
+        "--force-identity", help="With --restore: replace a different host identity already "
+        "on this machine (its paired clients lose access)")] = False,
+    autosave: Annotated[str | None, typer.Option(
+        "--autosave", help="Save the same components to this store periodically and when "
+        "the workspace stops (`default`: a folder under tether's state dir)",
+        metavar="STORE")] = None,
+    every: Annotated[str, typer.Option(
+        "--every", help="With --autosave: the interval (e.g. 10m, 1h)", metavar="DURATION")]
+    = "10m",
     json: JsonOption = False,
 ) -> None:
     """Start a workspace here: key-only sshd, the gateway and a tunnel; print how to connect."""
@@ -70,7 +93,11 @@ def up(
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
                                                        signal.SIGHUP)}
     try:
-        _run(out, directory, tunnel, port, public_url, detach, connect, json, ide_opts)
+        snap = {"restore": restore, "venvs": tuple(venv or ()), "rebuild_venv": rebuild_venv,
+                "force_identity": force_identity, "autosave": autosave,
+                "autosave_every": every}
+        _run(out, directory, tunnel, port, public_url, detach, connect, json,
+             {**ide_opts, "up": {**ide_opts["up"], **snap}})
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -111,19 +111,32 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
        public_url: str | None = None, connect: str | None = None, detach: bool = False,
        proxy_upstream: str | None = None, code_ttl_s: int = DEFAULT_CODE_TTL_S,
        state_dir: str | Path | None = None, announce=None, ide: bool = False,
-       ide_extensions: tuple[str, ...] = (), ide_idle_timeout_s: int | None = None
-       ) -> HostHandle:
+       ide_extensions: tuple[str, ...] = (), ide_idle_timeout_s: int | None = None,
+       restore: str | None = None, autosave: str | None = None,
+       autosave_every: str | float = "10m", venvs: tuple[str | Path, ...] = (),
+       rebuild_venv: bool = False, force_identity: bool = False) -> HostHandle:
     """Start the workspace (sshd, gateway, tunnel) and return a handle.
 
     ``connect=NAME`` also pairs this machine with it under NAME (`ssh tether-NAME`).
     ``ide=True`` serves code-server behind the gateway at ``/`` (see tether.ide).
+    ``restore=URL`` first restores the workspace folder, ``venvs``, the IDE's profile and the
+    host identity from a snapshot store (``"default"``: ``file://<state>/snapshots``);
+    ``autosave=URL`` saves them every ``autosave_every`` and when the workspace stops.
     """
     global _active
     if connect is not None:
         from tether.link.profiles import validate_name
 
         validate_name(connect)
+    from tether.host import persist
+
+    if restore is None and (rebuild_venv or force_identity):
+        raise errors.UsageError("--rebuild-venv and --force-identity need --restore")
+    restore, autosave = persist.resolve_store(restore), persist.resolve_store(autosave)
+    every_s = persist.check_every(autosave_every)
     workspace_dir = Path(directory or Path.cwd()).expanduser().resolve()
+    if restore and not workspace_dir.exists():
+        workspace_dir.mkdir(parents=True)  # a fresh machine: the restore fills it
     if not workspace_dir.is_dir():
         raise errors.UsageError(f"{workspace_dir} is not a directory",
                                 "give the workspace folder, or leave it out for this one")
@@ -132,10 +145,13 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
                         code_ttl_s=code_ttl_s,
                         state_dir=Path(state_dir) if state_dir else None, ide=ide,
                         ide_extensions=_ide_extensions(ide_extensions),
-                        ide_idle_timeout_s=ide_idle_timeout_s)
+                        ide_idle_timeout_s=ide_idle_timeout_s,
+                        venvs=tuple(str(Path(v).expanduser().absolute()) for v in venvs),
+                        autosave=autosave, autosave_every_s=every_s)
     from tether.tunnels import open_tunnel
 
     open_tunnel(tunnel, 1, public_url=public_url)  # validate flags before starting anything
+    restored = _restore(options, restore, rebuild_venv, force_identity, announce)
     if detach:
         state = _spawn_detached(options)
         workspace = None
@@ -151,6 +167,8 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
     try:
         connected = _connect_self(state, connect) if connect else None
         info = _result(state, workspace_dir, connect, code_ttl_s, connected)
+        info["restore"] = restored
+        info["autosave"] = autosave
     except BaseException:
         if workspace is not None:
             workspace.stop()
@@ -158,6 +176,20 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
             down(state_dir=state.dir)
         raise
     return HostHandle(info, workspace)
+
+
+def _restore(options: UpOptions, store: str | None, rebuild_venv: bool, force_identity: bool,
+             announce) -> dict | None:
+    """Restore before anything starts: an error here leaves nothing running."""
+    if store is None:
+        return None
+    from tether.host import persist
+
+    host = options.state_dir or HostState().dir
+    comps = persist.components(options.directory, options.venvs, options.ide, host)
+    return persist.restore_before_up(
+        store, comps, host, force_identity=force_identity, rebuild_venv=rebuild_venv,
+        announce=announce or (lambda message: None)).to_dict()
 
 
 def _ide_extensions(extensions) -> tuple[str, ...]:
@@ -219,6 +251,7 @@ def _child_main() -> int:
     data = json.loads(os.environ.pop(CHILD_ENV))
     data["directory"] = Path(data["directory"])
     data["state_dir"] = Path(data["state_dir"]) if data.get("state_dir") else None
+    data["venvs"] = tuple(data.get("venvs", ()))
     options = UpOptions(**data)
 
     def announce(message: str) -> None:
@@ -266,7 +299,8 @@ def down(timeout: float = 15.0, state_dir: str | Path | None = None) -> dict:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    deadline = time.monotonic() + timeout
+    # the workspace's final autosave is bounded by its own timeout: wait for it too
+    deadline = time.monotonic() + timeout + float(run.get("final_save_timeout_s") or 0)
     while time.monotonic() < deadline and not lock_is_free(state.dir):
         time.sleep(0.05)
     if not lock_is_free(state.dir):
@@ -331,6 +365,9 @@ def host_status(state_dir: str | Path | None = None) -> dict:
         out.update({k: run.get(k) for k in keep})
         out["uptime_s"] = int(time.time()) - int(run.get("started_at") or time.time())
         out["clients"] = len(state.clients())
+    from tether.host.persist import read_status
+
+    out["autosave"] = read_status(state.dir)  # also after `down`: the last save's result
     return out
 
 

@@ -43,6 +43,11 @@ class UpOptions:
     ide: bool = False  # code-server behind the gateway at / (tether.ide)
     ide_extensions: tuple[str, ...] = ()  # marketplace ids or .vsix paths, installed at start
     ide_idle_timeout_s: int | None = None
+    # snapshots (tether.host.persist): restore happens before start, in `up()`
+    venvs: tuple[str, ...] = ()  # virtualenv folders saved as "venv:<name>"
+    autosave: str | None = None  # store URL; saved every autosave_every_s and on stop
+    autosave_every_s: float = 600.0
+    final_save_timeout_s: float = 120.0
 
 
 def login_user() -> str:
@@ -66,6 +71,7 @@ class Workspace:
         self.sshd = None
         self.supervisor = None
         self.ide = None  # tether.ide.api.IdeSession when options.ide
+        self.autosave = None  # tether.host.persist.HostAutosave when options.autosave
         self.url: str | None = None
         self.local_url: str | None = None
         self.gateway_port = 0
@@ -118,10 +124,22 @@ class Workspace:
             if self.ide is not None:
                 self.ide.start([self.local_url, self.url, self.options.public_url])
             self.started_at = int(time.time())
+            self._start_autosave()
             self._write_run()
         except BaseException:
             self.stop()
             raise
+
+    def _start_autosave(self) -> None:
+        from tether.host import persist
+
+        if not self.options.autosave:
+            persist.clear_status(self.dir)  # a previous session's record would mislead
+            return
+        comps = persist.components(self.options.directory.resolve(), self.options.venvs,
+                                   self.options.ide, self.dir)
+        self.autosave = persist.HostAutosave(self.options.autosave, comps, self.dir,
+                                             self.options.autosave_every_s, self.announce)
 
     def _start_gateway(self) -> None:
         from tether.gateway.app import GatewaySettings, create_app
@@ -221,6 +239,9 @@ class Workspace:
             "tunnel_restarts": self.supervisor.restarts if self.supervisor else 0,
             "platform": self.platform.kind.value, "user": login_user(),
             "ide": self.ide.info(self.url) if self.ide is not None else None,
+            "autosave": self.options.autosave,
+            # `tether down` waits this much longer for the final save before it kills
+            "final_save_timeout_s": self.options.final_save_timeout_s if self.autosave else 0,
         })
 
     # -- while running ------------------------------------------------------------------
@@ -270,6 +291,9 @@ class Workspace:
         if self.sshd is not None:
             self.sshd.stop()
             self.sshd = None
+        if self.autosave is not None:  # after the parts stop: nothing changes under the save
+            autosave, self.autosave = self.autosave, None
+            autosave.finish(self.options.final_save_timeout_s)
         if self._lock_fd is not None:
             self.state.clear_run(os.getpid())
             os.close(self._lock_fd)
