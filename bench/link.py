@@ -12,6 +12,8 @@ sshd + gateway, paired over loopback) in temp dirs, then measures:
   When PYTHONDONTWRITEBYTECODE is set (as in some sandboxes), cli_exec_nopyc_ms is the same
   with tether's modules compiled at every start. cli_overhead_ms: cli_exec_ms's p50 excess
   over the API call of the same round, i.e. what the CLI adds to the remote command.
+  python_startup_ms: `python -c pass` in the same rounds (the floor: interpreter, site, .pth
+  files); cli_minus_python_ms: what `tether exec` costs on top of it.
 - echo_p50_ms: one byte echoed through the bridge by a PTY session (`cat` in raw mode).
 
 Debian's bash sources ~/.bashrc for every command sshd runs. The OpenSSH figures pay that
@@ -158,7 +160,7 @@ class Bench:
         nopyc = self.env if self.env.get("PYTHONDONTWRITEBYTECODE") else None
         subprocess.run([*base, "-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-f",
                         "-N", "tether-bench"], check=True, timeout=60)
-        api, ssh, cli_ms, nopyc_ms = [], [], [], []
+        api, ssh, cli_ms, nopyc_ms, python_ms = [], [], [], [], []
 
         def run_cli(env: dict) -> None:
             subprocess.run(cli, check=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
@@ -170,7 +172,9 @@ class Bench:
             series = [(api, lambda: tether.exec("bench", "true")),
                       (ssh, lambda: subprocess.run([*base, "tether-bench", "true"],
                                                    check=True, timeout=60)),
-                      (cli_ms, lambda: run_cli(cached))]
+                      (cli_ms, lambda: run_cli(cached)),
+                      (python_ms, lambda: subprocess.run([sys.executable, "-c", "pass"],
+                                                         check=True, env=cached))]
             if nopyc is not None:
                 series.append((nopyc_ms, lambda: run_cli(nopyc)))
             for i in range(self.runs):  # rotate: whatever runs after ssh pays its clean-up
@@ -186,6 +190,9 @@ class Bench:
         f["cli_exec_ms"] = _p50(cli_ms)
         if nopyc_ms:
             f["cli_exec_nopyc_ms"] = _p50(nopyc_ms)
+        # the floor no CLI can beat here: the interpreter with this environment's site/.pth
+        f["python_startup_ms"] = _p50(python_ms)
+        f["cli_minus_python_ms"] = _p50([c - p for c, p in zip(cli_ms, python_ms)])
         # what tether adds on top of the remote command itself (Python start-up, daemon hop)
         f["cli_overhead_ms"] = _p50([c - a for c, a in zip(cli_ms, api)])
 
