@@ -80,13 +80,14 @@ class Bench:
         ws.mkdir()
         r = subprocess.run([self.tether, "up", str(ws), "--detach", "--connect", "bench",
                             "--json"], env=self.env, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=120, check=False)
         if r.returncode != 0:
             raise SystemExit(f"tether up failed: {r.stderr}")
         self.ssh_config = self.home / ".ssh" / "config"
 
     def down(self) -> None:
-        subprocess.run([self.tether, "down"], env=self.env, capture_output=True, timeout=60)
+        subprocess.run([self.tether, "down"], env=self.env, capture_output=True, timeout=60,
+                       check=False)
 
     def initial(self, files: int, mb: int) -> None:
         src = self.root / "tree"
@@ -104,7 +105,7 @@ class Bench:
             began = time.perf_counter()
             r = subprocess.run([self.tether, "sync", "bench", str(src), str(dst_sync),
                                 "--json"], env=self.env, capture_output=True, text=True,
-                               timeout=900)
+                               timeout=900, check=False)
             sync_runs.append(time.perf_counter() - began)
             if r.returncode != 0:
                 raise SystemExit(f"tether sync failed: {r.stderr}")

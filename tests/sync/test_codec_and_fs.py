@@ -146,7 +146,7 @@ def test_delta_transfer_reuses_the_receivers_chunks(tmp_path):
     entry = Scanner(a).scan().tree["f"]
     frames = list(send_frames(Scanner(a), "f", entry, old, sigs))
     assert sum(map(len, frames)) < 600_000  # a few chunks, not 4 MiB
-    done, failed = _transfer(a, b, "f", old, sigs)
+    _, failed = _transfer(a, b, "f", old, sigs)
     assert failed == [] and (b / "f").read_bytes() == bytes(data)
 
 
@@ -233,7 +233,8 @@ def test_agent_keeps_its_stat_cache_between_sessions(tmp_path):
     hello = P.encode_json(P.T.HELLO, {"v": P.VERSION, "root": str(root), "cache": True})
     stream = hello + P.encode_json(P.T.SCAN, {"full": True}) + P.encode_json(P.T.BYE, {})
     out = subprocess.run([sys.executable, "-m", "tether.cli.main", "agent", "sync",
-                          str(root)], input=stream, capture_output=True, env=env, timeout=30)
+                          str(root)], input=stream, capture_output=True, env=env, timeout=30,
+                         check=True)
     frames = P.FrameDecoder().feed(out.stdout)
     assert [f.type for f in frames] == [P.T.READY, P.T.TREE]
     [cache] = (tmp_path / "th").rglob("*.scan")
@@ -247,7 +248,7 @@ def test_agent_refuses_another_protocol_version(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "tether.cli.main", "agent", "sync",
                           str(tmp_path)], input=P.encode_json(P.T.HELLO, {"v": 99}),
-                         capture_output=True, timeout=30)
+                         capture_output=True, timeout=30, check=False)
     [frame] = P.FrameDecoder().feed(out.stdout)
     assert frame.type is P.T.ERROR and "version" in frame.json()["message"]
     assert out.returncode == 1

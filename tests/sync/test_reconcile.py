@@ -7,8 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.sync.reconcile import (Action, Entry, Keep, Kind, Mode, Op, Side, advance_base,
-                                   conflict_name, halt_reason, reconcile)
+from tether.sync.reconcile import (
+    Action,
+    Entry,
+    Keep,
+    Kind,
+    Mode,
+    Op,
+    Side,
+    advance_base,
+    conflict_name,
+    halt_reason,
+    reconcile,
+)
 
 # tiny named fixtures
 A = Entry(Kind.FILE, b"a" * 32, 1)
@@ -242,7 +253,8 @@ def test_pure_modules_import_no_io(module):
     import importlib
 
     source = importlib.import_module(module).__file__
-    tree = ast.parse(open(source, encoding="utf-8").read())
+    with open(source, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)

@@ -22,8 +22,14 @@ from typing import Any
 
 from tether import errors
 from tether.sync import state
-from tether.sync.engine import (CycleReport, SyncResult, make_options,
-                                run_session, sync_once_async, watch_async)
+from tether.sync.engine import (
+    CycleReport,
+    SyncResult,
+    make_options,
+    run_session,
+    sync_once_async,
+    watch_async,
+)
 from tether.sync.reconcile import Keep, Mode, reconcile
 
 __all__ = ["CycleReport", "Keep", "Mode", "SyncResult", "reconcile", "sync_conflicts",

@@ -17,6 +17,7 @@ backoff and rescanning in full.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -33,8 +34,19 @@ from tether.sync import protocol as P
 from tether.sync import state
 from tether.sync.fs import DELTA_MIN, Receiver, chunk_sigs, send_frames
 from tether.sync.ignore import check_patterns
-from tether.sync.reconcile import (Action, Conflict, Entry, Keep, Kind, Mode, Op, Side,
-                                   advance_base, halt_reason, reconcile)
+from tether.sync.reconcile import (
+    Action,
+    Conflict,
+    Entry,
+    Keep,
+    Kind,
+    Mode,
+    Op,
+    Side,
+    advance_base,
+    halt_reason,
+    reconcile,
+)
 from tether.sync.scan import Scanner
 
 DRAIN_AT = 1 << 20
@@ -195,18 +207,17 @@ class RemoteAgent:
                         await self.queue.put(frame)  # bounded: a slow disk slows the reader
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - any read failure means the channel is gone
-            pass
+        except Exception as exc:  # noqa: BLE001 - any read failure means the channel is gone
+            self._stderr += f"\nerror: {exc}".encode()
         self._eof = True
         await self.queue.put(None)
 
     async def _errors(self) -> None:
-        try:
+        # stderr only feeds error messages: a failure reading it ends it, nothing more
+        with contextlib.suppress(Exception):
             while data := await self.proc.stderr.read(4096):
                 self._stderr += data
                 del self._stderr[:-4000]
-        except Exception:  # noqa: BLE001 - stderr is only for error messages
-            pass
 
     def _gone(self) -> errors.ConnectError:
         lines = [ln for ln in self._stderr.decode(errors="replace").splitlines()
@@ -262,11 +273,9 @@ class RemoteAgent:
 
     async def aclose(self) -> None:
         if self.proc is not None:
-            try:
+            with contextlib.suppress(Exception):  # the channel may be gone already
                 self.proc.stdin.write(bytes(self._out) + P.encode_json(P.T.BYE, {}))
                 self.proc.stdin.write_eof()
-            except Exception:  # noqa: BLE001 - closing a channel that may be gone already
-                pass
             self.proc.close()
         for task in self._tasks:
             task.cancel()
@@ -349,10 +358,8 @@ class Session:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
-            try:
+            with contextlib.suppress(Exception):  # it is going away regardless
                 await asyncio.wait_for(conn.wait_closed(), 2.0)
-            except (TimeoutError, Exception):  # noqa: BLE001 - it is going away regardless
-                pass
 
     # -- one cycle ---------------------------------------------------------------------
     async def _scan_both(self) -> Any:

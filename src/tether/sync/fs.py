@@ -30,7 +30,7 @@ from tether.sync.scan import READ_SIZE, Scanner
 
 _ZERO_BLOCK = bytes(READ_SIZE)
 DELTA_MIN = 1 << 20  # smaller files are sent whole: signatures would cost a round trip more
-CDC = dict(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
+CDC = {"min_size": 16 << 10, "avg_size": 64 << 10, "max_size": 256 << 10}
 
 
 def safe_rel(path: str) -> str | None:

@@ -22,7 +22,7 @@ def _spec(lines: Iterable[str]):
 
     try:
         return pathspec.GitIgnoreSpec.from_lines(list(lines))
-    except Exception as exc:  # noqa: BLE001 - pathspec raises plain ValueError/TypeError
+    except Exception as exc:
         from tether import errors
 
         raise errors.UsageError(f"bad ignore pattern: {exc}",

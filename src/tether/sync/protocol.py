@@ -31,9 +31,24 @@ _CHUNK = struct.Struct(">QI16s")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
-__all__ = ["VERSION", "T", "Frame", "FrameDecoder", "TreeDelta", "encode", "encode_json",
-           "decode_json", "encode_tree", "decode_tree", "encode_sigs", "decode_sigs",
-           "encode_range", "decode_range", "entry_to_json", "entry_from_json"]
+__all__ = [
+    "VERSION",
+    "Frame",
+    "FrameDecoder",
+    "T",
+    "TreeDelta",
+    "decode_json",
+    "decode_range",
+    "decode_sigs",
+    "decode_tree",
+    "encode",
+    "encode_json",
+    "encode_range",
+    "encode_sigs",
+    "encode_tree",
+    "entry_from_json",
+    "entry_to_json",
+]
 
 
 class T(enum.IntEnum):
