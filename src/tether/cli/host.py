@@ -30,6 +30,13 @@ def status(json: JsonOption = False) -> None:
                 ("sshd port", s["sshd_port"]), ("pid", s["pid"]),
                 ("uptime", f"{s['uptime_s']}s"), ("paired clients", s["clients"]),
                 ("platform", s["platform"])]
+        a = s.get("autosave")
+        if a:
+            last = ("not yet" if a["last_save_at"] is None else
+                    time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(a["last_save_at"]))
+                    + (" ok" if a["last_ok"] else f" FAILED: {a['last_error']}"))
+            rows += [("autosave", f"{a['store']} every {a['every_s']:.0f}s"),
+                     ("last save", last)]
         o.table(["", ""], rows)
         if s["policy"]:
             o.out.print(f"\nnote: {s['policy']}", markup=False)

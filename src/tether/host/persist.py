@@ -221,17 +221,27 @@ def restore_before_up(store_url: str, comps: list, host_dir: Path, *, force_iden
     for c in comps:
         c.path.parent.mkdir(parents=True, exist_ok=True)
     with holding_up_lock(host_dir):
-        store = open_retrying(store_url)
         try:
-            plan = prepare_identity(store, host_dir, force_identity)
+            store = open_retrying(store_url)
             try:
-                report = restore_components(store, comps, rebuild_venv=rebuild_venv)
-            except BaseException:
-                shutil.rmtree(host_dir / INCOMING_DIR, ignore_errors=True)
-                raise
-            install_identity(plan, host_dir)
-        finally:
-            store.close()
+                plan = prepare_identity(store, host_dir, force_identity)
+                try:
+                    report = restore_components(store, comps, rebuild_venv=rebuild_venv)
+                except BaseException:
+                    shutil.rmtree(host_dir / INCOMING_DIR, ignore_errors=True)
+                    raise
+                install_identity(plan, host_dir)
+            finally:
+                store.close()
+        except AlreadyExistsError:
+            raise  # the identity conflict says what to do already
+        except TetherError as exc:  # same class (same exit code), with what failed and where
+            exc.message = f"restoring from {store_url} failed: {exc.message}"
+            exc.args = (exc.message,)
+            exc.hint = (exc.hint or "") + (" " if exc.hint else "") + (
+                "nothing was started; check the store with `tether snapshot verify "
+                f"{store_url}`, or start without --restore")
+            raise
     summary.restored = sorted(report.restored)
     summary.skipped = list(report.skipped)
     summary.warnings = list(report.warnings)
