@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -148,16 +147,12 @@ def start_sshd(workdir: Path) -> tuple[subprocess.Popen, SshServer]:
 
 
 def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own group, and any sshd session a test left open."""
+    from tether.ssh.sshd import stop_group
+
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc.pid, 5)
+        proc.wait(5)
 
 
 @pytest.fixture(scope="session")
