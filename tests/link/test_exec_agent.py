@@ -289,6 +289,30 @@ async def test_a_dropped_link_leaves_no_processes(rc, script) -> None:
     await pool.aclose()
 
 
+async def test_a_stopped_agent_hangs_up_its_commands_and_is_replaced(rc) -> None:
+    pool = LinkPool()
+    try:
+        conn = await pool.get("rc")
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        proc = await lexec.start(conn, "echo $$; while :; do sleep 0.1; done",
+                                 on_output=lambda _s, d: got.put_nowait(d))
+        pid = int(await got.get())
+        first = (await _agent(pool)).info["pid"]
+        os.kill(first, signal.SIGTERM)  # e.g. an admin's kill
+        with pytest.raises(errors.ConnectError, match="exec agent on the host stopped"):
+            await asyncio.wait_for(proc.wait(), 10)
+        deadline = time.monotonic() + 10
+        while not _gone(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert _gone(pid)
+        r = await _run(pool, "echo $PPID")  # same connection, a new agent
+        second = (await _agent(pool)).info["pid"]
+        assert second != first and r.stdout == b"%d\n" % second
+        assert rc.rc_runs() == 2
+    finally:
+        await pool.aclose()
+
+
 async def test_without_python3_commands_use_plain_channels(rc) -> None:
     empty = rc.home / "nopython"
     empty.mkdir(exist_ok=True)

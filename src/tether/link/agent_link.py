@@ -423,15 +423,18 @@ class AgentLink:
                        + (f": {tail[0]}" if tail else ""))
             self._hello.set_exception(errors.PeerError(why))
             return
+        # An exit status means the agent ended and sshd said so: the connection is fine.
+        conn = self._conn()
+        alive = (session.exit_status is not None and conn is not None
+                 and not conn.is_closed())
+        what = "the exec agent on the host stopped" if alive else "the link dropped"
         procs, self._procs = self._procs, {}
         for proc in procs.values():
             proc._finish(errors.ConnectError(
-                f"the link dropped while running {proc.command!r}"
-                + (f": {exc}" if exc else ""), "check the host, then run it again"))
+                f"{what} while running {proc.command!r}" + (f": {exc}" if exc else ""),
+                "check the host, then run it again"))
         if self.state is State.READY:
             self.restarts += 1
-            conn = self._conn()
-            alive = conn is not None and not conn.is_closed()
             self.state = (State.IDLE if alive and self.restarts < MAX_RESTARTS
                           else State.UNAVAILABLE)
             self.reason = "the agent's channel closed"

@@ -161,6 +161,8 @@ class Agent:
         _nonblock(self.sig_r)
         _nonblock(sig_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd fires
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # stopped: clean up like on EOF
+            signal.signal(signum, lambda *_: self.hang_up())
         signal.set_wakeup_fd(sig_w)
 
     def send(self, kind, ident, payload=b""):
