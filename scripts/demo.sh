@@ -26,20 +26,27 @@ demo_keys() {
 }
 
 # The main job: a workspace on this machine (local tunnel), paired with this same machine as
-# `local`, reached by plain OpenSSH and by tether, then stopped. Runs as you: OpenSSH reads the
-# ~/.ssh of your passwd entry; -F names the file `--connect` wrote (the same one unless HOME
-# was moved).
+# `local`, reached by plain OpenSSH and by tether, then stopped. Its folder and host identity
+# are saved to a file:// snapshot store when it stops and restored from it when it starts
+# (nothing to restore the first time), so a second run comes back with the same files and
+# host key. Runs as you: OpenSSH reads the ~/.ssh of your passwd entry; -F names the file
+# `--connect` wrote (the same one unless HOME was moved).
 demo_workspace() {
-  echo "== workspace"
+  local base="${TETHER_DEMO_DIR:-${TMPDIR:-/tmp}/tether-demo}"
+  local work="$base/workspace" store="file://$base/snapshots"
+  echo "== workspace (folder: $work, snapshots: $store)"
+  mkdir -p "$work"
   tether down >/dev/null 2>&1 || true   # a workspace left over from an earlier run
   trap 'tether down >/dev/null 2>&1 || true' EXIT
-  tether up --tunnel local --connect local --detach
+  tether up "$work" --tunnel local --connect local --detach --autosave "$store" --restore "$store"
   tether host status
   ssh -F "$HOME/.ssh/config" -o BatchMode=yes tether-local 'echo "ssh tether-local: hello from $(hostname) as $(whoami)"'
   tether exec local -- uname -sr
+  tether exec local --cwd "$work" -- sh -c 'date -u "+run at %F %T UTC" >> runs.txt; cat runs.txt'
   tether hosts
-  tether down
+  tether down   # saves the workspace folder and the host identity one last time
   trap - EXIT
+  tether snapshot ls "$store"
 }
 
 tether doctor || echo "demo: doctor found missing parts (see above); continuing" >&2
