@@ -35,7 +35,8 @@ demo_workspace() {
   local base="${TETHER_DEMO_DIR:-${TMPDIR:-/tmp}/tether-demo}"
   local work="$base/workspace" store="file://$base/snapshots"
   echo "== workspace (folder: $work, snapshots: $store)"
-  mkdir -p "$work"
+  mkdir -p "$work" "$base/snapshots"
+  chmod 700 "$base" "$base/snapshots"   # the snapshots hold the host's private key
   tether down >/dev/null 2>&1 || true   # a workspace left over from an earlier run
   trap 'tether down >/dev/null 2>&1 || true' EXIT
   tether up "$work" --tunnel local --connect local --detach --autosave "$store" --restore "$store"

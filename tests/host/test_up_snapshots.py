@@ -61,6 +61,8 @@ def test_autosave_then_restore_on_a_fresh_host_keeps_key_and_pairing(tmp_path, t
     status = json.loads(e.run(tether_bin, "host", "status", "--json").stdout)
     assert status["autosave"]["last_ok"] is True and status["autosave"]["saves"] == 1
     assert {"component:workspace", "component:identity"} <= _tags(store)
+    # it holds the host's private key: a store folder tether makes is private
+    assert (tmp_path / "store").stat().st_mode & 0o777 == 0o700
 
     # a wiped machine: no host state, an empty new folder
     shutil.rmtree(_host(e))

@@ -152,6 +152,8 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
 
     open_tunnel(tunnel, 1, public_url=public_url)  # validate flags before starting anything
     restored = _restore(options, restore, rebuild_venv, force_identity, announce)
+    if autosave:
+        persist.protect_local_store(autosave, announce or (lambda message: None))
     if detach:
         state = _spawn_detached(options)
         workspace = None

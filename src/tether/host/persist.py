@@ -61,6 +61,21 @@ def resolve_store(url: str | None) -> str | None:
     return url
 
 
+def protect_local_store(url: str, announce: Announce) -> None:
+    """A ``file://`` autosave store holds the host's private key: make a new one 0700, and
+    say so when an existing one is open to other users (its files are 0644 inside)."""
+    if not url.startswith("file:"):
+        return
+    from tether.snapshot.stores.local import open as open_local
+
+    root = open_local(url).root
+    if not root.exists():
+        paths.ensure_dir(root, 0o700)
+    elif root.stat().st_mode & 0o077:
+        announce(f"warning: the store folder {root} is readable by other users, and it will "
+                 f"hold this host's private key: run `chmod 700 {root}`")
+
+
 def components(directory: Path, venvs: tuple[str, ...], ide: bool, host_dir: Path) -> list:
     """The components `up` restores and saves, identity excluded (it is handled apart)."""
     from tether.snapshot.components import Component
