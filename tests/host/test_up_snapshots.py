@@ -252,3 +252,20 @@ def test_s3_store_round_trip(tmp_path, monkeypatch):
     assert second.info["host_key_fingerprint"] == fingerprint
     assert (fresh / "model.txt").read_text() == "weights\n"
     assert os.stat(fresh / "model.txt").st_size == 8
+
+
+def test_a_failing_autosave_is_a_warning_and_shows_in_status(tmp_path):
+    e = make_env(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store should be\n")
+    messages: list[str] = []
+    with activated(e):
+        handle = tether.up(e.workdir, autosave=f"file://{blocker}", announce=messages.append)
+        assert handle.status()["autosave"]["last_save_at"] is None
+        handle.stop()  # the final save fails: stop still stops, nothing raised
+        status = tether.host_status()
+    assert status["running"] is False
+    a = status["autosave"]
+    assert a["last_ok"] is False and a["last_error"] and a["saves"] == 0
+    assert any(m.startswith(f"warning: autosave to file://{blocker} failed: ")
+               for m in messages), messages
