@@ -256,12 +256,18 @@ def test_s3_store_round_trip(tmp_path, monkeypatch):
 
 def test_a_failing_autosave_is_a_warning_and_shows_in_status(tmp_path):
     e = make_env(tmp_path)
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the store should be\n")
+    blocker = tmp_path / "store"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
     messages: list[str] = []
     with activated(e):
+        with pytest.raises(UsageError, match="not a folder"):  # refused up front
+            tether.up(e.workdir, autosave=f"file://{a_file}")
+        assert tether.host_status()["running"] is False
         handle = tether.up(e.workdir, autosave=f"file://{blocker}", announce=messages.append)
         assert handle.status()["autosave"]["last_save_at"] is None
+        blocker.rmdir()  # the store goes away while the workspace runs
+        blocker.write_text("a file where the store should be\n")
         handle.stop()  # the final save fails: stop still stops, nothing raised
         status = tether.host_status()
     assert status["running"] is False

@@ -135,9 +135,8 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
     restore, autosave = persist.resolve_store(restore), persist.resolve_store(autosave)
     every_s = persist.check_every(autosave_every)
     workspace_dir = Path(directory or Path.cwd()).expanduser().resolve()
-    if restore and not workspace_dir.exists():
-        workspace_dir.mkdir(parents=True)  # a fresh machine: the restore fills it
-    if not workspace_dir.is_dir():
+    fresh = restore is not None and not workspace_dir.exists()  # the restore fills it
+    if not workspace_dir.is_dir() and not fresh:
         raise errors.UsageError(f"{workspace_dir} is not a directory",
                                 "give the workspace folder, or leave it out for this one")
     options = UpOptions(directory=workspace_dir, tunnel=tunnel, port=port,
@@ -151,9 +150,11 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
     from tether.tunnels import open_tunnel
 
     open_tunnel(tunnel, 1, public_url=public_url)  # validate flags before starting anything
-    restored = _restore(options, restore, rebuild_venv, force_identity, announce)
     if autosave:
         persist.protect_local_store(autosave, announce or (lambda message: None))
+    if fresh:
+        workspace_dir.mkdir(parents=True)
+    restored = _restore(options, restore, rebuild_venv, force_identity, announce)
     if detach:
         state = _spawn_detached(options)
         workspace = None

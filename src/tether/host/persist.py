@@ -71,6 +71,9 @@ def protect_local_store(url: str, announce: Announce) -> None:
     root = open_local(url).root
     if not root.exists():
         paths.ensure_dir(root, 0o700)
+    elif not root.is_dir():
+        raise UsageError(f"the autosave store {root} is not a folder",
+                         "give a folder (it is created if missing)")
     elif root.stat().st_mode & 0o077:
         announce(f"warning: the store folder {root} is readable by other users, and it will "
                  f"hold this host's private key: run `chmod 700 {root}`")
