@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -96,6 +97,7 @@ def up(
         snap = {"restore": restore, "venvs": tuple(venv or ()), "rebuild_venv": rebuild_venv,
                 "force_identity": force_identity, "autosave": autosave,
                 "autosave_every": every}
+        # opts["up"]: keyword arguments of tether.host.api.up beyond the plain flags
         _run(out, directory, tunnel, port, public_url, detach, connect, json,
              {**ide_opts, "up": {**ide_opts["up"], **snap}})
     finally:
@@ -104,7 +106,7 @@ def up(
 
 
 def _run(out: Output, directory, tunnel, port, public_url, detach, connect, json,
-         ide_opts: dict) -> None:
+         opts: dict) -> None:
     from tether.host.api import up as start_workspace
 
     if not detach:
@@ -115,15 +117,17 @@ def _run(out: Output, directory, tunnel, port, public_url, detach, connect, json
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupt)
-    handle = start_workspace(directory, tunnel=tunnel, port=port, public_url=public_url,
-                             connect=connect, detach=detach, announce=out.info,
-                             **ide_opts["up"])
+    with out.progress("restore", None) if opts["up"].get("restore") else \
+            contextlib.nullcontext(None) as advance:
+        handle = start_workspace(directory, tunnel=tunnel, port=port, public_url=public_url,
+                                 connect=connect, detach=detach, announce=out.info,
+                                 progress=advance, **opts["up"])
     if not detach:
         workspace = handle._workspace
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: workspace.request_stop())
     data = {k: v for k, v in handle.info.items() if k != "state_dir"}
-    if ide_opts["show_password"] and handle.info.get("ide"):
+    if opts["show_password"] and handle.info.get("ide"):
         from tether.ide.password import show
 
         handle.info["ide"]["password"] = data["ide"]["password"] = show()

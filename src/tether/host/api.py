@@ -114,7 +114,8 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
        ide_extensions: tuple[str, ...] = (), ide_idle_timeout_s: int | None = None,
        restore: str | None = None, autosave: str | None = None,
        autosave_every: str | float = "10m", venvs: tuple[str | Path, ...] = (),
-       rebuild_venv: bool = False, force_identity: bool = False) -> HostHandle:
+       rebuild_venv: bool = False, force_identity: bool = False, progress=None
+       ) -> HostHandle:
     """Start the workspace (sshd, gateway, tunnel) and return a handle.
 
     ``connect=NAME`` also pairs this machine with it under NAME (`ssh tether-NAME`).
@@ -122,6 +123,7 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
     ``restore=URL`` first restores the workspace folder, ``venvs``, the IDE's profile and the
     host identity from a snapshot store (``"default"``: ``file://<state>/snapshots``);
     ``autosave=URL`` saves them every ``autosave_every`` and when the workspace stops.
+    ``progress(n_bytes)`` is called as the restore advances.
     """
     global _active
     if connect is not None:
@@ -154,7 +156,7 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
         persist.protect_local_store(autosave, announce or (lambda message: None))
     if fresh:
         workspace_dir.mkdir(parents=True)
-    restored = _restore(options, restore, rebuild_venv, force_identity, announce)
+    restored = _restore(options, restore, rebuild_venv, force_identity, announce, progress)
     if detach:
         state = _spawn_detached(options)
         workspace = None
@@ -182,7 +184,7 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
 
 
 def _restore(options: UpOptions, store: str | None, rebuild_venv: bool, force_identity: bool,
-             announce) -> dict | None:
+             announce, progress) -> dict | None:
     """Restore before anything starts: an error here leaves nothing running."""
     if store is None:
         return None
@@ -192,7 +194,7 @@ def _restore(options: UpOptions, store: str | None, rebuild_venv: bool, force_id
     comps = persist.components(options.directory, options.venvs, options.ide, host)
     return persist.restore_before_up(
         store, comps, host, force_identity=force_identity, rebuild_venv=rebuild_venv,
-        announce=announce or (lambda message: None)).to_dict()
+        announce=announce or (lambda message: None), progress=progress).to_dict()
 
 
 def _ide_extensions(extensions) -> tuple[str, ...]:

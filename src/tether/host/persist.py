@@ -226,7 +226,8 @@ class RestoreSummary:
 
 
 def restore_before_up(store_url: str, comps: list, host_dir: Path, *, force_identity: bool,
-                      rebuild_venv: bool, announce: Announce) -> RestoreSummary:
+                      rebuild_venv: bool, announce: Announce,
+                      progress: Callable[[int], None] | None = None) -> RestoreSummary:
     """Restore every component from ``store_url``; any error leaves the identity untouched.
 
     Each component is swapped in atomically by the snapshot layer; the identity is checked
@@ -244,7 +245,8 @@ def restore_before_up(store_url: str, comps: list, host_dir: Path, *, force_iden
             try:
                 plan = prepare_identity(store, host_dir, force_identity)
                 try:
-                    report = restore_components(store, comps, rebuild_venv=rebuild_venv)
+                    report = restore_components(store, comps, rebuild_venv=rebuild_venv,
+                                                progress=progress)
                 except BaseException:
                     shutil.rmtree(host_dir / INCOMING_DIR, ignore_errors=True)
                     raise
