@@ -20,7 +20,8 @@ Debian's bash sources ~/.bashrc for every command sshd runs. The OpenSSH figures
 every time; tether's exec agent (docs/exec-agent.md) pays it once per connection.
 remote_true_ms is `true` on the warm link (through the agent), plain_channel_true_ms the same
 on a plain SSH session channel (login shell rc included). The exec series are interleaved
-run by run, so load drift hits them alike.
+run by run in shuffled order, so load drift and
+neighbours' clean-up hit them alike.
 
 Usage: python bench/link.py [--json] [--size-mb N] [--runs N]
 """
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -177,8 +179,9 @@ class Bench:
                                                          check=True, env=cached))]
             if nopyc is not None:
                 series.append((nopyc_ms, lambda: run_cli(nopyc)))
-            for i in range(self.runs):  # rotate: whatever runs after ssh pays its clean-up
-                for samples, fn in series[i % len(series):] + series[:i % len(series)]:
+            order = random.Random(1)  # shuffled rounds: whatever runs after ssh pays sshd's
+            for _ in range(self.runs):  # session clean-up, so no series may always follow it
+                for samples, fn in order.sample(series, len(series)):
                     samples += _timed(fn, 1)
         finally:
             subprocess.run([*base, "-O", "exit", "tether-bench"], capture_output=True, check=False)
