@@ -284,3 +284,11 @@ def test_resolve_without_a_running_session(ws, roots):
     assert f.read_text() == "mine"
     with pytest.raises(errors.NotFoundError):
         tether.sync_resolve(f, "local")  # nothing left to resolve
+
+
+async def test_a_missing_agent_is_a_clear_error(ws, roots, monkeypatch):
+    monkeypatch.setenv("TETHER_SYNC_AGENT", "/nonexistent/tether agent sync")
+    with pytest.raises(errors.PeerError, match="did not start") as info:
+        await sync(ws, roots)
+    assert not isinstance(info.value, errors.ConnectError)  # not retried as a dropped link
+    assert "TETHER_SYNC_AGENT" in info.value.hint

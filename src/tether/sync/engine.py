@@ -343,6 +343,17 @@ class Session:
                 "v": P.VERSION, "root": self.opts.remote, "excludes": list(self.opts.excludes),
                 "create": not self.base, "watch": self.watching,
                 "cache": os.environ.get("TETHER_SYNC_REMOTE_CACHE", "1") != "0"})
+        except errors.ConnectError as exc:
+            alive = not self.conn.is_closed()
+            await agent.aclose()
+            self.conn.close()
+            if alive:  # the link is fine: the agent itself could not start
+                raise errors.PeerError(
+                    f"the sync agent did not start on {self.opts.name!r}"
+                    f"{exc.message.partition('exited')[2]}",
+                    "install tether on the workspace (the same version), or point "
+                    "TETHER_SYNC_AGENT at it, e.g. '/opt/venv/bin/tether agent sync'") from exc
+            raise
         except BaseException:
             await agent.aclose()
             self.conn.close()
