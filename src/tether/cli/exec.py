@@ -18,7 +18,9 @@ _HELP = (
     "Run COMMAND on host NAME: tether exec NAME -- COMMAND [ARGS...]. Stdout, stderr and the "
     "exit code come back as they are; a command killed by a signal exits 128+N.\n\n"
     "One COMMAND word is shell text ('ls | wc -l'); several are an argv, each quoted. With a "
-    "terminal on stdin a PTY is allocated (override with -t/-T); Ctrl-C is forwarded."
+    "terminal on stdin a PTY is allocated (override with -t/-T); Ctrl-C is forwarded.\n\n"
+    "Commands without a PTY get the environment your login shell's rc files set up, captured "
+    "once per connection: rc-file changes apply to new connections (docs/exec-agent.md)."
 )
 
 
