@@ -275,3 +275,19 @@ def test_a_failing_autosave_is_a_warning_and_shows_in_status(tmp_path):
     assert a["last_ok"] is False and a["last_error"] and a["saves"] == 0
     assert any(m.startswith(f"warning: autosave to file://{blocker} failed: ")
                for m in messages), messages
+
+
+def test_periodic_autosave_while_running_shows_in_status(tmp_path):
+    e = make_env(tmp_path)
+    store = f"file://{tmp_path / 'store'}"
+    (e.workdir / "a.txt").write_text("one\n")
+    with activated(e):
+        handle = tether.up(e.workdir, autosave=store, autosave_every="10s")
+        try:
+            assert wait_for(lambda: (handle.status()["autosave"] or {}).get("saves"), 20)
+            status = handle.status()
+            assert status["running"] and status["autosave"]["last_ok"] is True
+            assert status["autosave"]["last_saved"] == ["identity", "workspace"]
+            assert "component:workspace" in _tags(store)
+        finally:
+            handle.stop()
