@@ -156,14 +156,18 @@ class Agent:
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.eof = False
+        self.stop_asked = False
         self.deadline = None
         self.sig_r, sig_w = os.pipe()
         _nonblock(self.sig_r)
         _nonblock(sig_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd fires
         for signum in (signal.SIGTERM, signal.SIGHUP):  # stopped: clean up like on EOF
-            signal.signal(signum, lambda *_: self.hang_up())
+            signal.signal(signum, self._ask_stop)
         signal.set_wakeup_fd(sig_w)
+
+    def _ask_stop(self, *_):
+        self.stop_asked = True  # acted on by the loop: a handler must not touch its state
 
     def send(self, kind, ident, payload=b""):
         if not self.eof:
@@ -260,6 +264,8 @@ class Agent:
                 self.pump(fd)
         self.feed_stdins()
         self.reap()
+        if self.stop_asked:
+            self.hang_up()
 
     def read_local(self):
         try:
