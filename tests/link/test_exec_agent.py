@@ -229,6 +229,9 @@ async def test_exit_codes_streams_signals_env_cwd(rc, tmp_path) -> None:
         outcome = await proc.wait()
         assert (outcome.exit_code, outcome.signal) == (143, "TERM")
         assert not await proc.send_signal("TERM")  # finished: nothing to signal
+        proc = await lexec.start(conn, "echo ok", on_output=lambda _s, d: None)
+        assert not await proc.send_signal("BOGUS")  # refused here, not sent to the agent
+        assert (await proc.wait()).exit_code == 0
     finally:
         await pool.aclose()
 
@@ -520,6 +523,7 @@ def test_both_codecs_agree() -> None:
     assert exec_agent.decode(buf) == frames and not buf
     assert agent_link.HEADER.format == exec_agent.HEADER.format
     assert agent_link.MARK == exec_agent.MARK and agent_link.VERSION == exec_agent.VERSION
+    assert agent_link.SIGNALS == exec_agent.SIGNALS
 
 
 def test_agent_source_is_stdlib_only_and_old_python_safe() -> None:

@@ -48,6 +48,9 @@ HELLO, RUN, STDIN, SIGNAL, GRANT, CLOSE = b"V", b"R", b"I", b"S", b"W", b"K"
 # agent -> local (HELLO too)
 STDOUT, STDERR, EXIT, FAILED, INPUT_CREDIT, FATAL = b"O", b"E", b"X", b"F", b"C", b"Z"
 KINDS_OUT = frozenset({HELLO, STDOUT, STDERR, EXIT, FAILED, INPUT_CREDIT, FATAL})
+# what the agent may be asked to send (any other name is a protocol error there)
+SIGNALS = frozenset({"INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "WINCH", "CONT",
+                     "STOP", "TSTP", "ALRM"})
 
 BOOTSTRAP = ('import os;f=os.fdopen(3,"rb");n=int(f.readline());'
              'exec(compile(f.read(n),"tether-exec-agent","exec"))')
@@ -202,9 +205,10 @@ class AgentProcess:
             self.link.send(STDIN, self.id, b"")
 
     async def send_signal(self, name: str) -> bool:
-        if self.finished:
+        name = name.removeprefix("SIG")
+        if self.finished or name not in SIGNALS:
             return False
-        self.link.send(SIGNAL, self.id, name.removeprefix("SIG").encode("ascii"))
+        self.link.send(SIGNAL, self.id, name.encode("ascii"))
         return True
 
     def resize(self, cols: int, rows: int) -> None:
