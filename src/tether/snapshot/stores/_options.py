@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from urllib.parse import parse_qs
+
 from tether.errors import UsageError
+
+
+def query_options(kind: str, query: str, known: set[str]) -> dict[str, str]:
+    """A URL query string as options (the last value of a repeated name wins); ``UsageError``
+    for a name not in ``known``. ``kind`` names the store in the message ("s3")."""
+    options: dict[str, str] = {}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        if name not in known:
+            raise UsageError(f"unknown {kind} store option {name!r}",
+                             f"known: {', '.join(sorted(known))}")
+        options[name] = values[-1]
+    return options
+
+
+def merge_options(kind: str, query: Mapping[str, str], options: Mapping[str, object],
+                  known: set[str]) -> dict[str, object]:
+    """The URL's ``query`` options overridden by keyword ``options`` (None means "not given");
+    ``UsageError`` for a keyword not in ``known``."""
+    unknown = set(options) - known
+    if unknown:
+        raise UsageError(f"unknown {kind} store option(s): {', '.join(sorted(unknown))}",
+                         f"known: {', '.join(sorted(known))}")
+    return {**query, **{k: v for k, v in options.items() if v is not None}}
 
 
 def number_option(name: str, value: float | str, *, minimum: float,

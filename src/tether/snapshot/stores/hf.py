@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tether import secrets
 from tether.errors import (
@@ -43,7 +43,12 @@ from tether.errors import (
     TetherError,
     UsageError,
 )
-from tether.snapshot.stores._options import number_option, shown_url
+from tether.snapshot.stores._options import (
+    merge_options,
+    number_option,
+    query_options,
+    shown_url,
+)
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -81,22 +86,12 @@ def parse_url(url: str) -> HfLocation:
     if prefix:
         check_key(prefix)
         prefix += "/"
-    options: dict[str, str] = {}
-    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if key not in _OPTIONS:
-            raise UsageError(f"unknown hf store option {key!r}", f"known: {', '.join(sorted(_OPTIONS))}")
-        options[key] = values[-1]
-    return HfLocation(f"{owner}/{name}", prefix, options)
+    return HfLocation(f"{owner}/{name}", prefix, query_options("hf", parts.query, _OPTIONS))
 
 
 def open(url: str, **options: Any) -> HfStore:
     loc = parse_url(url)
-    unknown = set(options) - _OPTIONS
-    if unknown:
-        raise UsageError(f"unknown hf store option(s): {', '.join(sorted(unknown))}",
-                         f"known: {', '.join(sorted(_OPTIONS))}")
-    merged = {**loc.options, **{k: v for k, v in options.items() if v is not None}}
-    return HfStore(loc.repo_id, loc.prefix, **merged)
+    return HfStore(loc.repo_id, loc.prefix, **merge_options("hf", loc.options, options, _OPTIONS))
 
 
 def plan_commits(sizes: list[tuple[str, int]], max_bytes: int, max_files: int

@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -57,7 +57,12 @@ from tether.errors import (
     RateLimitedError,
     UsageError,
 )
-from tether.snapshot.stores._options import number_option, shown_url
+from tether.snapshot.stores._options import (
+    merge_options,
+    number_option,
+    query_options,
+    shown_url,
+)
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 GB = 1000 * 1000 * 1000
@@ -99,23 +104,12 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
         raise UsageError(f"invalid Kaggle user name {owner!r}",
                          "user names are lowercase letters, digits, '-' and '_'")
     check_slug(slug)
-    options: dict[str, str] = {}
-    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if key not in _OPTIONS:
-            raise UsageError(f"unknown kaggle store option {key!r}",
-                             f"known: {', '.join(sorted(_OPTIONS))}")
-        options[key] = values[-1]
-    return owner, slug, options
+    return owner, slug, query_options("kaggle", parts.query, _OPTIONS)
 
 
 def open(url: str, **options: Any) -> KaggleStore:
     owner, slug, query = parse_url(url)
-    unknown = set(options) - _OPTIONS
-    if unknown:
-        raise UsageError(f"unknown kaggle store option(s): {', '.join(sorted(unknown))}",
-                         f"known: {', '.join(sorted(_OPTIONS))}")
-    merged = {**query, **{k: v for k, v in options.items() if v is not None}}
-    return KaggleStore(owner, slug, **merged)
+    return KaggleStore(owner, slug, **merge_options("kaggle", query, options, _OPTIONS))
 
 
 def key_to_name(key: str) -> str:

@@ -23,7 +23,7 @@ import os
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tether import secrets
 from tether.errors import (
@@ -35,7 +35,12 @@ from tether.errors import (
     TetherError,
     UsageError,
 )
-from tether.snapshot.stores._options import number_option, shown_url
+from tether.snapshot.stores._options import (
+    merge_options,
+    number_option,
+    query_options,
+    shown_url,
+)
 from tether.snapshot.stores.base import StoreCapabilities, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -57,12 +62,7 @@ _MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
 def open(url: str, **options: Any) -> S3Store:
     """Open ``s3://bucket[/prefix][?endpoint=...&region=...]``."""
     bucket, prefix, query = parse_url(url)
-    unknown = set(options) - _OPTIONS
-    if unknown:
-        raise UsageError(f"unknown s3 store option(s): {', '.join(sorted(unknown))}",
-                         f"known: {', '.join(sorted(_OPTIONS))}")
-    merged = {**query, **{k: v for k, v in options.items() if v is not None}}
-    return S3Store(bucket, prefix, **merged)
+    return S3Store(bucket, prefix, **merge_options("s3", query, options, _OPTIONS))
 
 
 def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
@@ -78,13 +78,7 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     if prefix:
         check_key(prefix)
         prefix += "/"
-    query: dict[str, str] = {}
-    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if name not in _OPTIONS:
-            raise UsageError(f"unknown s3 store option {name!r}",
-                             f"known: {', '.join(sorted(_OPTIONS))}")
-        query[name] = values[-1]
-    return bucket, prefix, query
+    return bucket, prefix, query_options("s3", parts.query, _OPTIONS)
 
 
 class S3Store:
