@@ -20,8 +20,8 @@ Debian's bash sources ~/.bashrc for every command sshd runs. The OpenSSH figures
 every time; tether's exec agent (docs/exec-agent.md) pays it once per connection.
 remote_true_ms is `true` on the warm link (through the agent), plain_channel_true_ms the same
 on a plain SSH session channel (login shell rc included). The exec series are interleaved
-run by run in shuffled order, so load drift and
-neighbours' clean-up hit them alike.
+run by run in shuffled order, so load drift and neighbours' clean-up hit them alike.
+TETHER_EXEC_AGENT=0 measures the plain-channel path instead (the figures before the agent).
 
 Usage: python bench/link.py [--json] [--size-mb N] [--runs N]
 """
