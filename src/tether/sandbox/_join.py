@@ -92,7 +92,7 @@ def run_joined(spec, init_pid: int, *, stdin: bytes | None = None, on_output=Non
 
     from tether.sandbox import runner
     from tether.sandbox.profiles import NetworkMode
-    from tether.sandbox.service import result_from, run_blocking, spawn_prepared
+    from tether.sandbox.service import run_blocking, spawn_prepared
 
     fds = open_namespaces(init_pid)
     if fds is None:
@@ -117,7 +117,8 @@ def run_joined(spec, init_pid: int, *, stdin: bytes | None = None, on_output=Non
             handle.started(proc, cg)
         deadline = start + spec.limits.timeout_s if spec.limits.timeout_s else None
         out, err, timed_out, status, rusage = runner._pump(proc, stdin, deadline, on_output, cg)
-        return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg)
+        return runner.result_from(status, rusage, out, err, timed_out,
+                                  time.perf_counter() - start, cg)
     finally:
         for fd in fds:
             os.close(fd)

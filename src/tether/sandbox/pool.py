@@ -350,7 +350,6 @@ class WarmPool:
 
     def _run_warm(self, w: _Warm, spec, stdin, on_output, handle=None):
         from tether.sandbox import runner
-        from tether.sandbox.service import result_from
 
         message = json.dumps({"argv": list(spec.command), "cwd": spec.cwd}).encode()
         start = time.perf_counter()
@@ -365,8 +364,8 @@ class WarmPool:
             handle.started(w.proc, cg)
         out, err, timed_out, status, rusage = runner._pump(w.proc, stdin or None, deadline,
                                                            on_output, cg)
-        return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start,
-                           cg)
+        return runner.result_from(status, rusage, out, err, timed_out,
+                                  time.perf_counter() - start, cg)
 
     async def run_async(self, spec, *, stdin: bytes | None = None, on_output=None):
         """``run`` off the event loop; ``on_output`` may be a coroutine function; cancelling

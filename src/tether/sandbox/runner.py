@@ -365,7 +365,14 @@ def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
         _kill(proc, cg)
         proc.wait()
         raise
-    duration = time.perf_counter() - start
+    return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg,
+                       notes=_notes(p), kept=p.kept)
+
+
+def result_from(status: int, rusage, out: bytes, err: bytes, timed_out: bool, duration: float,
+                cg: _limits.RunCgroup | None, *, notes: tuple[str, ...] | None = None,
+                kept: Path | None = None) -> RunResult:
+    """A ``RunResult`` from what ``_pump`` returned; ``notes`` default to the cgroup's."""
     exit_code = os.waitstatus_to_exitcode(status)
     sig = None
     if exit_code < 0:
@@ -375,10 +382,11 @@ def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
     peak = cg.peak_memory() if cg is not None else None
     if peak is None and rusage is not None:
         peak = rusage.ru_maxrss * 1024
+    if notes is None:
+        notes = tuple(cg.notes) if cg else ()
     return RunResult(exit_code=exit_code, stdout=out, stderr=err, duration_s=duration,
                      peak_memory_bytes=peak, timed_out=timed_out, signal=sig,
-                     oom_killed=bool(cg and cg.oom_killed()),
-                     notes=_notes(p), kept=p.kept)
+                     oom_killed=bool(cg and cg.oom_killed()), notes=notes, kept=kept)
 
 
 def _notes(p: _Prepared) -> tuple[str, ...]:

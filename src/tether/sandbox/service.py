@@ -153,26 +153,6 @@ class RunHandle:
             cg.kill_all()
 
 
-def result_from(status: int, rusage, out: bytes, err: bytes, timed_out: bool,
-                duration: float, cg):
-    """A ``runner.RunResult`` from what ``runner._pump`` returned (as the runner builds it)."""
-    from tether.sandbox import runner
-
-    exit_code = os.waitstatus_to_exitcode(status)
-    sig = None
-    if exit_code < 0:
-        sig, exit_code = -exit_code, 128 - exit_code
-    elif exit_code > 128:
-        sig = exit_code - 128  # bwrap reports a signalled command as 128+N
-    peak = cg.peak_memory() if cg is not None else None
-    if peak is None and rusage is not None:
-        peak = rusage.ru_maxrss * 1024
-    return runner.RunResult(exit_code=exit_code, stdout=out, stderr=err, duration_s=duration,
-                            peak_memory_bytes=peak, timed_out=timed_out, signal=sig,
-                            oom_killed=bool(cg and cg.oom_killed()),
-                            notes=tuple(cg.notes) if cg else ())
-
-
 def run_blocking(spec, *, stdin: bytes | None = None, on_output=None,
                  handle: RunHandle | None = None, prestart: bool = True):
     """``runner.run`` that ``handle`` can cancel from another thread (a client went away).
