@@ -39,25 +39,16 @@ def run(
     json: JsonOption = False,
 ) -> None:
     """Run CMD in a fresh sandbox; exits with CMD's exit code."""
+    from tether.cli.sandbox_named import _stream
     from tether.sandbox.runner import sandbox_run
 
     out = Output(json)
     data = _read_stdin() if stdin else None
-
-    def stream(name: str, data: bytes) -> None:
-        target = sys.stdout if name == "stdout" else sys.stderr
-        raw = getattr(target, "buffer", None)
-        if raw is not None:
-            raw.write(data)
-        else:       # an in-memory text stream (tests, embedding)
-            target.write(data.decode(errors="replace"))
-        target.flush()
-
     result = sandbox_run(
         list(command), profile=profile, workdir=workdir, no_network=no_network,
         allow_domains=tuple(allow_domain or ()), mounts=tuple(mount or ()),
         env=tuple(env or ()), memory=memory, cpus=cpus, pids=pids, timeout=timeout,
-        rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else stream,
+        rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else _stream,
         prestart=False, via="cli")
     out.result(result.to_dict(), lambda o: None)
     for note in result.notes:
