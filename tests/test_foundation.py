@@ -42,11 +42,37 @@ def test_exit_code_table_is_documented():
         assert f"`{cls.__name__}`" in doc and f"| {code} " in doc
 
 
+PUBLIC_API = {
+    "AsyncSandboxClient", "ConnectionString", "CopyResult", "ExecResult", "Forwarding",
+    "HostHandle", "HostProfile", "HostStatus", "KeyInfo", "ManagedBlock", "RemoteKernelSpec",
+    "SandboxClient", "SyncResult", "TetherError", "TetherSSHProvisioner", "WarmPool",
+    "__version__", "add_kernel", "add_known_host", "attach_kernel", "connect", "copy",
+    "copy_async", "delete_kernel", "delete_key", "down", "edit_kernel", "exec", "exec_async",
+    "fingerprint_of_public_key", "forward", "forward_async", "generate_key",
+    "get_git_identity", "get_key", "host_status", "install_code_server", "list_blocks",
+    "list_kernels", "list_keys", "login_forge", "pair_code", "reconcile", "remove_block",
+    "remove_known_host", "run_checks", "sandbox_probe", "sandbox_run", "set_git_identity",
+    "setup_forge", "snapshot_diff", "snapshot_forget", "snapshot_list", "snapshot_prune",
+    "snapshot_pull", "snapshot_push", "snapshot_verify", "status", "status_async",
+    "sync_conflicts", "sync_list", "sync_once", "sync_once_async", "sync_resolve",
+    "sync_status", "sync_stop", "sync_watch", "up", "upsert_block",
+}
+
+
 def test_public_api_is_frozen():
-    # Changing the public surface is a decision: update this list on purpose.
-    assert "TetherError" in tether.__all__
+    # Changing the public surface is a decision: update PUBLIC_API on purpose, in the same commit.
+    assert set(tether.__all__) == PUBLIC_API
     for name in tether.__all__:
-        assert getattr(tether, name) is not None
+        assert getattr(tether, name) is not None, name
+    # `import tether` stays cheap: the CLI fast paths depend on it.
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, tether; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    heavy = {"asyncssh", "typer", "rich", "fastapi", "boto3", "httpx", "websockets"}
+    assert heavy.isdisjoint(loaded), heavy.intersection(loaded)
 
 
 def test_tether_home_relocates_all_dirs(isolated):
