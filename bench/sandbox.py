@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _common import p50_ms
+
 FIGURES: list[dict] = []
 
 
@@ -28,15 +30,6 @@ def figure(name: str, value: float | None, unit: str, goal: str | None = None,
            ok: bool | None = None, note: str = "") -> None:
     FIGURES.append({"name": name, "value": value, "unit": unit, "goal": goal, "pass": ok,
                     "note": note})
-
-
-def p50_ms(fn: Callable[[], object], n: int) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def interleaved_p50(fns: dict[str, Callable[[], object]], n: int) -> dict[str, float]:
