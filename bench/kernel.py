@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,40 +31,17 @@ from pathlib import Path
 GOALS = {"first_reply_ratio": ("<=", 1.5), "interrupt_ms": ("<", 200.0)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_sshd(d: Path):
+    """tether's own workspace sshd (tether.ssh.sshd) on a free port, trusting a client key."""
+    from tether.ssh.sshd import Sshd, ensure_sshd, host_public_key
 
-
-def start_sshd(d: Path) -> tuple[subprocess.Popen, dict]:
-    from tether.host.platform import find_program
-
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
-        f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
-        "MaxSessions 50\nMaxStartups 100:30:200\n")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    proc = subprocess.Popen([find_program("sshd") or "sshd", "-D", "-e", "-f",
-                             str(d / "sshd_config")], stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")],
+                   check=True)
+    sshd = Sshd(d / "sshd")
+    sshd.start(ensure_sshd(install=False))
+    sshd.authorized_keys.write_text((d / "client_key.pub").read_text())
+    port = sshd.port
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_public_key(sshd.host_key)}\n")
     import pwd
 
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -73,7 +49,7 @@ def start_sshd(d: Path) -> tuple[subprocess.Popen, dict]:
         f"Host bench\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n"
         f"  IdentityFile {d / 'client_key'}\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking yes\n")
-    return proc, {"port": port, "user": user}
+    return sshd, {"port": port, "user": user}
 
 
 def first_reply_s(kernel_name: str) -> tuple[float, object, object]:
@@ -158,8 +134,7 @@ def measure(n: int, d: Path) -> dict:
             stop(km, kc)
         ssh_ms, asyncssh_ms = session_startup_ms(d, info, max(3, n))
     finally:
-        sshd.terminate()
-        sshd.wait(5)
+        sshd.stop()
     med = statistics.median
     return {
         "first_reply_ratio": round(med(remote_t) / med(local_t), 3),
