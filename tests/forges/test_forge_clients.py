@@ -125,13 +125,10 @@ def test_deleting_an_unknown_key_is_not_found(forge):
 
 
 def test_unreachable_forge_is_a_connect_error(forge):
-    import socket
-
+    from tests.conftest import free_port
     from tether.forges.accounts import client_class
 
-    with socket.socket() as s:  # a port nobody listens on once closed
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on once closed
     with client_class(forge.provider)(url, forge.full) as c, pytest.raises(ConnectError) as err:
         c.whoami()
     assert "--base-url" in err.value.hint

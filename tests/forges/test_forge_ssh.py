@@ -60,12 +60,10 @@ def test_git_test_refuses_an_unknown_host_key(cli, forge_ssh, tmp_path):
 
 
 def test_git_test_reports_a_closed_port(cli, forge_ssh):
-    import socket
+    from tests.conftest import free_port
 
     _generate(cli)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = forge_ssh.target_args()
     args[args.index("--ssh-port") + 1] = str(port)
     r = cli("git", "test", "github", "--key", "id_ed25519", *args)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import httpx
@@ -12,6 +11,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from tests.conftest import free_port
 from tests.gateway.conftest import GatewayThread, make_gateway
 
 pytestmark = pytest.mark.timeout(60)
@@ -225,9 +225,7 @@ def test_reverse_proxy_http_and_websocket(tmp_path) -> None:
 
 
 def test_reverse_proxy_upstream_down(tmp_path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()
     gw, server = make_gateway(tmp_path, proxy_upstream=f"http://127.0.0.1:{dead}")
     try:
         r = httpx.get(gw.url + "/")

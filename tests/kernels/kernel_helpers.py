@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -29,9 +28,3 @@ def wait_gone(marker: Path | str, timeout: float = 10.0) -> list[int]:
 def remote_record(state_dir: Path) -> dict:
     [path] = list(state_dir.glob("*/launcher.json"))
     return json.loads(path.read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kernel_helpers import free_port, wait_gone
+from kernel_helpers import wait_gone
+
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 PY = sys.executable
