@@ -45,8 +45,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.snapshot.fakes._http import FakeHandler, serve
 
 PAGE_SIZE = 1000
 
@@ -149,34 +150,10 @@ def _oid(*parts: str) -> str:
     return hashlib.sha1("\0".join(parts + (str(time.time_ns()),)).encode()).hexdigest()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(FakeHandler):
     hub: FakeHub
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True   # headers and body go out as separate writes
-
-    def log_message(self, format: str, *args: object) -> None:
-        return None
 
     # -- plumbing --------------------------------------------------------------------------
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-            self.hub.bytes_sent += len(body)
-
-    def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(data).encode(), headers)
-
     def _error(self, err: HubError) -> None:
         headers = {"X-Error-Message": err.message}
         if err.code:
@@ -429,17 +406,9 @@ class Handler(BaseHTTPRequestHandler):
 def serve_fake_hub(tokens: dict[str, str] | None = None) -> Iterator[FakeHub]:
     """Run a FakeHub on 127.0.0.1 (port 0) in a thread; yields it with ``.url`` set."""
     hub = FakeHub(tokens or {"hf_test_token": "alice"})
-    handler = type("BoundHandler", (Handler,), {"hub": hub})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(hub, Handler, "hub") as url:
+        hub.url = url
         yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 __all__ = ["FakeHub", "git_blob_oid", "quote", "serve_fake_hub"]

@@ -37,8 +37,9 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from tests.snapshot.fakes._http import FakeHandler, serve
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -124,32 +125,8 @@ class ApiError(Exception):
 _RPC = re.compile(r"^(?:/api)?/v1/([A-Za-z.]+)/([A-Za-z]+)$")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(FakeHandler):
     api: FakeKaggle
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True   # headers and body go out as separate writes
-
-    def log_message(self, format: str, *args: object) -> None:
-        return None
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-            self.api.bytes_sent += len(body)
-
-    def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(data).encode(), headers)
 
     def _user(self) -> str:
         auth = self.headers.get("Authorization") or ""
@@ -335,14 +312,6 @@ def serve_fake_kaggle(users: dict[str, str] | None = None, *,
                       ready_after: int = 1) -> Iterator[FakeKaggle]:
     """Run a FakeKaggle on 127.0.0.1 (port 0) in a thread; yields it with ``.url`` set."""
     api = FakeKaggle(users or {"alice": "alice-key"}, ready_after=ready_after)
-    handler = type("BoundHandler", (Handler,), {"api": api})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(api, Handler, "api") as url:
+        api.url = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
