@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
-from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
-from tests.snapshot.fakes.moto_s3 import serve_moto_s3
+from tests.snapshot.fakes.remotes import serve_remotes, set_credentials
 from tether.snapshot import api
 from tether.snapshot.stores import open_store
 
@@ -24,26 +22,18 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture(scope="module")
 def servers():
-    with serve_moto_s3() as moto, serve_fake_hub() as hub, \
-            serve_fake_kaggle(ready_after=0) as kaggle:
-        moto.client().create_bucket(Bucket="pushpull")
-        yield {"s3": moto, "hf": hub, "kaggle": kaggle}
+    with serve_remotes("pushpull") as servers:
+        yield servers
 
 
 @pytest.fixture(params=["s3", "hf", "kaggle"])
 def store_url(request, servers, monkeypatch, tmp_path):
     monkeypatch.setenv("TETHER_SECRETS_BACKEND", "file")
     monkeypatch.setenv("TETHER_HOME", str(tmp_path / "tether-home"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for kind in servers:
+        set_credentials(kind, monkeypatch, tmp_path)
     monkeypatch.setenv("TETHER_S3_ENDPOINT_URL", servers["s3"].endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setenv("HF_ENDPOINT", servers["hf"].url)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-    monkeypatch.setenv("KAGGLE_KEY", "alice-key")
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
     monkeypatch.setenv("TETHER_KAGGLE_ENDPOINT", servers["kaggle"].url)
     return {"s3": "s3://pushpull/ws", "hf": "hf://datasets/alice/push-pull",
             "kaggle": "kaggle://alice/push-pull"}[request.param], servers[request.param]

@@ -8,9 +8,7 @@ import os
 
 import pytest
 
-from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
-from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
-from tests.snapshot.fakes.moto_s3 import serve_moto_s3
+from tests.snapshot.fakes.remotes import serve_remotes, set_credentials
 from tests.snapshot.snapfix import CrashAfter, describe, make_tree, set_times
 from tether.snapshot import api
 from tether.snapshot.stores import open_store
@@ -21,30 +19,21 @@ _n = itertools.count()
 
 @pytest.fixture(scope="module")
 def servers():
-    with serve_moto_s3() as moto, serve_fake_hub() as hub, \
-            serve_fake_kaggle(ready_after=0) as kaggle:
-        moto.client().create_bucket(Bucket="snaps")
-        yield {"s3": moto, "hf": hub, "kaggle": kaggle}
+    with serve_remotes("snaps") as servers:
+        yield servers
 
 
 @pytest.fixture(params=["s3", "hf", "kaggle"])
 def remote(request, servers, tmp_path, monkeypatch, isolated):
     n = next(_n)
     kind = request.param
+    set_credentials(kind, monkeypatch, tmp_path)
     if kind == "s3":
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         url, opts = f"s3://snaps/repo-{n}", {"endpoint": servers["s3"].endpoint,
                                              "region": "us-east-1"}
     elif kind == "hf":
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         url, opts = f"hf://datasets/alice/snaps-{n}", {"endpoint": servers["hf"].url}
     else:
-        monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-        monkeypatch.setenv("KAGGLE_KEY", "alice-key")
-        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
         url, opts = f"kaggle://alice/snaps-{n}", {"endpoint": servers["kaggle"].url}
     opened = []
 

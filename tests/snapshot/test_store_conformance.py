@@ -13,9 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.snapshot.fakes.hf_hub_fake import serve_fake_hub
-from tests.snapshot.fakes.kaggle_api_fake import serve_fake_kaggle
-from tests.snapshot.fakes.moto_s3 import serve_moto_s3
+from tests.snapshot.fakes.remotes import serve_remotes, set_credentials
 from tether.errors import NotFoundError, UsageError
 from tether.snapshot.stores import Store, StoreCapabilities, open_store
 
@@ -26,11 +24,8 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="module")
 def servers():
-    # ready_after=0: versions are READY at once here; test_kaggle.py covers the waiting.
-    with serve_moto_s3() as moto, serve_fake_hub() as hub, \
-            serve_fake_kaggle(ready_after=0) as kaggle:
-        moto.client().create_bucket(Bucket="conformance")
-        yield {"s3": moto, "hf": hub, "kaggle": kaggle}
+    with serve_remotes("conformance") as servers:
+        yield servers
 
 
 @pytest.fixture(params=["file", "s3", "hf", "kaggle"])
@@ -40,24 +35,17 @@ def reopen(request, servers, tmp_path, monkeypatch) -> Callable[[], Store]:
     monkeypatch.setenv("TETHER_HOME", str(tmp_path / "tether-home"))
     n = next(_counter)
     kind = request.param
+    set_credentials(kind, monkeypatch, tmp_path)
     if kind == "file":
         url, options = f"file://{tmp_path}/repo", {}
     elif kind == "s3":
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         url = f"s3://conformance/repo-{n}"
         # A low threshold so the > 8 MiB test goes through multipart upload.
         options = {"endpoint": servers["s3"].endpoint, "region": "us-east-1",
                    "multipart_threshold": 8 * MiB, "multipart_chunksize": 5 * MiB}
     elif kind == "hf":
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         url, options = f"hf://datasets/alice/conformance-{n}", {"endpoint": servers["hf"].url}
     else:
-        monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-        monkeypatch.setenv("KAGGLE_KEY", "alice-key")
-        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
         url, options = f"kaggle://alice/conformance-{n}", {"endpoint": servers["kaggle"].url}
     opened: list[Store] = []
 
