@@ -154,6 +154,17 @@ def test_toolchain_outside_usr_is_bound(workspace, monkeypatch, isolated):
     assert runner.run(spec).stdout.decode().strip() == prefix
 
 
+def test_a_venv_python_on_path_runs_with_its_venv(workspace, tmp_path, monkeypatch, isolated):
+    import subprocess
+
+    venv = tmp_path / "tools" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    monkeypatch.setenv("PATH", f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(workspace)
+    spec = runner.build_spec(["python3", "-c", "import sys; print(sys.prefix)"])
+    assert runner.run(spec).stdout.decode().strip() == str(venv)
+
+
 def test_tether_toml_section_applies(workspace, monkeypatch, isolated):
     (workspace / "tether.toml").write_text('[sandbox]\nprofile = "restrictive"\npids = 33\n')
     monkeypatch.chdir(workspace)

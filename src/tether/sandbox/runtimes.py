@@ -3,7 +3,8 @@
 `detect` is pure (command + names of project files -> runtimes). `toolchain_mounts` looks at
 the host: a toolchain under /usr is already visible (the sandbox binds /usr read-only); one
 elsewhere (pyenv, rustup, nvm, /opt/...) is bound read-only at the same path and its bin
-directory goes first on PATH. A toolchain root is never the home directory itself or an
+directory goes first on PATH (a Python venv on PATH is bound together with its base
+interpreter). A toolchain root is never the home directory itself or an
 ancestor of it, so binding a toolchain can never expose ~/.ssh or other dotfiles.
 """
 
@@ -57,12 +58,20 @@ def _safe_root(root: Path, home: Path) -> bool:
 
 
 def _locate(binary: str, runtime: str) -> Path | None:
+    """Where ``binary`` is found on PATH, symlinks not resolved (a venv's python is one)."""
     found = shutil.which(binary)
     if found and "/shims/" in found and runtime == "python":
         found = sys.executable     # pyenv shims are shell scripts needing ~/.pyenv whole
     if not found or "/shims/" in found:
         return None
-    return Path(os.path.realpath(found))
+    return Path(os.path.abspath(found))
+
+
+def _venv_of(found: Path, runtime: str) -> Path | None:
+    """The virtual environment a python on PATH belongs to: it must be bound as well, or
+    the sandbox runs the bare base interpreter without the venv's packages."""
+    venv = found.parent.parent
+    return venv if runtime == "python" and (venv / "pyvenv.cfg").is_file() else None
 
 
 def toolchain_mounts(runtimes: Iterable[str], home: Path | None = None
@@ -73,16 +82,23 @@ def toolchain_mounts(runtimes: Iterable[str], home: Path | None = None
     path: list[str] = []
     for runtime in runtimes:
         for binary in RUNTIMES[runtime][2]:
-            real = _locate(binary, runtime)
-            if real is None or str(real).startswith(SYSTEM_PREFIXES):
+            found = _locate(binary, runtime)
+            if found is None:
                 continue
-            root = real.parent.parent        # <prefix>/bin/<tool> -> <prefix>
-            if not _safe_root(root, home):
-                continue
-            mounts.setdefault(root, Mount(root, root, read_only=True))
-            bindir = str(real.parent)
-            if bindir not in path:
-                path.append(bindir)
+            venv = _venv_of(found, runtime)
+            real = Path(os.path.realpath(found))
+            # the venv's bin goes first on PATH; its base interpreter is bound too
+            for tool in ((venv / "bin" / found.name) if venv else None, real):
+                if tool is None or str(tool).startswith(SYSTEM_PREFIXES):
+                    continue
+                root = tool.parent.parent        # <prefix>/bin/<tool> -> <prefix>
+                source = Path(os.path.realpath(root))
+                if not (_safe_root(root, home) and _safe_root(source, home)):
+                    continue
+                mounts.setdefault(root, Mount(source, root, read_only=True))
+                bindir = str(tool.parent)
+                if bindir not in path:
+                    path.append(bindir)
             if runtime == "rust" and (home / ".rustup").is_dir():
                 mounts.setdefault(home / ".rustup",
                                   Mount(home / ".rustup", home / ".rustup", read_only=True))
