@@ -29,31 +29,13 @@ JOIN_SCRIPT = ('while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done
 
 @dataclass
 class RunCgroup:
-    """The cgroup directories of one run and the fds the child writes itself into."""
+    """The cgroup directories of one run and the cgroup.procs files its shell joins."""
 
     version: str
     dirs: dict[str, Path] = field(default_factory=dict)   # controller (or "unified") -> dir
     procs_files: list[str] = field(default_factory=list)
     rlimit_as: int | None = None
     notes: list[str] = field(default_factory=list)
-    _fds: list[int] = field(default_factory=list)
-
-    @property
-    def procs_fds(self) -> list[int]:
-        """cgroup.procs fds for `preexec` (opened on first use; closed by remove())."""
-        if not self._fds and self.procs_files:
-            self._fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in self.procs_files]
-        return self._fds
-
-    def preexec(self) -> None:
-        """For callers that must use preexec_fn (it forks the whole Python process: slower
-        than `wrap`). Joins the cgroup(s) and applies the rlimit fallback in the child."""
-        import resource
-
-        for fd in self._fds:
-            os.write(fd, b"0")
-        if self.rlimit_as is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (self.rlimit_as, self.rlimit_as))
 
     def wrap(self, argv: list[str]) -> list[str]:
         """argv prefixed with the shell that joins the cgroup(s) / sets rlimits, then execs."""
@@ -87,11 +69,6 @@ class RunCgroup:
                 return True
         return False
 
-    def pids_peak_hit(self) -> bool:
-        text = self._read("pids", "pids.events") or ""
-        return any(line.startswith("max ") and line.split()[1] != "0"
-                   for line in text.splitlines())
-
     def kill_all(self) -> None:
         """Kill every process still in the run's cgroup(s)."""
         for d in self.dirs.values():
@@ -116,9 +93,6 @@ class RunCgroup:
                 time.sleep(0.002)
 
     def remove(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
         for d in self.dirs.values():
             for attempt in range(100):
                 try:
