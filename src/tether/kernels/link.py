@@ -281,10 +281,6 @@ class KernelLink:
         except subprocess.TimeoutExpired:
             return None
 
-    @property
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
-
 
 def run_once(target: SshTarget, python: str, request: dict[str, Any],
              timeout: float = 30.0) -> dict[str, Any]:
