@@ -58,6 +58,15 @@ class GatewayThread:
         self.sock.close()
 
 
+async def answer_lifespan(receive, send) -> None:
+    """The ASGI lifespan protocol for a test upstream app: acknowledge start-up and shutdown."""
+    while True:
+        m = await receive()
+        await send({"type": m["type"] + ".complete"})
+        if m["type"] == "lifespan.shutdown":
+            return
+
+
 def make_gateway(tmp: Path, **overrides) -> tuple[RunningGateway, GatewayThread]:
     sshd = Sshd(tmp / "host")
     sshd.start(ensure_sshd(install=False))

@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import free_port
-from tests.gateway.conftest import GatewayThread, make_gateway
+from tests.gateway.conftest import GatewayThread, answer_lifespan, make_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,11 +171,7 @@ def test_unknown_tether_path_and_no_upstream(gateway) -> None:
 
 async def _upstream_app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            await send({"type": m["type"] + ".complete"})
-            if m["type"] == "lifespan.shutdown":
-                return
+        return await answer_lifespan(receive, send)
     if scope["type"] == "http":
         body = b""
         while True:

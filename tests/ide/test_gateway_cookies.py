@@ -7,17 +7,13 @@ import json
 
 import httpx
 
-from tests.gateway.conftest import GatewayThread, make_gateway
+from tests.gateway.conftest import GatewayThread, answer_lifespan, make_gateway
 
 
 async def _session_app(scope, receive, send):
     """Sets a session cookie on /login; echoes the Cookie header it got elsewhere."""
     if scope["type"] == "lifespan":
-        while True:
-            m = await receive()
-            await send({"type": m["type"] + ".complete"})
-            if m["type"] == "lifespan.shutdown":
-                return
+        return await answer_lifespan(receive, send)
     await receive()
     headers = [(b"content-type", b"application/json")]
     if scope["path"] == "/login":
