@@ -7,7 +7,9 @@ relocates all three under one folder, which is how tests and portable installs i
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from tether.errors import LocalIOError
@@ -105,6 +107,18 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE_MODE,
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
     return backup_path
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (made 0600 if missing; its folder
+    must exist) for the block, waiting for it: serialises read-modify-write across processes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

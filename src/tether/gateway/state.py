@@ -11,9 +11,7 @@ read-modify-write holds an exclusive ``flock`` on ``state.lock``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,13 +36,8 @@ class HostState:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        paths.ensure_dir(self.dir)
-        fd = os.open(self.dir / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with paths.locked(paths.ensure_dir(self.dir) / "state.lock"):
             yield
-        finally:
-            os.close(fd)
 
     def _read(self, name: str, default: dict) -> dict:
         path = self.dir / name

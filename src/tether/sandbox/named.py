@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -156,13 +155,8 @@ def _load(name: str) -> NamedSandbox:
 @contextlib.contextmanager
 def _locked(name: str) -> Iterator[None]:
     """Serialise lifecycle changes of one sandbox across processes."""
-    lock_dir = paths.ensure_dir(root_dir() / ".locks")
-    fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with paths.locked(paths.ensure_dir(root_dir() / ".locks") / f"{name}.lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 # -- lifecycle -----------------------------------------------------------------------------
