@@ -10,7 +10,6 @@ stopped. Closing the attachment hands the kernel back to its grace period.
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tether import paths
 from tether.errors import ConfigError, NotFoundError, UsageError
 from tether.kernels import registry, specs
 from tether.kernels.link import LINK_LOST, PORT_NAMES, PROTOCOL, KernelLink, run_once
+from tether.kernels.remote_launcher import free_ports
 from tether.kernels.target import SshTarget, resolve_target
 
 
@@ -87,17 +87,6 @@ def locate(name_or_id: str) -> KernelLocation:
     return KernelLocation(rec.kernel_id, rec.host, rec.python, rec.ssh_config, rec.state_dir)
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def default_connection_file(kernel_id: str) -> Path:
     from jupyter_core.paths import jupyter_runtime_dir
 
@@ -121,7 +110,7 @@ def attach_kernel(name_or_id: str, *, connection_file: Path | None = None,
     link, answer = open_link(target, where.python, where.kernel_id, where.state_dir, timeout)
     try:
         remote = answer["connection"]
-        local = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES))))
+        local = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
         link.forward("127.0.0.1", [(local[n], int(answer["ports"][n])) for n in PORT_NAMES])
         info = {**local, "ip": "127.0.0.1", "transport": "tcp", "key": remote["key"],
                 "signature_scheme": remote.get("signature_scheme", "hmac-sha256"),
