@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,7 @@ from urllib.parse import urlsplit
 from tether import paths
 from tether.errors import ConnectError, DeadlineError, TetherError, UsageError
 from tether.ide.install import CodeServer
+from tether.ssh.sshd import free_port
 
 READY_PATH = "/healthz"
 EXTENSION_ID = re.compile(r"^[A-Za-z0-9][\w-]*\.[A-Za-z0-9][\w.-]*(@[\w.+-]+)?$")
@@ -167,12 +167,6 @@ def machine_settings(base: dict[str, str], existing: dict | None = None) -> dict
 # -- I/O ------------------------------------------------------------------------------------
 
 
-def pick_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prepare(root: Path, hashed_password: str, base_env: dict[str, str]) -> IdeLayout:
     """Create the IDE folder, write config.yaml (0600), machine settings, .tetherignore."""
     layout = IdeLayout(root)
@@ -239,7 +233,7 @@ class IdeServer:
 
     def __post_init__(self) -> None:
         if not self.port:
-            self.port = self.options.port or pick_port()
+            self.port = self.options.port or free_port()
 
     @property
     def url(self) -> str:
