@@ -327,7 +327,7 @@ class AgentLink:
             return True
 
     async def _launch(self) -> None:
-        import asyncssh
+        from tether.link._asyncssh import asyncssh
 
         conn = self._conn()
         if conn is None or conn.is_closed():

@@ -143,7 +143,7 @@ class _RemoteFS:
         self.sftp = sftp
 
     async def stat(self, path: str) -> Any:
-        import asyncssh
+        from tether.link._asyncssh import asyncssh
 
         try:
             return await self.sftp.stat(path)
@@ -162,7 +162,7 @@ class _RemoteFS:
                     continue
                 child = posixpath.normpath(posixpath.join(rel, name))
                 kind = e.attrs.type
-                import asyncssh
+                from tether.link._asyncssh import asyncssh
 
                 if kind == asyncssh.FILEXFER_TYPE_DIRECTORY:
                     out.append((child, True, 0, 0o755))
@@ -240,7 +240,7 @@ async def _upload_one(sftp: Any, src: str, dst: str, mode: int,
 
 
 async def _remove_remote_quietly(sftp: Any, path: str) -> None:
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     try:
         await asyncio.shield(sftp.remove(path))
@@ -272,7 +272,7 @@ async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -
     """Create the directories, then move the files, a few at a time."""
     for d in plan.dirs:
         if plan.upload:
-            import asyncssh
+            from tether.link._asyncssh import asyncssh
 
             try:
                 await sftp.mkdir(d)
@@ -295,7 +295,7 @@ async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -
 
 def translate(exc: BaseException, plan_host: str) -> errors.TetherError | None:
     """asyncssh/OS errors of a copy -> TetherError (None: not ours to translate)."""
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:

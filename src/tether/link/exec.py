@@ -234,7 +234,7 @@ class RemoteProcess:
 
     async def send_signal(self, name: str) -> bool:
         """Deliver SIGname to the remote command's session; False if nothing was signalled."""
-        import asyncssh
+        from tether.link._asyncssh import asyncssh
 
         if self.session.done.done() or self.exec_id is None:
             return False
@@ -260,7 +260,7 @@ class RemoteProcess:
             self.session.chan.close()
 
     async def wait(self) -> SessionOutcome:
-        import asyncssh
+        from tether.link._asyncssh import asyncssh
 
         try:
             await asyncio.shield(self.session.done)  # a cancelled waiter must not end it
@@ -299,7 +299,7 @@ async def _start_session(conn: Any, command: str | None, *,
                          pty: PtySpec | None) -> RemoteProcess:
     import secrets
 
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     kwargs: dict[str, Any] = {"encoding": None}
     if pty is not None:

@@ -60,7 +60,7 @@ def parse_spec(text: str, *, reverse: bool = False) -> ForwardSpec:
 
 async def open_forwards(conn: Any, host: str, specs: list[ForwardSpec]) -> tuple[list, list]:
     """Start every forward or none: (listeners, ActiveForwards). Closes what it opened on error."""
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     listeners: list[Any] = []
     active: list[ActiveForward] = []

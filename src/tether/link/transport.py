@@ -428,7 +428,7 @@ class _WsTunnel:
 
 def pinned_known_hosts(host_key_line: str) -> tuple[list, list, list]:
     """asyncssh's (trusted, CA, revoked) triple trusting exactly the profile's host key."""
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     try:
         key = asyncssh.import_public_key(host_key_line.strip())
@@ -442,7 +442,7 @@ async def open_ssh(profile: HostProfile, *, keepalive_s: float | None = None,
                    policy: HostKeyPolicy = HostKeyPolicy.PINNED,
                    ) -> asyncssh.SSHClientConnection:
     """An authenticated SSH connection to the workspace, host key pinned to the profile."""
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     assert policy is HostKeyPolicy.PINNED
     direct = tcp_address(profile.url)

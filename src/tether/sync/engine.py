@@ -178,7 +178,7 @@ class RemoteAgent:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self, command: str, hello: Mapping[str, Any]) -> dict:
-        import asyncssh
+        from tether.link._asyncssh import asyncssh
 
         try:
             self.proc = await self.conn.create_process(command, encoding=None)
@@ -237,7 +237,7 @@ class RemoteAgent:
             await self.flush()
 
     async def flush(self) -> None:
-        import asyncssh
+        from tether.link._asyncssh import asyncssh
 
         if not self._out:
             return
