@@ -41,8 +41,9 @@ def render_started(o: Output, info: dict) -> None:
 def up(
     directory: Annotated[Path | None, typer.Argument(help="The workspace folder (default: .)")]
     = None,
-    tunnel: Annotated[str, typer.Option("--tunnel", help="local | cloudflared | ngrok")]
-    = "local",
+    tunnel: Annotated[str | None, typer.Option(
+        "--tunnel", help="local | cloudflared | ngrok (default: local; on Colab and Kaggle "
+        "cloudflared when installed, else ngrok with NGROK_AUTHTOKEN)")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: a free one)",
                                              min=1, max=65535)] = None,
     public_url: Annotated[str | None, typer.Option(

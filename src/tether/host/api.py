@@ -107,7 +107,8 @@ def _connect_self(state: HostState, name: str) -> dict:
     return connect(issue_connection_string(state, 120), name).to_dict()
 
 
-def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int | None = None,
+def up(directory: str | Path | None = None, *, tunnel: str | None = None,
+       port: int | None = None,
        public_url: str | None = None, connect: str | None = None, detach: bool = False,
        proxy_upstream: str | None = None, code_ttl_s: int = DEFAULT_CODE_TTL_S,
        state_dir: str | Path | None = None, announce=None, ide: bool = False,
@@ -118,6 +119,8 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
        ) -> HostHandle:
     """Start the workspace (sshd, gateway, tunnel) and return a handle.
 
+    ``tunnel=None`` picks the platform's default (`default_tunnel`): ``local`` on an ordinary
+    machine, a public tunnel on Colab and Kaggle, whose local URL no laptop can reach.
     ``connect=NAME`` also pairs this machine with it under NAME (`ssh tether-NAME`).
     ``ide=True`` serves code-server behind the gateway at ``/`` (see tether.ide).
     ``restore=URL`` first restores the workspace folder, ``venvs``, the IDE's profile and the
@@ -136,6 +139,8 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
         raise errors.UsageError("--rebuild-venv and --force-identity need --restore")
     restore, autosave = persist.resolve_store(restore), persist.resolve_store(autosave)
     every_s = persist.check_every(autosave_every)
+    if tunnel is None:
+        tunnel = default_tunnel(public_url, announce)
     workspace_dir = Path(directory or Path.cwd()).expanduser().resolve()
     fresh = restore is not None and not workspace_dir.exists()  # the restore fills it
     if not workspace_dir.is_dir() and not fresh:
@@ -181,6 +186,29 @@ def up(directory: str | Path | None = None, *, tunnel: str = "local", port: int 
             down(state_dir=state.dir)
         raise
     return HostHandle(info, workspace)
+
+
+def default_tunnel(public_url: str | None = None, announce=None) -> str:
+    """The tunnel `up` uses when none is named: see `tether.host.platform.default_tunnel`.
+
+    ``--public-url`` says the gateway port is reachable already, which only ``local`` takes.
+    """
+    info = plat.detect()
+    if public_url is not None or info.kind not in plat.NOTEBOOK_KINDS:
+        return "local"  # the cloudflared and ngrok lookups below are for notebooks only
+    from tether.tunnels.ngrok import resolve_token
+    from tether.tunnels.process import which
+
+    try:
+        has_token = bool(resolve_token())  # looked up, never kept or shown
+    except errors.AuthError:
+        has_token = False
+    kind = plat.default_tunnel(info, cloudflared=which("cloudflared") is not None,
+                               ngrok_token=has_token)
+    if announce is not None:
+        announce(f"{info.name}: using a {kind} tunnel, since the local URL is not reachable "
+                 "from outside (--tunnel local to serve only this machine)")
+    return kind
 
 
 def _restore(options: UpOptions, store: str | None, rebuild_venv: bool, force_identity: bool,

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tether.errors import SystemDependencyError
+
 
 class PlatformKind(str, enum.Enum):
     COLAB = "colab"
@@ -44,6 +46,33 @@ COLAB_POLICY = (
     "Free Colab's terms forbid SSH and remote shells; paid Colab plans allow them. "
     "tether runs an SSH server here only because you asked it to."
 )
+
+
+# Notebook VMs: nothing outside reaches their ports, so a workspace there needs a public
+# tunnel to be of any use from a laptop.
+NOTEBOOK_KINDS = frozenset({PlatformKind.COLAB, PlatformKind.KAGGLE})
+
+
+def default_tunnel(info: PlatformInfo, *, cloudflared: bool, ngrok_token: bool) -> str:
+    """The tunnel `tether up` uses when none is named (pure).
+
+    On Colab and Kaggle the local URL (http://127.0.0.1:PORT) reaches only the notebook VM
+    itself, so the default there is a public tunnel: cloudflared when its binary is found
+    (no account needed), else ngrok when an authtoken is available. Elsewhere the machine may
+    well be reachable (a VM with a public address, a LAN box): ``local``.
+    """
+    if info.kind not in NOTEBOOK_KINDS:
+        return "local"
+    if cloudflared:
+        return "cloudflared"
+    if ngrok_token:
+        return "ngrok"
+    raise SystemDependencyError(
+        f"on {info.name} a workspace needs a public tunnel (its local URL is not reachable "
+        "from your laptop), and neither cloudflared nor an ngrok authtoken was found",
+        "put the cloudflared binary on PATH (https://github.com/cloudflare/cloudflared/"
+        "releases) for --tunnel cloudflared, or set NGROK_AUTHTOKEN for --tunnel ngrok; "
+        "--tunnel local serves only this machine")
 
 
 def _os_release(root: Path) -> dict[str, str]:
