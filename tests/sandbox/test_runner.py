@@ -197,6 +197,24 @@ def test_cli_run_bad_input(cli, workspace, monkeypatch):
     assert r.exit_code == 2 and "does not exist" in r.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--cpus", "0"], "--cpus must be positive, got 0.0"),
+    (["--pids", "-3"], "--pids must be positive, got -3"),
+    (["--timeout", "0"], "--timeout must be positive, got 0.0"),
+    (["--workdir", "/nonexistent"], "workspace /nonexistent is not a directory"),
+    (["--mount"], "--mount needs a value: it took the '--' that starts the command"),
+    (["--mount", "--profile"], "--mount got '--profile', which looks like an option"),
+], ids=["cpus-zero", "pids-negative", "timeout-zero", "missing-workdir", "mount-takes-dashdash",
+        "mount-takes-option"])
+def test_cli_bad_values_get_one_error_line_and_a_hint(cli, workspace, monkeypatch, args,
+                                                      message):
+    monkeypatch.chdir(workspace)
+    r = cli("sandbox", "run", *args, "--", "true")
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.splitlines()[0] == f"error: {message}"
+    assert r.stderr.splitlines()[1].startswith("hint: ") and len(r.stderr.splitlines()) == 2
+
+
 def test_cli_probe_json(cli):
     r = cli("sandbox", "probe", "--json")
     data = r.json()

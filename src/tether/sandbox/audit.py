@@ -133,7 +133,8 @@ def read(path: Path | None = None, *, limit: int | None = None,
     """The records, oldest first (the last ``limit`` of them); unreadable lines are skipped."""
     path = path or log_path()
     if limit is not None and limit < 0:
-        raise UsageError("--limit must be zero or more")
+        raise UsageError("--limit must be zero or more",
+                         hint="--limit N shows the last N runs; --limit 0 shows all")
     try:
         with path.open("rb") as fh:
             raw_lines = fh.read().splitlines()

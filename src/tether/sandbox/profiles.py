@@ -163,6 +163,14 @@ def parse_size(text: str | int | None) -> int | None:
 
 def parse_mount(text: str, base: Path) -> Mount:
     """'SRC[:DST][:ro|rw]' with SRC relative to `base`; DST defaults to the absolute SRC."""
+    if text.startswith("-"):
+        # the option parser hands --mount the next word when it has no value of its own, so
+        # `--mount -- CMD` would look for a directory named "--" (and swallow the separator)
+        what = ("needs a value: it took the '--' that starts the command" if text == "--"
+                else f"got {text!r}, which looks like an option")
+        raise UsageError(f"--mount {what}",
+                         hint="write --mount SRC[:DST][:ro] before --, e.g. --mount data:/data:ro "
+                              "(a path that starts with '-' as ./-name)")
     parts = text.split(":")
     read_only = False
     if len(parts) > 1 and parts[-1] in ("ro", "rw"):
@@ -365,9 +373,14 @@ def _is_within(path: Path, ancestor: Path) -> bool:
     return path == ancestor or ancestor in path.parents
 
 
+_POSITIVE_EXAMPLES = {"cpus": "--cpus 1.5", "pids": "--pids 256", "timeout": "--timeout 60"}
+
+
 def _positive(name: str, value):
     if value is not None and value <= 0:
-        raise UsageError(f"--{name} must be positive, got {value}")
+        raise UsageError(f"--{name} must be positive, got {value}",
+                         hint=f"pass a number above 0 (e.g. {_POSITIVE_EXAMPLES[name]}), "
+                              "or leave it out for the profile's default")
     return value
 
 

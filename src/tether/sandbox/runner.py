@@ -530,7 +530,9 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
     cwd = Path.cwd()
     workdir = (workdir or cwd).resolve()
     if not workdir.is_dir():
-        raise UsageError(f"workspace {workdir} is not a directory")
+        raise UsageError(f"workspace {workdir} is not a directory",
+                         hint="pass an existing directory with --workdir "
+                              "(default: the current directory)")
     _, config = find_project_config(workdir)
     tool_mounts: list = []
     path_prefix: list[str] = []

@@ -50,7 +50,8 @@ def build_spec(options: RunOptions, command: Sequence[str], *, workdir: Path,
     if options.network == "allowlist" and spec.network is not NetworkMode.ALLOWLIST:
         from tether.errors import UsageError
 
-        raise UsageError("network mode allowlist needs at least one allowed domain")
+        raise UsageError("network mode allowlist needs at least one allowed domain",
+                         hint='name them in allow_domains, e.g. ["pypi.org"]')
     changes: dict[str, Any] = {}
     if writable_layer is not None:
         changes["writable_layer"] = writable_layer
