@@ -35,15 +35,20 @@ def code_server_tools() -> Path:
     return cache
 
 
-@pytest.fixture
-def ide_env(isolated, code_server_tools, monkeypatch):
-    """An isolated home whose tether tools dir links to the cached code-server install."""
+def link_tools(code_server_tools: Path) -> None:
+    """Link the cached Node and code-server into the tools dir of the current TETHER_HOME."""
     from tether import paths
 
     tools = paths.ensure_dir(paths.tools_dir(), 0o755)
     for d in code_server_tools.iterdir():
         if d.name.startswith(("node-", "code-server-")):
             (tools / d.name).symlink_to(d)
+
+
+@pytest.fixture
+def ide_env(isolated, code_server_tools, monkeypatch):
+    """An isolated home whose tether tools dir links to the cached code-server install."""
+    link_tools(code_server_tools)
     monkeypatch.delenv("TETHER_CODE_SERVER", raising=False)
     monkeypatch.delenv("TETHER_IDE_PASSWORD", raising=False)
     return isolated
