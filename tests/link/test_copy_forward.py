@@ -87,6 +87,17 @@ def test_copy_refusals(paired, cli, tmp_path) -> None:
     assert r.exit_code == 2 and "both sides are local" in r.stderr
     r = cli("cp", "nohost:x", str(tmp_path))
     assert r.exit_code == 10 and "tether hosts" in r.stderr
+    r = cli("cp", str(d), f"{paired}:{tmp_path}/no-dir/sub/x")
+    assert r.exit_code == 10, r.stderr
+    assert f"{paired}:{tmp_path}/no-dir/sub does not exist" in r.stderr
+    assert f"hint: create the directory first: tether exec {paired} -- mkdir -p" in r.stderr
+    (d / "f").write_text("f")
+    r = cli("cp", str(d / "f"), f"{paired}:{tmp_path}/no-dir/sub/x")
+    assert r.exit_code == 10 and "no-dir/sub does not exist" in r.stderr
+    r = cli("cp", f"{paired}:{d}/f", f"{tmp_path}/no-dir/x")
+    assert r.exit_code == 10 and "hint: create the directory first: mkdir -p" in r.stderr
+    r = cli("cp", str(d / "f"), f"{paired}:{d}/f/x")
+    assert r.exit_code == 10 and f"{paired}:{d}/f is not a directory" in r.stderr
 
 
 @pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
@@ -116,9 +127,76 @@ def test_gateway_killed_mid_copy_leaves_nothing_half_written(paired, host, tmp_p
     killer.join()
     assert started.is_set() and copied[0] < big.stat().st_size
     assert not target.exists()
-    if not upload:  # the local temporary is cleaned up; a remote one cannot be (link gone)
-        assert not [p for p in tmp_path.iterdir() if "tether-part" in p.name]
+    parts = [p for p in tmp_path.iterdir() if "tether-part" in p.name]
+    if not upload:  # the local temporary is cleaned up
+        assert parts == []
     host.start_gateway()
+    if upload:  # the remote one could not be (the link was gone): the next upload sweeps it
+        assert [p.name.rsplit("-", 1)[0] for p in parts] == [".up.bin.tether-part"]
+        idle = time.time() - 120  # a part written to 2 minutes ago belongs to no live cp
+        os.utime(parts[0], (idle, idle))
+        from tether.link.pairing import connect
+
+        connect(host.connection_string(), paired)  # the restarted gateway has a new port
+        tether.copy(str(big), f"{paired}:{target}")
+        assert target.stat().st_size == big.stat().st_size
+        assert not [p for p in tmp_path.iterdir() if "tether-part" in p.name]
+
+
+def test_next_upload_sweeps_only_its_own_idle_leftovers(paired, tmp_path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    src = tmp_path / "t.bin"
+    src.write_bytes(b"new content")
+    idle = time.time() - 120
+    names = {".t.bin.tether-part-0123abcd": idle,   # a dead upload of t.bin: swept
+             ".t.bin.tether-part-89abcdef": None,   # fresh: maybe another cp in flight
+             ".u.bin.tether-part-0123abcd": idle,   # another target's
+             ".t.bin.tether-part-notmine1": idle,   # not a name tether makes
+             "t.bin.tether-part-0123abcd": idle}    # not hidden: not tether's
+    for name, mtime in names.items():
+        (remote / name).write_bytes(b"x" * 1000)
+        if mtime is not None:
+            os.utime(remote / name, (mtime, mtime))
+    tether.copy(str(src), f"{paired}:{remote}/")
+    assert (remote / "t.bin").read_bytes() == b"new content"
+    assert sorted(p.name for p in remote.iterdir()) == sorted(
+        ["t.bin", *[n for n in names if n != ".t.bin.tether-part-0123abcd"]])
+    # a tree upload into existing directories sweeps there too
+    (remote / "tree" / "sub").mkdir(parents=True)
+    (remote / "tree" / "sub" / ".f.tether-part-00000000").write_bytes(b"old")
+    os.utime(remote / "tree" / "sub" / ".f.tether-part-00000000", (idle, idle))
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_bytes(b"f")
+    tether.copy(str(tmp_path / "tree"), f"{paired}:{remote}", recursive=True)
+    assert [p.name for p in (remote / "tree" / "sub").iterdir()] == ["f"]
+
+
+def test_ctrl_c_mid_upload_removes_the_remote_temporary(paired, tether_bin, tmp_path) -> None:
+    big = tmp_path / "big.bin"
+    chunk = os.urandom(1 << 20)
+    with big.open("wb") as fh:
+        for _ in range(400):
+            fh.write(chunk)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    proc = subprocess.Popen([tether_bin, "cp", str(big), f"{paired}:{remote}/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # interrupt once the upload is under way
+            parts = [p for p in remote.iterdir() if "tether-part" in p.name]
+            if parts and parts[0].stat().st_size > 4 << 20:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the upload did not start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 130, proc.communicate()
+    finally:
+        proc.kill()
+    assert list(remote.iterdir()) == []  # the link was still up: the temporary went with it
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from tether import errors
 from tether.cli.exec_fast import parse_fast
 from tether.link import wire
-from tether.link.copy import Location, parse_location, split_direction, temp_name
+from tether.link.copy import (Location, leftover_target, parse_location, split_direction,
+                              stale_leftovers, temp_name)
 from tether.link.exec import build_command, exit_code_of, parse_env
 from tether.link.forward import ForwardSpec, parse_spec
 from tether.link.status import MARK, parse_report
@@ -91,6 +92,37 @@ def test_split_direction_rejects(sources, dest) -> None:
 def test_temp_name_is_hidden_sibling() -> None:
     name = temp_name("dir/file.bin")
     assert name.startswith("dir/.file.bin.tether-part-") and name != temp_name("dir/file.bin")
+
+
+@pytest.mark.parametrize("name,target", [
+    (".a.txt.tether-part-0f1e2d3c", "a.txt"),
+    ("..hidden.tether-part-00000000", ".hidden"),
+    (".a.b.tether-part-0f1e2d3c.tether-part-12345678", "a.b.tether-part-0f1e2d3c"),
+    ("a.txt.tether-part-0f1e2d3c", None),
+    (".a.txt.tether-part-0F1E2D3C", None),
+    (".a.txt.tether-part-0f1e2d3", None),
+    (".a.txt.tether-part-0f1e2d3c.bak", None),
+    (".a.txt.tether-partial", None),
+], ids=["plain", "hidden-target", "nested", "not-hidden", "upper-hex", "short", "suffix",
+        "other-word"])
+def test_leftover_target(name, target) -> None:
+    assert leftover_target(name) == target
+
+
+def test_leftover_target_round_trips_temp_name() -> None:
+    assert leftover_target(temp_name("/d/x y.bin").rsplit("/", 1)[1]) == "x y.bin"
+
+
+def test_stale_leftovers_only_idle_temporaries_of_the_target() -> None:
+    now = 10_000
+    entries = [(".t.bin.tether-part-00000001", now - 61),   # idle: swept
+               (".t.bin.tether-part-00000002", now - 5),    # another cp may be writing it
+               (".t.bin.tether-part-00000003", None),       # no mtime: cannot tell
+               (".u.bin.tether-part-00000004", now - 999),  # another target's
+               ("t.bin", now - 999), (".t.bin.tether-part-zzzzzzzz", now - 999)]
+    assert stale_leftovers(entries, "t.bin", now) == [".t.bin.tether-part-00000001"]
+    assert stale_leftovers(entries, "t.bin", now, max_idle_s=1) == [
+        ".t.bin.tether-part-00000001", ".t.bin.tether-part-00000002"]
 
 
 @pytest.mark.parametrize("text,reverse,expected", [

@@ -7,8 +7,11 @@ existing directory, and directories need ``recursive``.
 Every file lands atomically on the receiving side: it is written under a hidden temporary
 name next to its target (``.NAME.tether-part-XXXXXXXX``) and renamed over the target only when
 complete, so a dropped link never leaves a half-written file under the real name. The local
-temporary is removed on failure; a remote one cannot be when the link is gone, and its name
-says what it is.
+temporary is removed on failure, and so is a remote one while the link still carries the
+request. One left behind by a link that was already gone (or a killed `cp`) is removed by the
+next upload of the same target: it lists the target's directory and deletes that target's own
+temporaries (exactly ``.NAME.tether-part-`` + 8 hex digits) that have not been written to for
+``STALE_PART_S``, measured by the host's clock.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import posixpath
 import re
 import secrets as _secrets
+import shlex
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +31,12 @@ from typing import Any
 from tether import errors
 
 _REMOTE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(.*)$", re.S)
+_PART_RE = re.compile(r"^\.(.+)\.tether-part-[0-9a-f]{8}$", re.S)
 PARALLEL_FILES = 4  # small files: several in flight hide the per-file round trips
+# A temporary not written to for this long belongs to no running upload: a live `cp` writes
+# every few seconds even on a slow link. Younger ones may be another `cp` of the same target
+# in flight, so they are left alone.
+STALE_PART_S = 60
 
 
 @dataclass(frozen=True)
@@ -105,12 +114,29 @@ def temp_name(path: str, *, join: Callable[..., str] = posixpath.join,
     return join(head, f".{tail}.tether-part-{_secrets.token_hex(4)}")
 
 
+def leftover_target(name: str) -> str | None:
+    """The target name whose temporary ``name`` is (``.a.txt.tether-part-0f1e2d3c`` ->
+    ``a.txt``), or None when ``name`` is not exactly one of `temp_name`'s (pure)."""
+    m = _PART_RE.match(name)
+    return m.group(1) if m else None
+
+
+def stale_leftovers(entries: Sequence[tuple[str, int | None]], target: str, now: int,
+                    max_idle_s: int = STALE_PART_S) -> list[str]:
+    """Names among ``entries`` ((name, mtime) of one directory) that are temporaries of
+    ``target`` idle for more than ``max_idle_s`` at ``now`` (both host clock; pure)."""
+    return [name for name, mtime in entries
+            if leftover_target(name) == target and mtime is not None
+            and mtime < now - max_idle_s]
+
+
 # -- walking both sides ---------------------------------------------------------------------
 
 
 class _LocalFS:
     join = staticmethod(os.path.join)
     basename = staticmethod(os.path.basename)
+    dirname = staticmethod(os.path.dirname)
 
     async def stat(self, path: str) -> os.stat_result | None:
         try:
@@ -138,6 +164,7 @@ class _LocalFS:
 class _RemoteFS:
     join = staticmethod(posixpath.join)
     basename = staticmethod(posixpath.basename)
+    dirname = staticmethod(posixpath.dirname)
 
     def __init__(self, sftp: Any) -> None:
         self.sftp = sftp
@@ -182,6 +209,22 @@ def _is_dir(st: Any) -> bool:
     return stat.S_ISDIR(mode)
 
 
+async def _check_parent(host: str, upload: bool, dest: str, dst_fs: Any) -> None:
+    """A new target needs an existing directory to land in; say which one is missing."""
+    parent = dst_fs.dirname(dest)
+    if not parent:
+        return  # relative to the home (remote) or the working directory (local)
+    st = await dst_fs.stat(parent)
+    if st is not None and _is_dir(st):
+        return
+    where = f"{host}:{parent}" if upload else parent
+    what = "does not exist" if st is None else "is not a directory"
+    make = (f"tether exec {host} -- mkdir -p {shlex.quote(parent)}" if upload
+            else f"mkdir -p {shlex.quote(parent)}")
+    raise errors.NotFoundError(f"{where} {what}, so {dest} cannot be created",
+                               f"create the directory first: {make}")
+
+
 async def make_plan(host: str, upload: bool, sources: list[str], dest: str, src_fs: Any,
                     dst_fs: Any, recursive: bool) -> CopyPlan:
     dst_st = await dst_fs.stat(dest)
@@ -189,6 +232,8 @@ async def make_plan(host: str, upload: bool, sources: list[str], dest: str, src_
     if len(sources) > 1 and not into_dir:
         raise errors.UsageError(f"{dest} is not an existing directory",
                                 "several sources need an existing target directory")
+    if dst_st is None:
+        await _check_parent(host, upload, dest, dst_fs)
     files: list[tuple[str, str, int, int]] = []
     dirs: list[str] = []
     for src in sources:
@@ -221,7 +266,8 @@ async def make_plan(host: str, upload: bool, sources: list[str], dest: str, src_
 
 
 async def _upload_one(sftp: Any, src: str, dst: str, mode: int,
-                      progress: Callable[[int], None]) -> None:
+                      progress: Callable[[int], None],
+                      leftovers: Sequence[tuple[str, int | None]] = ()) -> None:
     tmp = temp_name(dst)
     last = 0
 
@@ -231,12 +277,58 @@ async def _upload_one(sftp: Any, src: str, dst: str, mode: int,
         last = done
 
     try:
+        if leftovers:
+            await _sweep_leftovers(sftp, tmp, dst, leftovers)
         await sftp.put(os.path.expanduser(src), tmp, progress_handler=on_progress)
         await sftp.chmod(tmp, mode)
         await sftp.posix_rename(tmp, dst)
     except BaseException:
         await _remove_remote_quietly(sftp, tmp)
         raise
+
+
+async def _sweep_leftovers(sftp: Any, tmp: str, dst: str,
+                           leftovers: Sequence[tuple[str, int | None]]) -> None:
+    """Remove ``dst``'s stale temporaries before writing ``tmp`` (which is created first: its
+    mtime is the host's "now", so the laptop's clock never decides what is stale)."""
+    from tether.link._asyncssh import asyncssh
+
+    async with sftp.open(tmp, "wb"):
+        pass
+    now = (await sftp.stat(tmp)).mtime
+    if now is None:
+        return
+    head, tail = posixpath.split(dst)
+    for name in stale_leftovers(leftovers, tail, now):
+        try:
+            await sftp.remove(posixpath.join(head, name))
+        except asyncssh.SFTPNoSuchFile:
+            pass  # RACE: another upload of the same target swept it first
+
+
+async def _find_leftovers(sftp: Any, plan: CopyPlan, fresh_dirs: set[str]
+                          ) -> dict[str, list[tuple[str, int | None]]]:
+    """dst -> (name, mtime) of its temporaries in its directory, for directories this copy
+    did not just create (one listing per directory)."""
+    from tether.link._asyncssh import asyncssh
+
+    by_dir: dict[str, set[str]] = {}
+    for _src, dst, _size, _mode in plan.files:
+        head, tail = posixpath.split(dst)
+        if head not in fresh_dirs:
+            by_dir.setdefault(head, set()).add(tail)
+    found: dict[str, list[tuple[str, int | None]]] = {}
+    for head, tails in by_dir.items():
+        try:
+            entries = await sftp.readdir(head or ".")
+        except asyncssh.SFTPError:
+            continue  # unlistable: nothing to sweep here; the upload itself reports why
+        for e in entries:
+            name = e.filename if isinstance(e.filename, str) else e.filename.decode()
+            target = leftover_target(name)
+            if target in tails:
+                found.setdefault(posixpath.join(head, target), []).append((name, e.attrs.mtime))
+    return found
 
 
 async def _remove_remote_quietly(sftp: Any, path: str) -> None:
@@ -270,23 +362,37 @@ async def _download_one(sftp: Any, src: str, dst: str, mode: int,
 
 async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -> None:
     """Create the directories, then move the files, a few at a time."""
+    from tether.link._asyncssh import asyncssh
+
+    fresh: set[str] = set()
     for d in plan.dirs:
         if plan.upload:
-            from tether.link._asyncssh import asyncssh
-
             try:
                 await sftp.mkdir(d)
+                fresh.add(d)
             except asyncssh.SFTPFailure:
                 if not await sftp.isdir(d):
                     raise
         else:
             os.makedirs(os.path.expanduser(d), exist_ok=True)
-    one = _upload_one if plan.upload else _download_one
+    leftovers = await _find_leftovers(sftp, plan, fresh) if plan.upload else {}
     sem = asyncio.Semaphore(PARALLEL_FILES)
 
     async def move(src: str, dst: str, mode: int) -> None:
         async with sem:
-            await one(sftp, src, dst, mode, progress)
+            try:
+                if plan.upload:
+                    await _upload_one(sftp, src, dst, mode, progress, leftovers.get(dst, ()))
+                else:
+                    await _download_one(sftp, src, dst, mode, progress)
+            except asyncssh.SFTPNoSuchFile as exc:
+                # asyncssh's reason names no path; say which one (the remote side's)
+                remote = dst if plan.upload else src
+                raise errors.NotFoundError(
+                    f"{plan.host}:{remote}: {exc.reason}",
+                    "does its directory exist on the host? (`tether exec "
+                    f"{plan.host} -- ls -d {shlex.quote(posixpath.dirname(remote) or '.')}`)"
+                ) from exc
 
     async with asyncio.TaskGroup() as tg:
         for src, dst, _size, mode in plan.files:
@@ -306,7 +412,8 @@ def translate(exc: BaseException, plan_host: str) -> errors.TetherError | None:
     if isinstance(exc, errors.TetherError):
         return exc
     if isinstance(exc, asyncssh.SFTPNoSuchFile):
-        return errors.NotFoundError(f"{plan_host}: {exc.reason}")
+        return errors.NotFoundError(f"{plan_host}: {exc.reason}",
+                                    f"check the remote path with `tether exec {plan_host} -- ls`")
     if isinstance(exc, asyncssh.SFTPPermissionDenied):
         return errors.PermissionDeniedError(f"{plan_host}: permission denied: {exc.reason}")
     # An OSError naming no file came from the socket (ENOTCONN, ECONNRESET...), not the disk.

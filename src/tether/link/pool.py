@@ -138,12 +138,14 @@ class _LoopThread:
 
 
 _runner = _LoopThread()
+CANCEL_GRACE_S = 3.0
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the link thread's loop and wait for it (the sync facade's engine).
 
-    Ctrl-C while waiting cancels the coroutine, then re-raises KeyboardInterrupt.
+    Ctrl-C while waiting cancels the coroutine, gives its clean-up (a copy removing its
+    remote temporary) up to ``CANCEL_GRACE_S`` to run, then re-raises KeyboardInterrupt.
     """
     try:
         asyncio.get_running_loop()
@@ -153,11 +155,22 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise errors.UsageError("the sync tether API was called from inside an event loop",
                                 "use the *_async variant (await tether.exec_async(...))")
-    future = asyncio.run_coroutine_threadsafe(coro, _runner.loop())
+    finished = threading.Event()
+
+    async def tracked() -> T:
+        try:
+            return await coro
+        finally:
+            finished.set()
+
+    future = asyncio.run_coroutine_threadsafe(tracked(), _runner.loop())
     try:
         return future.result()
     except KeyboardInterrupt:
         future.cancel()
+        # The link thread is a daemon: without this wait the process would exit before the
+        # cancelled coroutine's finally blocks ran. A second Ctrl-C ends the wait.
+        finished.wait(CANCEL_GRACE_S)
         raise
 
 
