@@ -162,3 +162,10 @@ def test_a_workspace_too_big_to_copy_is_not_pooled_and_says_why(pool, work):
     time.sleep(0.3)
     assert pool.stats["pooled"] == 0
     assert pool.stats["spawn_errors"] == errors  # no copy attempt per run: it backs off
+
+
+def test_a_missing_command_exits_127_as_on_the_cold_path(pool, work):
+    spec = resolve_spec("moderate", ["nosuchcmd-tether"], workdir=work)
+    r = pooled(pool, spec)
+    assert r.exit_code == 127
+    assert r.stderr == b"tether-sandbox: command not found: nosuchcmd-tether\n"

@@ -215,6 +215,21 @@ def test_cli_bad_values_get_one_error_line_and_a_hint(cli, workspace, monkeypatc
     assert r.stderr.splitlines()[1].startswith("hint: ") and len(r.stderr.splitlines()) == 2
 
 
+@pytest.mark.parametrize("profile,landlock", [
+    ("restrictive", True), ("moderate", True), ("moderate", False),
+], ids=["restrictive", "moderate", "moderate-bwrap-execs"])
+def test_cli_missing_command_exits_127(cli, workspace, monkeypatch, profile, landlock):
+    if not landlock:
+        # without Landlock no helper runs: bwrap execs the command itself
+        weak = replace(runner.probe(), landlock_abi=0)
+        monkeypatch.setattr(runner, "probe", lambda: weak)
+    monkeypatch.chdir(workspace)
+    r = cli("sandbox", "run", "--profile", profile, "--", "nosuchcmd-tether")
+    assert r.exit_code == 127, r.stderr
+    assert r.stderr in ("tether-sandbox: command not found: nosuchcmd-tether\n",
+                        "bwrap: execvp nosuchcmd-tether: No such file or directory\n")
+
+
 def test_cli_probe_json(cli):
     r = cli("sandbox", "probe", "--json")
     data = r.json()

@@ -189,8 +189,8 @@ def main(argv):
     except FileNotFoundError:
         sys.stderr.write("tether-sandbox: command not found: %s\n" % command[0])
         os._exit(127)
-    except PermissionError:
-        sys.stderr.write("tether-sandbox: permission denied: %s\n" % command[0])
+    except OSError as e:
+        sys.stderr.write("tether-sandbox: cannot run %s: %s\n" % (command[0], e.strerror))
         os._exit(126)
 
 

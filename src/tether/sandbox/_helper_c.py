@@ -197,8 +197,12 @@ int main(int argc, char **argv) {
     if (filter) stack_filter(filter);
     execvp(command[0], command);
     int err = errno;
-    fprintf(stderr, "tether-sandbox: %s: %s\n", command[0], strerror(err));
-    _exit(err == ENOENT ? 127 : 126);
+    if (err == ENOENT) {            /* the shell's convention, and the same words everywhere */
+        fprintf(stderr, "tether-sandbox: command not found: %s\n", command[0]);
+        _exit(127);
+    }
+    fprintf(stderr, "tether-sandbox: cannot run %s: %s\n", command[0], strerror(err));
+    _exit(126);
 }
 """
 

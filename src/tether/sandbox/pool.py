@@ -55,9 +55,12 @@ m = json.loads(buf)
 try:
     os.chdir(m["cwd"])
     os.execvp(m["argv"][0], m["argv"])
+except FileNotFoundError:
+    os.write(2, ("tether-sandbox: command not found: %s\n" % m["argv"][0]).encode())
+    os._exit(127)
 except OSError as e:
-    os.write(2, ("tether-sandbox: cannot run %r: %s\n" % (m["argv"][0], e.strerror)).encode())
-    os._exit(127 if isinstance(e, FileNotFoundError) else 126)
+    os.write(2, ("tether-sandbox: cannot run %s: %s\n" % (m["argv"][0], e.strerror)).encode())
+    os._exit(126)
 """
 DEFAULT_SIZE = 2
 DEFAULT_MAX_SHAPES = 4

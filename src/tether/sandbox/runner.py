@@ -193,6 +193,7 @@ class _Prepared:
         self.launcher = None            # a pre-joined launcher (see launchers.py), unused yet
         self.seccomp_filter = b""
         self.host: HostFacts | None = None
+        self.helper = False             # the in-sandbox helper execs the command (not bwrap)
 
     def close(self) -> None:
         if self.launcher is not None:
@@ -243,6 +244,7 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool,
                 p.proxy = netproxy.start_proxy(spec.allow_domains, dict(spec.resolve))
                 proxy_socket = p.proxy.socket_path
             helper = landlock.helper_argv(spec, host)
+            p.helper = bool(helper)
             # the helper keeps AF_UNIX for the forwarder and stacks the socket rule itself
             filtered = filtered and spec.network is not NetworkMode.ALLOWLIST
         p.seccomp_filter = seccomp.cached_filter(host.arch, filtered)
@@ -365,8 +367,22 @@ def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
         _kill(proc, cg)
         proc.wait()
         raise
-    return result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg,
-                       notes=_notes(p), kept=p.kept)
+    result = result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg,
+                         notes=_notes(p), kept=p.kept)
+    return result if p.helper else _bwrap_exec_failure(result, spec.command[0])
+
+
+def _bwrap_exec_failure(result: RunResult, argv0: str) -> RunResult:
+    """Without the helper, bwrap execs the command itself and reports a failure as its own
+    error (exit 1); the helper and the warm pool's waiter exit 127 (not found) or 126 (not
+    runnable) as shells do, so every path gives the same code. Only bwrap's exact message,
+    and nothing else, counts: the command never ran."""
+    if result.exit_code != 1 or result.stdout:
+        return result
+    for reason, code in (("No such file or directory", 127), ("Permission denied", 126)):
+        if result.stderr == f"bwrap: execvp {argv0}: {reason}\n".encode():
+            return replace(result, exit_code=code)
+    return result
 
 
 def result_from(status: int, rusage, out: bytes, err: bytes, timed_out: bool, duration: float,
