@@ -14,17 +14,26 @@ app = typer.Typer(help="The browser IDE (code-server) that `tether up --ide` ser
 
 
 def ide_up_options(ide: bool, show_password: bool, extensions: list[str] | None,
-                   idle_timeout: str | None) -> dict:
-    """`tether up`'s IDE flags as keyword arguments for `tether.host.api.up`."""
+                   idle_timeout: str | None, password_file: Path | None = None) -> dict:
+    """`tether up`'s IDE flags as keyword arguments for `tether.host.api.up`.
+
+    ``password_file`` is read and stored here, after the other flags were checked.
+    """
     from tether.errors import UsageError
 
-    if not ide and (show_password or extensions or idle_timeout):
-        raise UsageError("--show-password, --extension and --idle-timeout need --ide")
+    if not ide and (show_password or extensions or idle_timeout or password_file):
+        raise UsageError("--show-password, --extension, --idle-timeout and "
+                         "--ide-password-file need --ide",
+                         "add --ide to serve the browser IDE, or leave them out")
     seconds = None
     if idle_timeout is not None:
         from tether.ide.server import parse_duration
 
         seconds = parse_duration(idle_timeout)
+    if password_file is not None:
+        from tether.ide.password import use_file
+
+        use_file(password_file)
     up = {"ide": True, "ide_extensions": tuple(extensions or ()),
           "ide_idle_timeout_s": seconds} if ide else {}
     return {"up": up, "show_password": show_password}

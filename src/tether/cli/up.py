@@ -59,6 +59,10 @@ def up(
     show_password: Annotated[bool, typer.Option(
         "--show-password", help="With --ide: print the IDE password (else `tether ide "
         "password` shows it)")] = False,
+    ide_password_file: Annotated[Path | None, typer.Option(
+        "--ide-password-file", help="With --ide: read the IDE password from this file ('-' = "
+        "stdin) and store it (else $TETHER_IDE_PASSWORD, the stored one or a new one)",
+        metavar="FILE")] = None,
     extension: Annotated[list[str] | None, typer.Option(
         "--extension", help="With --ide: install an extension at start (marketplace id or "
         ".vsix file; repeatable)", metavar="ID|FILE")] = None,
@@ -91,7 +95,7 @@ def up(
     from tether.cli.ide import ide_up_options
 
     out = Output(json)
-    ide_opts = ide_up_options(ide, show_password, extension, idle_timeout)
+    ide_opts = ide_up_options(ide, show_password, extension, idle_timeout, ide_password_file)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
                                                        signal.SIGHUP)}
     try:

@@ -79,9 +79,23 @@ def read_given(file: Path | None = None, prompt: bool = False) -> str:
     return validate(secrets.read_secret(source))
 
 
+def use_file(file: Path) -> None:
+    """`up --ide --ide-password-file F`: the password from ``F`` ("-" = stdin), checked and
+    stored, so `ensure` hands it to the IDE (a detached `up` reads the store too).
+
+    Refused together with ``TETHER_IDE_PASSWORD``: `ensure` prefers the environment, and
+    silently using one of two passwords that may differ would lock the user out.
+    """
+    if os.environ.get(ENV):
+        raise UsageError(f"--ide-password-file and ${ENV} both give the IDE password",
+                         f"use one: unset {ENV}, or leave out --ide-password-file")
+    set_password(read_given(file, prompt=False))
+
+
 def ensure() -> tuple[str, bool]:
     """The password `up --ide` uses: ``TETHER_IDE_PASSWORD`` if set (and stored), else the
-    stored one, else a new generated one (stored). Returns (password, generated_now)."""
+    stored one (``--ide-password-file`` stores it first), else a new generated one (stored).
+    Returns (password, generated_now)."""
     given = os.environ.get(ENV)
     if given:
         validate(given)
