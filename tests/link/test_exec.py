@@ -83,6 +83,36 @@ def test_binary_through_daemon(paired, tether_bin, tmp_path) -> None:
     assert r.returncode == 1 and b"not a tty" in r.stdout  # no terminal here: no PTY
 
 
+@pytest.mark.parametrize("args", [("-t", "NAME"), ("NAME", "--tty")], ids=["-t", "--tty"])
+def test_t_forces_a_pty_without_a_terminal(paired, tether_bin, args) -> None:
+    argv = [paired if a == "NAME" else a for a in args]
+    r = _run(tether_bin, "exec", *argv, "--", "tty; stty size")  # stdin is a pipe
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"/dev/pts/") and b"24 80" in r.stdout  # like ssh -tt
+    r = _run(tether_bin, "exec", paired, "-T", "--", "tty", input=None)
+    assert b"not a tty" in r.stdout
+
+
+def test_t_in_process_forces_a_pty(paired, cli) -> None:
+    r = cli("exec", paired, "-t", "--", "tty")
+    assert r.exit_code == 0 and r.stdout.startswith("/dev/pts/"), r.stderr
+
+
+def test_ctrl_c_with_a_forced_pty_interrupts_the_remote_command(paired, tether_bin) -> None:
+    proc = subprocess.Popen([tether_bin, "exec", paired, "-t", "--", "echo ready; sleep 30"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # becomes ^C on the remote terminal
+        assert proc.wait(15) == 130
+        assert time.monotonic() - started < 10
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_daemon_socket_is_private_and_reused(paired, tether_bin) -> None:
     from tether.link import daemon_client
 

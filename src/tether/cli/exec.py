@@ -18,7 +18,8 @@ _HELP = (
     "Run COMMAND on host NAME: tether exec NAME -- COMMAND [ARGS...]. Stdout, stderr and the "
     "exit code come back as they are; a command killed by a signal exits 128+N.\n\n"
     "One COMMAND word is shell text ('ls | wc -l'); several are an argv, each quoted. With a "
-    "terminal on stdin a PTY is allocated (override with -t/-T); Ctrl-C is forwarded.\n\n"
+    "terminal on stdin a PTY is allocated; -t forces one even when stdin is a pipe (like "
+    "ssh -tt), -T never allocates one. Ctrl-C is forwarded.\n\n"
     "Commands without a PTY get the environment your login shell's rc files set up, captured "
     "once per connection: rc-file changes apply to new connections (docs/exec-agent.md)."
 )
@@ -32,8 +33,9 @@ def exec(  # noqa: A001 - the command's name
     = None,
     env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="K=V (repeatable).")]
     = None,
-    tty: Annotated[Optional[bool], typer.Option("--tty/--no-tty", "-t/-T",
-                                                help="Force a PTY on or off.")] = None,
+    tty: Annotated[Optional[bool], typer.Option(
+        "--tty/--no-tty", "-t/-T", help="Force a PTY on (even without a terminal) or off.")]
+    = None,
 ) -> None:
     from tether import errors
     from tether.link.daemon_client import exec_request, run_cli

@@ -103,20 +103,25 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def terminal_size(fd: int) -> tuple[int, int]:
-    try:
-        size = os.get_terminal_size(fd)
-        return size.columns, size.lines
-    except OSError:
-        return 80, 24
+def terminal_size(*fds: int) -> tuple[int, int]:
+    """The size of the first of ``fds`` that is a terminal (80x24 when none is)."""
+    for fd in fds:
+        try:
+            size = os.get_terminal_size(fd)
+            return size.columns, size.lines
+        except OSError:
+            continue
+    return 80, 24
 
 
 def run_exec(req: dict, *, stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> int:
     """Run one exec/shell request through the daemon; returns the remote exit code.
 
-    With ``req["pty"]`` the local terminal is put in raw mode (restored on every exit path)
-    and window changes are forwarded; without, SIGINT/SIGTERM/SIGHUP are forwarded as SSH
-    signals and a second Ctrl-C hangs up.
+    With ``req["pty"]`` and a terminal on stdin, that terminal is put in raw mode (restored
+    on every exit path) and window changes are forwarded. A PTY forced with ``-t`` while stdin
+    is not a terminal (like ``ssh -tt``) leaves the local side as it is: Ctrl-C reaching this
+    process becomes the byte ^C on the remote terminal, which raises SIGINT there. Without a
+    PTY, SIGINT/SIGTERM/SIGHUP are forwarded as SSH signals. A second Ctrl-C hangs up.
     """
     sock = connect()
     tty_state = None
@@ -129,28 +134,35 @@ def run_exec(req: dict, *, stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int
         except OSError:
             pass  # the daemon's answer (or its absence) decides the outcome
 
+    raw = bool(req.get("pty")) and os.isatty(stdin_fd)
+
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal interrupts
         if signum == signal.SIGWINCH:
-            cols, rows = terminal_size(stdin_fd)
+            cols, rows = terminal_size(stdin_fd, stdout_fd)
             send(wire.encode_json(wire.WINCH, {"cols": cols, "rows": rows}))
             return
         if signum == signal.SIGINT:
             interrupts += 1
             if interrupts > 1:
                 raise KeyboardInterrupt
+            if req.get("pty"):  # the remote terminal turns ^C into SIGINT for its foreground
+                send(wire.encode(wire.STDIN, b"\x03"))
+                return
         send(wire.encode(wire.SIGNAL, signal.Signals(signum).name[3:].encode()))
 
     try:
-        if req.get("pty"):
+        if raw:
             import termios
             import tty
 
             tty_state = termios.tcgetattr(stdin_fd)
             tty.setraw(stdin_fd, termios.TCSADRAIN)  # keep typed-ahead input
-            watched = (signal.SIGWINCH,)
+            watched: tuple[signal.Signals, ...] = (signal.SIGWINCH,)
         else:
             watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            if req.get("pty") and os.isatty(stdout_fd):
+                watched += (signal.SIGWINCH,)
         send(wire.encode_json(wire.OPEN, req))  # first: a W or S frame may only follow it
         for signum in watched:
             old_handlers[signum] = signal.signal(signum, on_signal)
@@ -207,12 +219,15 @@ def _has_fds() -> bool:
 
 def exec_request(name: str, command: list[str] | None, *, cwd: str | None = None,
                  env: list[str] | tuple[str, ...] = (), tty: bool | None = None) -> dict:
-    """The daemon request for `tether exec`/`shell`; ``tty=None`` means "if stdin is one"."""
-    real = _has_fds()
-    want_tty = (real and os.isatty(0)) if tty is None else (tty and real and os.isatty(0))
+    """The daemon request for `tether exec`/`shell`.
+
+    ``tty=None`` asks for a PTY when stdin is a terminal; ``True`` (``-t``) always asks for
+    one, like ``ssh -tt``, also when stdin is a pipe or /dev/null; ``False`` (``-T``) never.
+    """
+    want_tty = (_has_fds() and os.isatty(0)) if tty is None else tty
     pty = None
     if want_tty:
-        cols, rows = terminal_size(0)
+        cols, rows = terminal_size(0, 1) if _has_fds() else (80, 24)
         pty = {"term": os.environ.get("TERM") or "xterm-256color", "cols": cols, "rows": rows}
     env_pairs = []
     for item in env:
@@ -270,7 +285,9 @@ def _run_in_process(req: dict) -> int:
         pool = LinkPool(keepalive_s=None, exec_agent=False)  # one command: no agent
         try:
             conn = await pool.get(req["name"])
-            proc = await lexec.start(conn, line, on_output=emit)
+            pty = req.get("pty")
+            spec = lexec.PtySpec(pty["term"], pty["cols"], pty["rows"]) if pty else None
+            proc = await lexec.start(conn, line, on_output=emit, pty=spec)
             stdin = getattr(sys.stdin, "buffer", sys.stdin)
             interactive = sys.stdin is None or sys.stdin.isatty()
             data = b"" if interactive else stdin.read()  # in-process: no live terminal
