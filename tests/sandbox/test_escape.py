@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tether.errors import UsageError
 from tether.sandbox import runner
 
 pytestmark = pytest.mark.timeout(60)
@@ -438,3 +439,34 @@ def test_git_hooks_and_config_stay_read_only(workspace, monkeypatch, isolated, p
     assert r.stdout.split()[-1] == b"ok" and (workspace / "tracked.txt").exists()
     assert not (workspace / ".git/hooks/pre-commit").exists()
     assert b"hooksPath" not in (workspace / ".git/config").read_bytes()
+
+
+@pytest.mark.parametrize("target", ["home", "root"])
+def test_a_mount_source_linking_to_home_is_refused(cli, workspace, host_home, tmp_path,
+                                                   monkeypatch, target):
+    link = tmp_path / "lnk"
+    link.symlink_to(host_home if target == "home" else "/")
+    key = "/x/.ssh/id_ed25519" if target == "home" else f"/x{host_home}/.ssh/id_ed25519"
+    monkeypatch.chdir(workspace)
+    r = cli("sandbox", "run", "--mount", f"{link}:/x:ro", "--", "cat", key)
+    assert r.exit_code == 2 and "SECRETKEY" not in r.stdout + r.stderr
+    assert r.stderr.startswith("error: refusing to expose your home directory through ")
+    # the Python API takes the same path
+    spec = runner.build_spec(["cat", key], profile="restrictive", mounts=(f"{link}:/x",))
+    with pytest.raises(UsageError, match="refusing to expose your home"):
+        runner.run(spec)
+
+
+def test_a_mount_through_a_symlink_binds_the_resolved_directory(make_spec, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "f").write_text("through the link\n")
+    (tmp_path / "lnk").symlink_to(real)
+    spec = make_spec("restrictive", ["cat", "/x/f"], mounts=[f"{tmp_path / 'lnk'}:/x:ro"])
+    p = runner._prepare(spec, runner.probe(), False)
+    try:
+        assert [str(real), "/x"] in [p.argv[i + 1:i + 3] for i, a in enumerate(p.argv)
+                                     if a == "--ro-bind"]
+    finally:
+        p.close()
+    assert runner.run(spec).stdout == b"through the link\n"

@@ -169,3 +169,20 @@ def test_a_missing_command_exits_127_as_on_the_cold_path(pool, work):
     r = pooled(pool, spec)
     assert r.exit_code == 127
     assert r.stderr == b"tether-sandbox: command not found: nosuchcmd-tether\n"
+
+
+def test_a_mount_linking_to_the_home_is_refused_never_copied(pool, work, host_home, tmp_path):
+    from tether.errors import UsageError
+
+    link = tmp_path / "lnk"
+    link.symlink_to(host_home)
+    spec = resolve_spec("moderate", ["cat", "/x/.ssh/id_ed25519"], workdir=work,
+                        mounts=[f"{link}:/x"])
+    with pytest.raises(UsageError, match="refusing to expose your home"):
+        pool.run(spec)           # cold: nothing is warm for this shape yet
+    deadline = time.monotonic() + 20
+    while pool.stats["spawn_errors"] + pool.stats["spawned"] == 0:
+        assert time.monotonic() < deadline, "the pool never tried to warm the shape"
+        time.sleep(0.02)
+    assert pool.stats["spawned"] == 0 and "refusing to expose" in pool.last_error
+    assert not list((tmp_path / "scratch").rglob("id_ed25519"))

@@ -226,7 +226,9 @@ class WarmPool:
         host = runner.probe()
         if host.helper_python is None:
             raise EnforcementError("the warm pool needs python3 inside the sandbox")
-        scratch, mounts = self._private_mounts(key)
+        # resolved before copying: copytree follows a top-level link, so a source linking to
+        # the home would be copied (and exposed) before _prepare could refuse it
+        scratch, mounts = self._private_mounts(runner.resolve_mounts(key))
         spec = replace(key, mounts=mounts, cwd="/",
                        command=(host.helper_python, "-I", "-S", "-c", WAITER))
         try:

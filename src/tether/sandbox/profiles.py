@@ -281,7 +281,7 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     guards = [Mount(workdir / rel, workdir / rel, read_only=True)
               for rel in protect if base.workspace_writable]
     all_mounts = (*toolchain_mounts, work_mount, *guards, *cfg_mounts, *flag_mounts)
-    _check_mounts(all_mounts, host_env.get("HOME"))
+    check_mounts(all_mounts, [host_env["HOME"]] if host_env.get("HOME") else [])
     limits = _resolve_limits(base, config, memory=memory, cpus=cpus, pids=pids,
                              timeout=timeout)
     environ = _resolve_env(base, config, env, host_env, net, path_prefix)
@@ -323,15 +323,21 @@ def _resolve_network(base: Profile, config: Mapping[str, object],
     return net, domains
 
 
-def _check_mounts(mounts: Sequence[Mount], home: str | None) -> None:
+def check_mounts(mounts: Sequence[Mount], homes: Sequence[str]) -> None:
+    """Refuse targets over the sandbox's own machinery and sources that expose a home.
+
+    Paths are compared as text: the runner calls it again with symlinks resolved (a link to
+    the home is the home), the text check here only fails early.
+    """
     for m in mounts:
         if m.target == Path("/") or str(m.target).startswith(("/proc", "/dev", HELPER_DIR)):
             raise UsageError(f"cannot mount over {m.target}",
                              hint="choose another destination inside the sandbox")
-        if home and _is_within(Path(_normpath(home)), m.source):
-            # the home (or a parent of it) would expose ~/.ssh, keyrings, tokens
-            raise UsageError(f"refusing to expose your home directory through {m.source}",
-                             hint="use a project subdirectory as the workspace or mount")
+        for home in homes:
+            if _is_within(Path(_normpath(home)), m.source):
+                # the home (or a parent of it) would expose ~/.ssh, keyrings, tokens
+                raise UsageError(f"refusing to expose your home directory through {m.source}",
+                                 hint="use a project subdirectory as the workspace or mount")
 
 
 def _resolve_limits(base: Profile, config: Mapping[str, object], **flags) -> Limits:

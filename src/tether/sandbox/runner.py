@@ -180,6 +180,26 @@ def _check_paths(spec: SandboxSpec) -> None:
                          hint="it needs at least usr/ (e.g. made by debootstrap)")
 
 
+def resolve_mounts(spec: SandboxSpec) -> SandboxSpec:
+    """The spec with every mount source resolved (symlinks followed), checked again.
+
+    bwrap follows symlinks in a bind source, so a check of the text path is not a check of
+    what gets bound: `lnk -> $HOME` passes as text. The checks and the bind both use the
+    resolved path. RACE: a writable mount's content may change between here and bwrap's
+    bind (a concurrent sandbox swapping a directory for a link); sources given here are the
+    caller's, not paths inside another run's workspace, except the guards (see build_spec).
+    """
+    import pwd
+
+    from tether.sandbox.profiles import check_mounts
+
+    mounts = tuple(replace(m, source=Path(os.path.realpath(m.source))) for m in spec.mounts)
+    # $HOME and the account's home may differ (tests, sudo -E); both hold secrets
+    homes = [h for h in (os.environ.get("HOME"), pwd.getpwuid(os.getuid()).pw_dir) if h]
+    check_mounts(mounts, [*homes, *map(os.path.realpath, homes)])
+    return replace(spec, mounts=mounts)
+
+
 class _Prepared:
     """Everything one run holds open; close() releases it all."""
 
@@ -221,6 +241,7 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool,
 
     check_enforceable(spec, host)
     _check_paths(spec)
+    spec = resolve_mounts(spec)
     p = _Prepared()
     p.host = host
     try:
