@@ -7,9 +7,11 @@ first run on a machine takes about five minutes, later runs find it at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,26 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def screenshot_kept_if_passing(artifact: Path, failure_dir: Path) -> Iterator[dict]:
+    """Hold a screenshot taken mid-test; write it to ``artifact`` only if the block passes.
+
+    The block puts PNG bytes in ``shots["png"]``. A committed artifact must mean a passing
+    session, so on any failure the bytes go to ``failure_dir/<name>-failed.png`` instead and
+    ``artifact`` keeps what the last passing run saved.
+    """
+    shots: dict = {"png": None}
+    try:
+        yield shots
+    except BaseException:
+        if shots["png"] is not None:
+            failed = failure_dir / f"{artifact.stem}-failed{artifact.suffix}"
+            failed.write_bytes(shots["png"])
+            print(f"screenshot of a failed session: {failed}")
+        raise
+    if shots["png"] is None:
+        raise AssertionError(f"the test passed without taking the screenshot for {artifact}")
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(shots["png"])

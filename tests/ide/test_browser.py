@@ -23,7 +23,7 @@ import pytest
 
 from tether.ide.server import group_members
 
-from .conftest import build_vsix
+from .conftest import build_vsix, screenshot_kept_if_passing
 
 # func_only: the first run on a machine installs code-server in a fixture (~4-5 minutes)
 pytestmark = [pytest.mark.ide, pytest.mark.timeout(240, func_only=True)]
@@ -79,14 +79,19 @@ def web_app():
 
 def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_app,
                                               monkeypatch):
-    import tether
-
     ws_dir = tmp_path / "project"
     ws_dir.mkdir()
     (ws_dir / "hello.py").write_text("print('hello from the workspace')\n")
     marker = tmp_path / "extension-activated.txt"
     vsix = build_vsix(tmp_path / "marker.vsix", marker)
     monkeypatch.setenv("TETHER_IDE_PASSWORD", "right-password-for-tests")
+
+    with screenshot_kept_if_passing(ARTIFACTS / "workbench.png", tmp_path) as shots:
+        _browser_session(ws_dir, vsix, marker, chromium, tmp_path, web_app, shots)
+
+
+def _browser_session(ws_dir, vsix, marker, chromium, tmp_path, web_app, shots) -> None:
+    import tether
 
     handle = tether.up(ws_dir, tunnel="local", ide=True, ide_extensions=(str(vsix),))
     page = None
@@ -156,8 +161,8 @@ def test_browser_session_through_the_gateway(ide_env, chromium, tmp_path, web_ap
         assert "right-password-for-tests" not in (ws_dir / "term-env.txt").read_text()
         assert env.get("XDG_CONFIG_HOME") == os.environ["XDG_CONFIG_HOME"]
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "workbench.png"))
+        # kept as tests/ide/artifacts/workbench.png only once every check below passed
+        shots["png"] = page.screenshot()
 
         # the workbench WebSocket went through the gateway and stayed up all along
         through_gateway = [s for s in sockets

@@ -320,3 +320,35 @@ def test_unknown_install_method_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError):
         install.install("4.139.1", tools=tmp_path / "tools", method="apt")
     assert not (tmp_path / "tools").exists()
+
+
+# -- the browser test's artifact -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fails_at", [None, "in-the-block", "without-a-shot"],
+                         ids=["passing", "failing", "no-screenshot-taken"])
+def test_workbench_artifact_is_written_only_by_a_passing_session(tmp_path, fails_at):
+    from .conftest import screenshot_kept_if_passing
+
+    artifact = tmp_path / "artifacts" / "workbench.png"
+    failures = tmp_path / "failures"
+    failures.mkdir()
+    with pytest.raises(AssertionError) if fails_at else _no_error():
+        with screenshot_kept_if_passing(artifact, failures) as shots:
+            if fails_at != "without-a-shot":
+                shots["png"] = b"\x89PNG fake"
+            if fails_at == "in-the-block":
+                raise AssertionError("a later check of the session failed")
+    if fails_at is None:
+        assert artifact.read_bytes() == b"\x89PNG fake"
+        assert list(failures.iterdir()) == []
+    else:
+        assert not artifact.exists()
+        expected = ["workbench-failed.png"] if fails_at == "in-the-block" else []
+        assert [p.name for p in failures.iterdir()] == expected
+
+
+def _no_error():
+    import contextlib
+
+    return contextlib.nullcontext()
