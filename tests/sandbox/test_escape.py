@@ -470,3 +470,34 @@ def test_a_mount_through_a_symlink_binds_the_resolved_directory(make_spec, tmp_p
     finally:
         p.close()
     assert runner.run(spec).stdout == b"through the link\n"
+
+
+@pytest.mark.parametrize("profile", [*ALL, "allowlist", "moderate-python-helper"])
+def test_cannot_reach_a_host_abstract_unix_socket(make_spec, monkeypatch, profile):
+    if profile == "moderate-python-helper":     # a host without a C compiler
+        from dataclasses import replace
+
+        host = replace(runner.probe(), helper_native=None)
+        monkeypatch.setattr(runner, "probe", lambda: host)
+        profile = "moderate"
+    name = f"tether-test-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(8)
+    listener.setblocking(False)
+    try:
+        r = py(make_spec, profile, f"""
+            import socket
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect("\\0{name}")
+                print("CONNECTED")
+            except OSError as e:
+                print("denied", e.errno)
+        """)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout.startswith(b"denied"), r.stdout
+        with pytest.raises(BlockingIOError):
+            listener.accept()        # nothing ever got through
+    finally:
+        listener.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -285,7 +286,10 @@ def test_seccomp_filter_shape():
     ({"profile": "moderate", "allow_domains": ["a.org"]}, ["--forward", "3128", "1080",
                                                           "--filter"], ["--landlock"]),
     ({"profile": "restrictive", "mounts": ["/srv/o:/out"]}, ["/out"], ["/srv/o", str(W)]),
-], ids=["landlock-only", "forwarder-only", "rw-mounts-only"])
+    ({"profile": "restrictive"}, ["--scope", "3"], []),
+    ({"profile": "moderate"}, ["--scope", "1"], ["--landlock", "--rw", "--forward"]),
+], ids=["landlock-only", "forwarder-only", "rw-mounts-only", "restrictive-scopes-sockets-signals",
+        "moderate-scopes-sockets-only"])
 def test_helper_options(kw, expect_in, expect_out):
     from tether.sandbox.landlock import helper_options
 
@@ -301,7 +305,7 @@ def test_helper_parses_what_the_host_writes():
     s = spec("restrictive", allow_domains=["a.org"], mounts=["/srv/o:/out"])
     config, command = _helper.parse([*helper_options(s, FULL_HOST), "--", "echo", "--rw"])
     assert command == ["echo", "--rw"]
-    assert config["ports"] == [3128, 1080] and config["landlock"] == 7
+    assert config["ports"] == [3128, 1080] and config["landlock"] == 7 and config["scope"] == 3
     assert "/out" in config["writable"] and config["dev_writable"] == ["/dev"]
     assert bytes.fromhex(config["socket_filter"]) == seccomp.build_socket_filter("x86_64")
 
@@ -325,3 +329,38 @@ def test_helper_choice(native, kw, program, bound):
     argv = bwrap_argv(s, host, helper=helper_argv(s, host), helper_file=helper_file(s, host))
     target = "/run/tether/helper.py" if bound.endswith(".py") else "/run/tether/helper"
     assert (helper_file(s, host), target) in _pairs(argv, "--ro-bind")
+
+
+@pytest.mark.parametrize("profile,host,scopes,helper", [
+    ("moderate", FULL_HOST, 1, True),
+    ("permissive", FULL_HOST, 1, True),
+    ("restrictive", FULL_HOST, 3, True),
+    ("moderate", replace(FULL_HOST, landlock_abi=5), 0, False),
+    ("restrictive", replace(FULL_HOST, landlock_abi=5), 0, True),
+    ("moderate", replace(FULL_HOST, helper_python=None), 0, False),
+    ("moderate", replace(FULL_HOST, helper_native="/c/helper", helper_python=None), 1, True),
+], ids=["moderate", "permissive", "restrictive", "moderate-abi5", "restrictive-abi5",
+        "moderate-no-helper", "moderate-native-helper"])
+def test_abstract_sockets_are_scoped_wherever_the_kernel_can(profile, host, scopes, helper):
+    from tether.sandbox.profiles import landlock_scopes, needs_helper
+
+    s = spec(profile)
+    assert landlock_scopes(s, host) == scopes and needs_helper(s, host) is helper
+    # a root filesystem may not hold the host's python3: only the static helper scopes there
+    rooted = spec(profile, rootfs=Path("/srv/root"))
+    assert landlock_scopes(rooted, replace(host, helper_native=None)) == (
+        scopes if profile == "restrictive" else 0)
+
+
+@pytest.mark.parametrize("abi,scoped,says", [
+    (7, {"restrictive": ["abstract_unix_socket", "signal"],
+         "moderate": ["abstract_unix_socket"], "permissive": ["abstract_unix_socket"]},
+     "scoped to the sandbox in every profile"),
+    (5, {"restrictive": [], "moderate": [], "permissive": []}, "NOT scoped: needs Landlock ABI 6"),
+], ids=["abi7", "abi5"])
+def test_probe_reports_abstract_socket_scoping(abi, scoped, says):
+    from tether.sandbox.probe import report
+
+    data = report(replace(FULL_HOST, landlock_abi=abi))
+    assert {n: p["scoped"] for n, p in data["profiles"].items()} == scoped
+    assert data["mechanisms"]["abstract_unix_sockets"].startswith(says)

@@ -69,6 +69,9 @@ def _read_stdin() -> bytes | None:
     return data or None
 
 
+_SCOPE_LABELS = {"abstract_unix_socket": "abstract sockets", "signal": "signals"}
+
+
 @app.command()
 def probe(json: JsonOption = False) -> None:
     """Show what this host can enforce (namespaces, seccomp, Landlock, cgroups) per profile."""
@@ -81,9 +84,10 @@ def probe(json: JsonOption = False) -> None:
     def human(o: Output) -> None:
         o.table(["mechanism", "enforced"], list(data["mechanisms"].items()))
         o.out.print()
-        o.table(["profile", "enforceable", "network", "landlock", "limits"],
+        o.table(["profile", "enforceable", "network", "landlock", "scoped", "limits"],
                 [(n, "yes" if p["enforceable"] else "NO: missing " + ", ".join(p["missing"]),
                   p["network"], "yes" if p["landlock"] else "no",
+                  ", ".join(_SCOPE_LABELS.get(x, x) for x in p["scoped"]) or "nothing",
                   ", ".join(f"{k}={v}" for k, v in p["limits"].items()) or "-")
                  for n, p in data["profiles"].items()])
         for problem in data["problems"]:

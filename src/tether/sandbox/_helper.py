@@ -3,7 +3,7 @@
 Executed by the sandbox's own python3 with -I -S, so it may use the standard library only
 and must never import tether; it avoids json/re too (they double its start-up time).
 argv: helper.py [--forward SOCKET PORT...] [--landlock ABI] [--rw PATH]... [--dev PATH]...
-[--filter HEX] -- CMD...
+[--scope BITS] [--filter HEX] -- CMD...
 
 It does up to three things, in this order:
 1. forwarder (allowlist network): listens on 127.0.0.1:3128 (HTTP) and :1080 (SOCKS) inside
@@ -11,8 +11,9 @@ It does up to three things, in this order:
    socket. It runs in a forked child that is not dumpable (the command cannot open its
    /proc/PID/mem) and outside the command's Landlock domain (which, from ABI 6, cannot signal
    it).
-2. Landlock: filesystem writes only beneath the writable mounts, /tmp, /var/tmp, the home and
-   /dev; abstract unix sockets and signals scoped to the command (ABI >= 6).
+2. Landlock: with --landlock, filesystem writes only beneath the writable mounts, /tmp,
+   /var/tmp, the home and /dev; with --scope (ABI >= 6), abstract unix sockets and/or
+   signals scoped to the command. Either alone is a valid ruleset.
 3. a stacked seccomp filter (given as hex) refusing new non-inet sockets for the command.
 """
 
@@ -110,10 +111,13 @@ class PathBeneath(ctypes.Structure):
     _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
 
-def landlock(abi, writable, dev_writable):
-    handled = FS_WRITE_ALL_V1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
-    attr = RulesetAttr(handled, 0, (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0)
-    size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
+def landlock(abi, scoped, writable, dev_writable):
+    handled = 0
+    if abi:
+        handled = (FS_WRITE_ALL_V1 | (FS_REFER if abi >= 2 else 0)
+                   | (FS_TRUNCATE if abi >= 3 else 0))
+    attr = RulesetAttr(handled, 0, scoped)
+    size = 24 if scoped else 8      # the scoped field exists from ABI 6 on
     ruleset = libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if ruleset < 0:
         fail("landlock_create_ruleset failed: " + os.strerror(ctypes.get_errno()))
@@ -166,6 +170,8 @@ def parse(args):
             config["writable"].append(value)
         elif flag == "--dev":
             config["dev_writable"].append(value)
+        elif flag == "--scope":
+            config["scope"] = int(value)
         elif flag == "--filter":
             config["socket_filter"] = value
         else:
@@ -180,8 +186,9 @@ def main(argv):
     config, command = parse(argv[1:])
     if config.get("socket"):
         start_forwarder(config["ports"], config["socket"])
-    if config.get("landlock"):
-        landlock(config["landlock"], config["writable"], config["dev_writable"])
+    if config.get("landlock") or config.get("scope"):
+        landlock(config.get("landlock", 0), config.get("scope", 0), config["writable"],
+                 config["dev_writable"])
     if config.get("socket_filter"):
         stack_seccomp(bytes.fromhex(config["socket_filter"]))
     try:

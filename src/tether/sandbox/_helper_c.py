@@ -72,10 +72,14 @@ static void add_rule(int ruleset, const char *path, uint64_t access) {
     close(fd);
 }
 
-static void landlock(int abi, const char **rw, int nrw, const char **dev, int ndev) {
-    uint64_t handled = FS_WRITE_ALL_V1 | (abi >= 2 ? FS_REFER : 0) | (abi >= 3 ? FS_TRUNCATE : 0);
-    struct ruleset_attr attr = { handled, 0, abi >= 6 ? 3 : 0 };
-    size_t size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8);
+/* abi > 0: confine writes to rw/dev; scoped: Landlock scope bits (ABI >= 6). Either alone is
+   a valid ruleset (a scoped-only one handles no file access). */
+static void landlock(int abi, uint64_t scoped, const char **rw, int nrw, const char **dev,
+                     int ndev) {
+    uint64_t handled = abi > 0 ? FS_WRITE_ALL_V1 | (abi >= 2 ? FS_REFER : 0)
+                                 | (abi >= 3 ? FS_TRUNCATE : 0) : 0;
+    struct ruleset_attr attr = { handled, 0, scoped };
+    size_t size = scoped ? 24 : 8;            /* the scoped field exists from ABI 6 on */
     int ruleset = (int)syscall(444, &attr, size, 0);
     if (ruleset < 0) fail("landlock_create_ruleset");
     for (int i = 0; i < nrw; i++) add_rule(ruleset, rw[i], handled);
@@ -174,6 +178,7 @@ static void forwarder(const char *sock_path, const int *ports, int nports) {
 
 int main(int argc, char **argv) {
     int abi = 0, nrw = 0, ndev = 0, nports = 0, i = 1, ports[8];
+    uint64_t scoped = 0;
     const char *rw[MAX_RULES], *dev[MAX_RULES], *filter = NULL, *sock = NULL;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc) usage();
@@ -187,13 +192,14 @@ int main(int argc, char **argv) {
         if (!strcmp(flag, "--landlock")) abi = atoi(value);
         else if (!strcmp(flag, "--rw") && nrw < MAX_RULES) rw[nrw++] = value;
         else if (!strcmp(flag, "--dev") && ndev < MAX_RULES) dev[ndev++] = value;
+        else if (!strcmp(flag, "--scope")) scoped = strtoull(value, NULL, 10);
         else if (!strcmp(flag, "--filter")) filter = value;
         else usage();
     }
     if (i >= argc - 1) usage();
     char **command = argv + i + 1;
     if (sock) forwarder(sock, ports, nports);
-    if (abi > 0) landlock(abi, rw, nrw, dev, ndev);
+    if (abi > 0 || scoped) landlock(abi, scoped, rw, nrw, dev, ndev);
     if (filter) stack_filter(filter);
     execvp(command[0], command);
     int err = errno;

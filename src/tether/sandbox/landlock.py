@@ -5,7 +5,8 @@ a compiler built it, else `_helper.py`; both also run the allowlist forwarder), 
 execs the command: applying it to bwrap itself is impossible (a Landlock domain forbids mount(2), which
 bwrap needs). It confines *writes* to the writable mounts, /tmp, /var/tmp, /dev/shm, the sandbox home and
 /dev device files; reads are already confined by the mount namespace (only bound paths exist).
-From ABI 6 it also scopes abstract unix sockets and signals to the command's own domain.
+From ABI 6 it also scopes, in every profile, abstract unix sockets (and, with the file rules,
+signals) to the command's own domain (`profiles.landlock_scopes`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tether.sandbox.profiles import (
     HostFacts,
     NetworkMode,
     SandboxSpec,
+    landlock_scopes,
 )
 
 HELPER_FILE = str(Path(__file__).with_name("_helper.py"))
@@ -42,6 +44,9 @@ def helper_options(spec: SandboxSpec, host: HostFacts) -> list[str]:
         for path in sorted({*writable, "/tmp", "/var/tmp", "/dev/shm", SANDBOX_HOME}):
             opts += ["--rw", path]
         opts += ["--dev", "/dev"]
+    scopes = landlock_scopes(spec, host)
+    if scopes:
+        opts += ["--scope", str(scopes)]
     return opts
 
 

@@ -198,7 +198,13 @@ def _v2_controllers(d: Path) -> set[str]:
 
 def report(host: HostFacts) -> dict:
     """What is enforced here, per mechanism and per profile (for `tether sandbox probe`)."""
-    from tether.sandbox.profiles import PROFILES, missing_features, resolve_spec
+    from tether.sandbox.profiles import (
+        PROFILES,
+        SCOPE_NAMES,
+        landlock_scopes,
+        missing_features,
+        resolve_spec,
+    )
 
     cg = host.cgroup
     mechanisms = {
@@ -210,12 +216,12 @@ def report(host: HostFacts) -> dict:
                     "denied; non-inet sockets denied when the network is filtered"
                     if host.seccomp else "unavailable"),
         "landlock": (f"ABI {host.landlock_abi}: writes confined to writable mounts, /tmp, "
-                     "home, /dev" + ("; abstract unix sockets and signals scoped"
-                                     if host.landlock_abi >= 6 else "")
+                     "home, /dev" + ("; signals scoped" if host.landlock_abi >= 6 else "")
                      + " (profiles with landlock = true: restrictive; elsewhere the mount "
                        "namespace alone confines files); helper: "
                      + ("native" if host.helper_native else "python")
                      if host.landlock_abi else "unavailable (mount namespace confines files)"),
+        "abstract_unix_sockets": _scoping(host),
         "cgroup": (f"{cg.version}: " + ", ".join(
             n for n, ok in (("memory", cg.memory), ("pids", cg.pids), ("cpu", cg.cpu)) if ok)
             if cg.version != "none" else "none: memory via RLIMIT_AS only; pids/cpu refused"),
@@ -233,8 +239,10 @@ def report(host: HostFacts) -> dict:
     for name in PROFILES:
         spec = resolve_spec(name, ["true"], workdir=Path("/workspace"))
         missing = missing_features(spec, host)
+        scopes = landlock_scopes(spec, host)
         profiles[name] = {"enforceable": not missing, "missing": missing,
                           "network": spec.network.value, "landlock": spec.landlock,
+                          "scoped": [n for bit, n in SCOPE_NAMES.items() if scopes & bit],
                           "limits": {k: v for k, v in vars(spec.limits).items() if v}}
     from dataclasses import asdict
 
@@ -242,6 +250,19 @@ def report(host: HostFacts) -> dict:
     facts["system_dirs"] = [list(x) for x in host.system_dirs]
     return {"arch": host.arch, "mechanisms": mechanisms, "profiles": profiles,
             "facts": facts, "problems": list(host.problems)}
+
+
+def _scoping(host: HostFacts) -> str:
+    """Whether a sandbox can reach the host's abstract unix sockets (dbus, X11, runtimes)."""
+    if host.landlock_abi < 6:
+        return (f"NOT scoped: needs Landlock ABI 6 (this kernel: {host.landlock_abi}); "
+                "moderate and permissive share the host network namespace and can connect "
+                "to the host's abstract unix sockets")
+    if host.helper_native is None and host.helper_python is None:
+        return ("NOT scoped: no helper to apply Landlock (no C compiler, no /usr/bin/python3); "
+                "moderate and permissive can connect to the host's abstract unix sockets")
+    return (f"scoped to the sandbox in every profile (Landlock ABI {host.landlock_abi}); "
+            "with --rootfs only by the native helper")
 
 
 def sandbox_probe() -> dict:

@@ -390,9 +390,40 @@ def _positive(name: str, value):
     return value
 
 
-def needs_helper(spec: SandboxSpec) -> bool:
-    """The in-sandbox helper runs first when Landlock or the proxy forwarder is needed."""
+# Landlock scopes (ABI >= 6): what a sandboxed process may reach outside its own domain
+SCOPE_ABSTRACT_UNIX_SOCKET = 1
+SCOPE_SIGNAL = 2
+SCOPE_NAMES = {SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket", SCOPE_SIGNAL: "signal"}
+
+
+def _helper_required(spec: SandboxSpec) -> bool:
     return spec.landlock or spec.network is NetworkMode.ALLOWLIST
+
+
+def landlock_scopes(spec: SandboxSpec, host: HostFacts) -> int:
+    """The Landlock scope bits the helper applies for `spec` on `host` (0: none).
+
+    Abstract unix sockets are scoped in every profile: they live in the network namespace,
+    which the host network shares, so without the scope moderate and permissive could reach
+    the host's (dbus, X11, container runtimes...). Signals are scoped only where Landlock
+    confines files too: the sandbox's own pid namespace already hides host processes, and an
+    exec into a named sandbox must be able to signal its main command (a sibling domain).
+    Best effort where it is not required: without ABI 6, or without a helper that can run
+    in the spec's root, nothing is scoped and `tether sandbox probe` says so.
+    """
+    if host.landlock_abi < 6:
+        return 0
+    # the Python helper is the host's python3 path, which a --rootfs may not have
+    runs = (_helper_required(spec) or host.helper_native is not None
+            or (host.helper_python is not None and spec.rootfs is None))
+    if not runs:
+        return 0
+    return SCOPE_ABSTRACT_UNIX_SOCKET | (SCOPE_SIGNAL if spec.landlock else 0)
+
+
+def needs_helper(spec: SandboxSpec, host: HostFacts) -> bool:
+    """The in-sandbox helper runs first for Landlock (files or scopes) or the forwarder."""
+    return _helper_required(spec) or landlock_scopes(spec, host) != 0
 
 
 def required_features(spec: SandboxSpec) -> list[str]:
@@ -400,7 +431,7 @@ def required_features(spec: SandboxSpec) -> list[str]:
     need = ["bwrap", "userns", "seccomp"]
     if spec.landlock:
         need.append("landlock")
-    if needs_helper(spec):
+    if _helper_required(spec):
         need.append("helper")
     if spec.limits.memory_bytes:
         need.append("memory")

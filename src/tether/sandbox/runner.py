@@ -258,7 +258,7 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool,
 
         helper: list[str] = []
         proxy_socket = None
-        if needs_helper(spec):
+        if needs_helper(spec, host):
             if spec.network is NetworkMode.ALLOWLIST:
                 from tether.sandbox import netproxy
 
