@@ -295,3 +295,128 @@ def test_official_kaggle_client_reads_what_the_store_wrote(kaggle, slug):
 def test_bad_option_values_are_usage_errors(query, kenv):
     with pytest.raises(UsageError):
         open_store(f"kaggle://alice/my-workspace?{query}")
+
+
+def test_a_version_made_while_we_upload_is_carried_over(kaggle, slug):
+    """Another writer's version that lands while this flush uploads is seen by the second
+    look at the file list, not dropped by our version."""
+    a, b = fast(slug), fast(slug)
+    a.put("config", b"cfg")
+    a.flush()
+    a.put("packs/aa/from-a", b"a")
+    upload = a._upload
+
+    def upload_while_b_writes(name, path):
+        if not b.exists("packs/bb/from-b"):
+            b.put("packs/bb/from-b", b"b")
+            b.flush()
+        return upload(name, path)
+
+    a._upload = upload_while_b_writes
+    a.flush()
+    assert fast(slug).list() == ["config", "packs/aa/from-a", "packs/bb/from-b"]
+
+
+def test_a_version_still_processing_is_waited_for(kaggle, slug):
+    """Kaggle lists a version only once it is processed: a flush waits for that before it
+    reads the list, so the newer version it makes keeps the other writer's objects."""
+    a, b = fast(slug), fast(slug)
+    a.put("config", b"cfg")
+    a.flush()
+    b.put("snapshots/from-b", b"b")
+    b._wait_ready = lambda: None          # b made its version and left without waiting
+    b.flush()
+    assert not kaggle.versions(f"alice/{slug}")[-1].ready
+    a.put("snapshots/from-a", b"a")
+    a.flush()
+    assert fast(slug).list() == ["config", "snapshots/from-a", "snapshots/from-b"]
+
+
+class _PauseAfterPacks:
+    """A store wrapper that, once its packs are flushed, waits for ``resume`` (B's push
+    stopped between writing its packs and index and committing its snapshot)."""
+
+    def __init__(self, inner, flushed, resume):
+        self.inner, self.url, self.capabilities = inner, inner.url, inner.capabilities
+        self.flushed, self.resume = flushed, resume
+
+    def flush(self):
+        had_packs = any(k.startswith("packs/") for k in self.inner._pending)
+        self.inner.flush()
+        if had_packs and not self.flushed.is_set():
+            self.flushed.set()
+            assert self.resume.wait(30)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_two_pushes_racing_on_kaggle_both_verify(kaggle, slug, tmp_path):
+    """The audit's interleaving, made deterministic: B writes its packs and index while A
+    sits between its last look at the file list and creating its version; A's version drops
+    B's packs; B then commits. Both pushes must end with snapshots that verify and pull."""
+    import os
+    import threading
+
+    from tether.snapshot import api
+
+    def folder(name):
+        root = tmp_path / name
+        root.mkdir()
+        for i in range(3):
+            (root / f"{name}{i}.bin").write_bytes(os.urandom(50_000))
+        return root
+
+    base, a_dir, b_dir = folder("base"), folder("a"), folder("b")
+    api.push(fast(slug), base)
+    packs_before = set(fast(slug).list("packs/"))
+    a_store, b_store = fast(slug), fast(slug)
+    b_packs_flushed, a_made_version = threading.Event(), threading.Event()
+    results, errors = {}, []
+
+    def push_b():
+        try:
+            results["b"] = api.push(_PauseAfterPacks(b_store, b_packs_flushed, a_made_version),
+                                    b_dir)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    b_thread = threading.Thread(target=push_b)
+    create = a_store._create_version
+
+    def create_after_b_wrote_packs(files, count):
+        if a_made_version.is_set() or not any(k.startswith("packs/") for k in a_store._pending):
+            return create(files, count)
+        b_thread.start()                      # A has read the list for the last time
+        assert b_packs_flushed.wait(30)       # B's packs and index are in a version now
+        create(files, count)                  # A's version, made from the older list
+        b_packs = {k for k in b_store._retained if k.startswith("packs/")} - packs_before
+        latest = {kstore.name_to_key(n) for n in kaggle.files(f"alice/{slug}")}
+        assert b_packs and not b_packs & latest   # the race happened: B's packs are gone
+        a_made_version.set()
+        b_thread.join(60)                     # B commits on top of A's version
+
+    a_store._create_version = create_after_b_wrote_packs
+    results["a"] = api.push(a_store, a_dir)
+    assert not errors and not b_thread.is_alive()
+    report = api.verify(fast(slug), data=True)
+    assert report.problems == [] and report.snapshots == 3
+    for name, src in (("a", a_dir), ("b", b_dir)):
+        out = tmp_path / f"out-{name}"
+        api.pull(fast(slug), out, ref=results[name].snapshot_id)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == \
+            {p.name: p.read_bytes() for p in src.iterdir()}
+
+
+def test_versions_per_push_are_what_the_docs_say(kaggle, slug, tmp_path):
+    """docs/snapshot-stores.md: a first push makes 4 versions, a push with nothing new 2
+    (each version re-uploads the whole repository)."""
+    from tether.snapshot import api
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("hello")
+    api.push(fast(slug), src)
+    assert len(kaggle.versions(f"alice/{slug}")) == 4
+    api.push(fast(slug), src)
+    assert len(kaggle.versions(f"alice/{slug}")) == 6

@@ -23,10 +23,10 @@ from pathlib import Path
 import blake3
 from pyfastcdc import FastCDC
 
-from tether.errors import LocalIOError, NotFoundError, UsageError
+from tether.errors import LocalIOError, NotFoundError, PeerError, UsageError
 from tether.snapshot import format as fmt
 from tether.snapshot import venvs as venvmod
-from tether.snapshot.repo import PackWriter, Repository
+from tether.snapshot.repo import PackWriter, RepoLock, Repository
 from tether.snapshot.restore import MAX_DEPTH
 from tether.snapshot.scan import Excluder, StatCache, is_cachedir
 from tether.snapshot.stores.base import Store
@@ -76,7 +76,8 @@ class CountingStore:
 
 class _Walker:
     def __init__(self, repo: Repository, data: PackWriter, trees: PackWriter,
-                 cache: StatCache, excluder: Excluder, progress: Callable[[int], None]) -> None:
+                 cache: StatCache, excluder: Excluder, progress: Callable[[int], None],
+                 *, trusted: bool = True, collect: bool = False) -> None:
         self.repo = repo
         self.have = repo.index().blobs
         self.data = data
@@ -85,7 +86,12 @@ class _Walker:
         self.excluder = excluder
         self.progress = progress
         self.seen: set[bytes] = set()
-        self.trusted = cache.trusted(repo.index().index_keys)
+        # ``trusted`` False: some indexed content went missing, so every cached id is
+        # looked up again (and re-read when it is gone).
+        self.trusted = trusted and cache.trusted(repo.index().index_keys)
+        # Every blob id the snapshot reaches (hex), kept when the push must check afterwards
+        # that the store still holds all of them (stores whose listing may drop objects).
+        self.used: set[str] | None = set() if collect else None
         cfg = repo.config
         self.large = cfg.large_file
         self.cdc = FastCDC(avg_size=cfg.chunk_avg, min_size=cfg.chunk_min,
@@ -167,11 +173,13 @@ class _Walker:
                         self.skipped.append(f"{path}: {exc.strerror}")
                         continue
                     self.files_read += 1
-                    self.progress(size)
                     if size == st.st_size:
                         self.cache.remember(path, st, ids)
                 elif not self.cache.remember(path, st, ids):
                     clean = False
+                self.progress(size)  # all of the folder, read or not: the total is its size
+                if self.used is not None:
+                    self.used.update(ids)
                 rows.append([name, "f", mode & 0o7777, st.st_mtime_ns, size, ids])
                 self.files += 1
                 self.bytes += size
@@ -213,13 +221,163 @@ class _Walker:
             data = json.dumps({"v": fmt.VERSION, "entries": rows},
                               separators=(",", ":")).encode()
             tree = self._store(fmt.TREE, data, self.trees)
+        if self.used is not None:
+            self.used.add(tree)
         self.cache.remember_dir(rel, dst, tree)
         return tree, clean
 
+    def packs_needed(self) -> set[bytes] | None:
+        """The packs holding every blob this walk reached; None if one is in no pack."""
+        blobs = self.repo.index().blobs
+        out: set[bytes] = set()
+        for h in self.used or ():
+            loc = blobs.get(bytes.fromhex(h))
+            if loc is None:
+                return None
+            out.add(loc.pack)
+        return out
+
+
+# A store that drops what a push uploaded this many times in a row is not racing one other
+# writer: it is broken or overwhelmed, and the push stops instead of uploading forever.
+HEAL_ROUNDS = 4
+
+
+class _Push:
+    """One push, in rounds: walk, packs, index, flush, [check], snapshot, flush, [check].
+
+    Normally one round. The checks run on stores whose listing may drop objects
+    (``consistent_list`` false: a Kaggle version made by another writer from an older file
+    list replaces ours). When a pack the snapshot needs, or our index or snapshot object,
+    is gone, the next round forgets those packs and walks again: files whose content went
+    missing are read and uploaded again, everything else costs one ``lstat``.
+    """
+
+    def __init__(self, repo: Repository, counting: CountingStore, root: Path,
+                 pool: ThreadPoolExecutor, uploader: ThreadPoolExecutor, threads: int,
+                 progress: Callable[[int], None], status: Callable[[str], None]) -> None:
+        self.repo, self.store, self.root = repo, counting, root
+        self.pool, self.uploader, self.threads = pool, uploader, threads
+        self.progress, self.status = progress, status
+        self.excluder = Excluder.for_root(root)
+        store_root = getattr(counting.inner, "root", None)  # never back up a repo into itself
+        if isinstance(store_root, Path) and store_root.is_relative_to(root) and store_root != root:
+            self.excluder.skip_paths = frozenset({str(store_root.relative_to(root))})
+        self.cache = StatCache(repo.config.id, root, self.excluder.digest).load()
+        self.check = not counting.capabilities.consistent_list
+        self.mine: dict[bytes, list[fmt.BlobEntry]] = {}  # packs our index names
+        self.written = self.adopted = self.bytes_new = 0
+
+    def total_estimate(self) -> int | None:
+        """The folder's size at its last push (from the stat cache): free, and close."""
+        return sum(row[0] for row in self.cache.files.values()) or None
+
+    def absorb(self, present: set[bytes]) -> bool:
+        """Take in what the store holds now: adopt unindexed packs, forget indexed packs that
+        are gone (keeping other copies of their blobs). True if some content is lost and
+        must be uploaded again."""
+        idx = self.repo.index()
+        adopted = self.repo.adopt_orphans(present)
+        self.mine.update(adopted)
+        self.adopted += len(adopted)
+        lost = idx.prefer_present(present)
+        gone = idx.packs - present
+        for pack in gone:
+            self.mine.pop(pack, None)
+        idx.drop_packs(gone)
+        return bool(lost)
+
+    def walk(self, trusted: bool) -> tuple[str, _Walker]:
+        data = PackWriter(self.store, self.pool, self.uploader, max_inflight=2 * self.threads)
+        trees = PackWriter(self.store, self.pool, self.uploader)
+        walker = _Walker(self.repo, data, trees, self.cache, self.excluder, self.progress,
+                         trusted=trusted, collect=self.check)
+        try:
+            dfd = os.open(self.root, _DIR_FLAGS)
+        except OSError as exc:
+            raise LocalIOError(f"cannot open {self.root}: {exc.strerror}") from exc
+        try:
+            tree, _ = walker.walk(dfd, "", os.fstat(dfd))  # type: ignore[misc]  # root: never None
+        finally:
+            os.close(dfd)
+        written = data.finish()
+        written.update(trees.finish())
+        idx = self.repo.index()
+        for pack, entries in written.items():
+            idx.add_pack(pack, entries)
+        self.mine.update(written)
+        self.written += len(written)
+        self.bytes_new += data.bytes_added + trees.bytes_added
+        return tree, walker
+
+    def missing(self, walker: _Walker, index_key: str | None, sid: str | None = None) -> bool:
+        """Whether the store lost something this snapshot needs (one listing)."""
+        keys = set(self.store.list())
+        present = {p for k in keys if k.startswith("packs/")
+                   and (p := fmt.pack_id_of_key(k)) is not None}
+        needed = walker.packs_needed()
+        ok = (needed is not None and needed <= present
+              and (index_key is None or index_key in keys)
+              and (sid is None or f"snapshots/{sid}" in keys))
+        if not ok:
+            self.absorb(present)
+        return not ok
+
+    def flush(self, what: str) -> None:
+        if self.store.capabilities.batched:
+            self.status(f"{what} {self.store.url}")
+        self.store.flush()
+
+    def run(self, lock: RepoLock, tags: tuple[str, ...]) -> tuple[str, str, _Walker]:
+        repo = self.repo
+        trusted = not self.absorb(repo.packs_present())
+        snap: fmt.Snapshot | None = None
+        sid: str | None = None
+        for _ in range(HEAL_ROUNDS):
+            tree, walker = self.walk(trusted)
+            trusted = False  # from the second round on, something went missing
+            index_key = repo.write_index(self.mine)
+            self.flush("uploading to")  # packs and index durable before the snapshot naming them
+            if self.check and self.missing(walker, index_key):
+                continue
+            old, snap = sid, _snapshot(self.root, tree, walker, tags, snap)
+            sid = repo.write_snapshot(snap)
+            if old is not None and old != sid:
+                self.store.delete(f"snapshots/{old}")  # ours, naming content that is gone
+            lock.release()
+            self.flush("committing to")  # the commit point
+            # RACE: on Kaggle a version made by another writer from a file list older than
+            # ours can still replace ours after this check; see docs/snapshot-stores.md.
+            if not (self.check and self.missing(walker, index_key, sid)):
+                return sid, tree, walker
+            lock.reacquire()
+        raise PeerError(f"{self.store.url} lost objects this push uploaded {HEAL_ROUNDS} "
+                        "times in a row", "another writer may be pushing in a loop; push "
+                        "again when it is done, then run `tether snapshot verify`")
+
+
+def _snapshot(root: Path, tree: str, walker: _Walker, tags: tuple[str, ...],
+              previous: fmt.Snapshot | None) -> fmt.Snapshot:
+    """The snapshot object; a round that found the same tree again keeps its time (and so
+    its id: re-putting it is idempotent)."""
+    if previous is not None and previous.tree == bytes.fromhex(tree):
+        return previous
+    return fmt.Snapshot(tree=bytes.fromhex(tree), time_ns=time.time_ns(),
+                        hostname=socket.gethostname(), path=str(root), tags=tuple(tags),
+                        files=walker.files, dirs=walker.dirs, bytes=walker.bytes,
+                        venvs=tuple(walker.venvs))
+
 
 def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
-         progress: Callable[[int], None] | None = None, threads: int | None = None) -> PushResult:
-    """Snapshot the folder ``path`` into ``store`` (created on first push)."""
+         progress: Callable[[int], None] | None = None, threads: int | None = None,
+         on_total: Callable[[int], None] | None = None,
+         on_status: Callable[[str], None] | None = None) -> PushResult:
+    """Snapshot the folder ``path`` into ``store`` (created on first push).
+
+    ``progress(n)``: n more bytes of the folder walked; ``on_total(n)``: the folder's size
+    as of its last push (not called on a first push); ``on_status(text)``: what a long
+    upload to a batched store is doing.
+    """
     started = time.perf_counter()
     root = Path(os.path.abspath(path))
     if not root.is_dir():
@@ -233,41 +391,18 @@ def push(store: Store, path: Path, *, tags: tuple[str, ...] = (),
     # threads keep the pipeline fed when some are descheduled (measured: 2 cores under load,
     # median push 1.4 s with 4 threads against 2.6 s with 2).
     threads = threads or 2 * max(1, os.cpu_count() or 1)
-    with repo.lock("push"), ThreadPoolExecutor(threads) as pool, \
+    with repo.lock("push") as lock, ThreadPoolExecutor(threads) as pool, \
             ThreadPoolExecutor(1) as uploader:
-        adopted = repo.adopt_orphans()
-        excluder = Excluder.for_root(root)
-        store_root = getattr(store, "root", None)  # never back up the repository into itself
-        if isinstance(store_root, Path) and store_root.is_relative_to(root) and store_root != root:
-            excluder.skip_paths = frozenset({str(store_root.relative_to(root))})
-        cache = StatCache(repo.config.id, root, excluder.digest).load()
-        data = PackWriter(counting, pool, uploader, max_inflight=2 * threads)
-        trees = PackWriter(counting, pool, uploader)
-        walker = _Walker(repo, data, trees, cache, excluder, progress or (lambda n: None))
-        try:
-            dfd = os.open(root, _DIR_FLAGS)
-        except OSError as exc:
-            raise LocalIOError(f"cannot open {root}: {exc.strerror}") from exc
-        try:
-            tree, _ = walker.walk(dfd, "", os.fstat(dfd))  # type: ignore[misc]  # root: never None
-        finally:
-            os.close(dfd)
-        written = data.finish()
-        written.update(trees.finish())
-        written.update(adopted)
-        repo.write_index(written)
-        counting.flush()  # packs and index durable before the snapshot that names them
-        snap = fmt.Snapshot(tree=bytes.fromhex(tree), time_ns=time.time_ns(),
-                            hostname=socket.gethostname(), path=str(root), tags=tuple(tags),
-                            files=walker.files, dirs=walker.dirs, bytes=walker.bytes,
-                            venvs=tuple(walker.venvs))
-        sid = repo.write_snapshot(snap)
-        counting.flush()  # the commit point
-    cache.save(repo.index().index_keys)
+        job = _Push(repo, counting, root, pool, uploader, threads,
+                    progress or (lambda n: None), on_status or (lambda s: None))
+        total = job.total_estimate()
+        if on_total is not None and total:
+            on_total(total)
+        sid, tree, walker = job.run(lock, tuple(tags))
+    job.cache.save(repo.index().index_keys)
     return PushResult(snapshot_id=sid, tree=tree, files=walker.files, dirs=walker.dirs,
                       bytes=walker.bytes, files_read=walker.files_read,
-                      bytes_read=walker.bytes_read,
-                      bytes_new=data.bytes_added + trees.bytes_added,
-                      bytes_uploaded=counting.bytes_put,
-                      packs=len(written) - len(adopted), adopted_packs=len(adopted),
-                      duration_s=time.perf_counter() - started, skipped=walker.skipped)
+                      bytes_read=walker.bytes_read, bytes_new=job.bytes_new,
+                      bytes_uploaded=counting.bytes_put, packs=job.written,
+                      adopted_packs=job.adopted, duration_s=time.perf_counter() - started,
+                      skipped=walker.skipped)

@@ -41,16 +41,45 @@ class Index:
         self.blobs: dict[bytes, Located] = {}
         self.packs: set[bytes] = set()
         self.index_keys: set[str] = set()
+        # Further copies of a blob: two pushes at once, or a push that re-uploaded content
+        # whose pack went missing while an old index still names that pack.
+        self.copies: dict[bytes, list[Located]] = {}
 
     def add_pack(self, pack_id: bytes, entries: Iterable[fmt.BlobEntry]) -> None:
         self.packs.add(pack_id)
         blobs = self.blobs
         for e in entries:
-            if e.id not in blobs:
+            loc = blobs.get(e.id)
+            if loc is None:
                 blobs[e.id] = Located(pack_id, e)
+            elif loc.pack != pack_id:
+                self.copies.setdefault(e.id, []).append(Located(pack_id, e))
 
     def __contains__(self, blob: bytes) -> bool:
         return blob in self.blobs
+
+    def prefer_present(self, present: set[bytes]) -> set[bytes]:
+        """Point each blob whose pack is not in the store at a copy in a pack that is, where
+        one exists. Returns the absent packs that still hold the only copy of some blob."""
+        gone = self.packs - present
+        if not gone:
+            return set()
+        lost: set[bytes] = set()
+        for blob, loc in self.blobs.items():
+            if loc.pack in gone:
+                copy = next((c for c in self.copies.get(blob, ()) if c.pack in present), None)
+                if copy is None:
+                    lost.add(loc.pack)
+                else:
+                    self.blobs[blob] = copy
+        return lost
+
+    def drop_packs(self, packs: set[bytes]) -> None:
+        """Forget ``packs``: the blobs only they held count as absent (a push uploads them
+        again). Call ``prefer_present`` first so that blobs with another copy keep it."""
+        self.packs -= packs
+        for blob in [b for b, loc in self.blobs.items() if loc.pack in packs]:
+            del self.blobs[blob]
 
 
 class Repository:
@@ -114,15 +143,15 @@ class Repository:
                 paths.atomic_write(path, data, mode=0o644)
         return data
 
-    def orphan_packs(self) -> list[bytes]:
+    def packs_present(self) -> set[bytes]:
+        """The packs the store lists now."""
+        return {pid for key in self.store.list("packs/")
+                if (pid := fmt.pack_id_of_key(key)) is not None}
+
+    def orphan_packs(self, present: set[bytes] | None = None) -> list[bytes]:
         """Packs in the store that no index names (a killed push, or one still running)."""
-        idx = self.index()
-        out = []
-        for key in self.store.list("packs/"):
-            pid = fmt.pack_id_of_key(key)
-            if pid is not None and pid not in idx.packs:
-                out.append(pid)
-        return out
+        present = self.packs_present() if present is None else present
+        return sorted(present - self.index().packs)
 
     def read_pack_header(self, pack_id: bytes) -> list[fmt.BlobEntry]:
         key = fmt.pack_key(pack_id)
@@ -135,11 +164,12 @@ class Repository:
                 raise IntegrityError(f"pack {pack_id.hex()[:12]} is shorter than its header")
         return fmt.decode_pack_header(tail[len(tail) - need:-fmt.PACK_TRAILER.size])
 
-    def adopt_orphans(self) -> dict[bytes, list[fmt.BlobEntry]]:
+    def adopt_orphans(self, present: set[bytes] | None = None
+                      ) -> dict[bytes, list[fmt.BlobEntry]]:
         """Read the tails of unindexed packs so their blobs count (resume after a kill)."""
         found: dict[bytes, list[fmt.BlobEntry]] = {}
         idx = self.index()
-        for pid in self.orphan_packs():
+        for pid in self.orphan_packs(present):
             try:
                 entries = self.read_pack_header(pid)
             except IntegrityError:
@@ -284,6 +314,7 @@ class RepoLock:
             b = blocking[0]
             raise LockedError(f"the repository is locked by a {b.kind} on {b.hostname} "
                               f"(pid {b.pid})", "wait for it to finish and try again")
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, daemon=True)
         self._thread.start()
         return self
@@ -292,11 +323,28 @@ class RepoLock:
         while not self._stop.wait(LOCK_REFRESH_S):
             self._write()
 
-    def __exit__(self, *exc: object) -> None:
+    def _stop_refreshing(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join()  # a refresh in flight must not re-create the lock after us
+            self._thread = None
+
+    def release(self) -> None:
+        """Delete the lock with the holder's next flush instead of a flush of its own: on a
+        batched store the snapshot and the unlock then share one commit or version (the
+        snapshot still lands first: puts and deletes are applied in order)."""
+        self._stop_refreshing()
+        self.repo.store.delete(self.key)
+
+    def reacquire(self) -> None:
+        """Take the lock again after ``release`` (a push that must redo its commit)."""
+        self.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_refreshing()
         self.repo.store.delete(self.key)
         if self.repo.store.capabilities.batched:
-            self.repo.store.flush()
+            self.repo.store.flush()  # after release() this finds nothing left to write
 
 
 class PackWriter:

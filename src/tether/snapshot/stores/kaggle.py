@@ -2,13 +2,15 @@
 
 Kaggle datasets are versioned, and **a new version replaces the whole file set** (the API has
 no "add a file" call). So this store keeps one rule: *every version is a complete repository*.
-Puts and deletes are buffered (spooled to a temp dir); ``flush`` reads the latest version's
-file list, downloads the objects it must carry over, uploads the full set and creates one new
-version (the first flush creates the dataset), then waits until Kaggle reports it READY, so a
-new store object reads it. A reader always sees one whole version: old or new, never a mix.
+Puts and deletes are buffered (spooled to a temp dir); ``flush`` waits until no version is
+being processed, reads the latest version's file list, downloads the objects it must carry
+over, uploads the full set, looks at the list once more (carrying over what a version made
+meanwhile added) and creates one new version (the first flush creates the dataset), then
+waits until Kaggle reports it READY, so a new store object reads it. A reader always sees
+one whole version: old or new, never a mix.
 
-The price: each flush uploads the whole repository. Kaggle suits small repositories (a few
-GB); the repository's two flushes per push cost two full uploads.
+The price: each flush uploads the whole repository, and a push makes 2 to 4 versions
+(docs/snapshot-stores.md, "Cost"). Kaggle suits small repositories (a few GB).
 
 Object names: a key's "/" becomes "~" (``packs/ab/<id>`` -> ``packs~ab~<id>``): Kaggle keeps
 files flat unless uploads describe directories, and "~" never occurs in a key (``check_key``)
@@ -73,6 +75,9 @@ CAPABILITIES = StoreCapabilities(atomic_put=True, consistent_list=False, batched
 DEFAULT_ENDPOINT = "https://api.kaggle.com"
 EMPTY_MARKER = "~empty"
 _OPTIONS = {"endpoint", "title", "license", "ready_timeout"}
+# Rounds of "list, upload what is new, list again" before a version is made anyway: each
+# round is needed only when another writer made a version while we were uploading.
+SETTLE_ROUNDS = 3
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _OWNER = re.compile(r"[a-z0-9]+(?:[_-][a-z0-9]+)*")
 _DATASETS = "datasets.DatasetApiService"
@@ -345,21 +350,33 @@ class KaggleStore:
             pending = dict(self._pending)
         if not pending:
             return
-        # Re-read the latest version right before writing: objects another writer added since
-        # we last looked are carried over instead of dropped.
-        remote = self._remote_view(refresh=True)
-        final = {k for k in remote if pending.get(k, "keep") is not None}
-        final |= {k for k, p in pending.items() if p is not None}
-        if final == set(remote) and not any(p is not None for p in pending.values()):
-            self._forget(pending)   # only deletes of absent keys: nothing to write
-            return
-        tokens, sources = [], {}
-        for key in sorted(final):
-            sources[key] = pending.get(key) or self._carry_over(key, remote[key])
-            tokens.append({"token": self._upload(key_to_name(key), sources[key])})
+        tokens: dict[tuple[str, Path], str] = {}   # (key, source) -> upload token
+        for _ in range(SETTLE_ROUNDS):
+            # A version another writer made is listed only once Kaggle has processed it:
+            # wait for that before reading the list, or ours would drop its objects.
+            self._wait_processed()
+            remote = self._remote_view(refresh=True)
+            final = {k for k in remote if pending.get(k, "keep") is not None}
+            final |= {k for k, p in pending.items() if p is not None}
+            if final == set(remote) and not any(p is not None for p in pending.values()):
+                self._forget(pending)   # only deletes of absent keys: nothing to write
+                return
+            sources = {key: pending.get(key) or self._carry_over(key, remote[key])
+                       for key in sorted(final)}
+            for key, source in sources.items():
+                if (key, source) not in tokens:
+                    tokens[key, source] = self._upload(key_to_name(key), source)
+            # Uploading the whole repository takes a while: if another writer made a version
+            # meanwhile, carry its objects over too (one more round uploads only those).
+            # RACE: a version made between this last look and ours still drops what it
+            # added; docs/snapshot-stores.md says how the repository layer copes.
+            self._wait_processed()
+            if (self._list_remote() or {}) == remote:
+                break
+        files = [{"token": tokens[key, source]} for key, source in sources.items()]
         if not final:
-            tokens.append({"token": self._upload(EMPTY_MARKER, self._marker())})
-        self._create_version(tokens, len(final))
+            files.append({"token": self._upload(EMPTY_MARKER, self._marker())})
+        self._create_version(files, len(final))
         self._wait_ready()
         self.versions_made += 1
         self._remote = {k: p.stat().st_size for k, p in sources.items()}
@@ -432,17 +449,29 @@ class KaggleStore:
             raise PeerError(f"kaggle refused the new version of {self.owner}/{self.slug}: {error}")
         self._dataset_exists = True
 
+    def _wait_processed(self) -> None:
+        """Wait until no version is being processed: another writer's version is listed
+        (and so carried over) only once Kaggle has finished with it. A version that failed
+        is never listed: nothing to wait for."""
+        try:
+            self._wait_status(("READY", "FAILED", "DELETED"))
+        except NotFoundError:
+            return   # no dataset yet
+
     def _wait_ready(self) -> None:
+        status = self._wait_status(("READY", "FAILED", "DELETED"))
+        if status != "READY":
+            raise PeerError(f"kaggle could not process the new version ({status})",
+                            "run the push again; the previous version is unchanged")
+
+    def _wait_status(self, final: tuple[str, ...]) -> str:
         deadline = time.monotonic() + self.ready_timeout
         delay = self.poll_interval
         while True:
             status = self._rpc(_DATASETS, "GetDatasetStatus",
                                {"ownerSlug": self.owner, "datasetSlug": self.slug}).get("status")
-            if status == "READY":
-                return
-            if status in ("FAILED", "DELETED"):
-                raise PeerError(f"kaggle could not process the new version ({status})",
-                                "run the push again; the previous version is unchanged")
+            if status in final:
+                return status
             if time.monotonic() + delay > deadline:
                 raise DeadlineError(f"kaggle did not finish processing {self.url} in time",
                                     "the version may still appear; run the push again later")
