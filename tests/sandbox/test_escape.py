@@ -501,3 +501,76 @@ def test_cannot_reach_a_host_abstract_unix_socket(make_spec, monkeypatch, profil
             listener.accept()        # nothing ever got through
     finally:
         listener.close()
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("profile", ["moderate", "permissive"])
+def test_the_git_dir_cannot_be_renamed_and_replaced(workspace, tmp_path, monkeypatch, isolated,
+                                                    profile):
+    _git("init", "-q", cwd=workspace)
+    marker = tmp_path / "pwned"
+    monkeypatch.chdir(workspace)
+    attack = (f"mv .git .gitold; rm -rf .git/hooks .git/config; mkdir -p .git; "
+              f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' > .git/config; "
+              "git -c user.email=t@t -c user.name=t commit -q --allow-empty -m inside && "
+              "echo committed")
+    r = runner.run(runner.build_spec(["sh", "-c", attack], profile=profile))
+    assert b"committed" in r.stdout, r.stderr       # git itself still works in the sandbox
+    assert not (workspace / ".gitold").exists()
+    assert b"fsmonitor" not in (workspace / ".git/config").read_bytes()
+    assert _git("status", cwd=workspace).returncode == 0 and not marker.exists()
+    assert _git("log", "--format=%s", cwd=workspace).stdout == "inside\n"
+
+
+def test_git_metadata_a_run_creates_is_reported(cli, workspace, monkeypatch, isolated):
+    monkeypatch.chdir(workspace)
+    r = runner.run(runner.build_spec(["sh", "-c", "mkdir .git && echo '[core]' > .git/config"]))
+    assert r.exit_code == 0 and len(r.notes) == 1, r.notes
+    assert r.notes[0].startswith(f"the run created {workspace.resolve()}/.git: git on this host")
+    # inside a repository a mount cannot guard what does not exist yet, such as a commondir
+    # (git reads the config from where it points): that is reported too
+    r = cli("sandbox", "run", "--", "sh", "-c", "mkdir -p .git/x/refs .git/x/objects && "
+                                                "echo x > .git/commondir")
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: the run created {workspace.resolve()}/.git/commondir:" in r.stderr
+    r = runner.run(runner.build_spec(["true"]))
+    assert r.notes == ()
+
+
+def test_a_git_file_stays_read_only(workspace, monkeypatch, isolated):
+    (workspace / ".git").write_text("gitdir: /elsewhere/.git/worktrees/w\n")
+    monkeypatch.chdir(workspace)
+    r = runner.run(runner.build_spec(["sh", "-c", "echo 'gitdir: evil' > .git; rm -f .git; "
+                                                  "echo fine > other && echo ok"]))
+    assert r.stdout.endswith(b"ok\n")
+    assert (workspace / ".git").read_text() == "gitdir: /elsewhere/.git/worktrees/w\n"
+
+
+def test_a_symlinked_hooks_dir_makes_the_whole_git_dir_read_only(workspace, monkeypatch,
+                                                                  isolated):
+    _git("init", "-q", cwd=workspace)
+    (workspace / "shared-hooks").mkdir()
+    import shutil
+
+    shutil.rmtree(workspace / ".git/hooks")
+    (workspace / ".git/hooks").symlink_to("../shared-hooks")
+    monkeypatch.chdir(workspace)
+    r = runner.run(runner.build_spec(["sh", "-c", "rm .git/hooks; mkdir .git/hooks; "
+                                                  "touch .git/new; echo fine > other; echo ok"]))
+    assert r.stdout.endswith(b"ok\n") and (workspace / "other").exists()
+    assert (workspace / ".git/hooks").is_symlink() and not (workspace / ".git/new").exists()
+
+
+def test_a_symlinked_git_dir_is_refused_in_a_writable_workspace(workspace, tmp_path,
+                                                                monkeypatch, isolated):
+    real = tmp_path / "real-git"
+    real.mkdir()
+    (workspace / ".git").symlink_to(real)
+    monkeypatch.chdir(workspace)
+    with pytest.raises(UsageError, match="is a symlink"):
+        runner.build_spec(["true"], profile="moderate")
+    assert runner.run(runner.build_spec(["true"], profile="restrictive")).exit_code == 0

@@ -369,3 +369,21 @@ def test_attach_into_a_running_sandbox_sees_its_main_command(isolated):
                     f"ps -e -o args | grep '^{marker}' | wc -l")
     named.stop("shell")
     assert r.returncode == 0 and r.stdout.strip().endswith(b"1"), r.stdout
+
+
+def test_the_workspace_git_dir_is_guarded_at_workspace(isolated):
+    box = named.create("repo")
+    git = "git -c user.email=t@t -c user.name=t"
+    r = named.exec_sync("repo", ["sh", "-c", f"git init -q && {git} commit -q --allow-empty -m a"])
+    assert r.exit_code == 0, r.stderr
+    # the next exec binds the guards where the sandbox sees its workspace, not at the host path
+    spec = named.spec_for(box, ["true"])
+    guards = [m for m in spec.mounts if m.source.parent == box.workspace / ".git"]
+    assert {str(m.target) for m in guards} == {"/workspace/.git/config", "/workspace/.git/hooks"}
+    assert not [m for m in spec.mounts if box.workspace in m.target.parents]
+    r = named.exec_sync("repo", ["sh", "-c", f"mv .git .old; echo x >> .git/config; "
+                                             f"{git} commit -q --allow-empty -m b && git log "
+                                             "--format=%s"])
+    assert r.stdout == b"b\na\n", r.stderr
+    assert not (box.workspace / ".old").exists()
+    assert not (box.workspace / ".git/config").read_text().endswith("x\n")

@@ -186,3 +186,19 @@ def test_a_mount_linking_to_the_home_is_refused_never_copied(pool, work, host_ho
         time.sleep(0.02)
     assert pool.stats["spawned"] == 0 and "refusing to expose" in pool.last_error
     assert not list((tmp_path / "scratch").rglob("id_ed25519"))
+
+
+def test_a_pooled_run_in_a_repository_commits_to_its_copy_only(pool, work):
+    import subprocess
+
+    from tether.sandbox import runner
+
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    before = sorted(p.name for p in (work / ".git").iterdir())
+    spec = runner.build_spec(["sh", "-c", "mv .git .old; echo $?; git -c user.email=t@t "
+                              "-c user.name=t commit -q --allow-empty -m in && git log "
+                              "--format=%s"], workdir=work)
+    r = pooled(pool, spec)
+    assert r.stdout.split()[-1] == b"in" and r.stdout.split()[0] != b"0", r.stderr
+    assert sorted(p.name for p in (work / ".git").iterdir()) == before
+    assert not (work / ".old").exists()

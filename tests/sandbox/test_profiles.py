@@ -364,3 +364,39 @@ def test_probe_reports_abstract_socket_scoping(abi, scoped, says):
     data = report(replace(FULL_HOST, landlock_abi=abi))
     assert {n: p["scoped"] for n, p in data["profiles"].items()} == scoped
     assert data["mechanisms"]["abstract_unix_sockets"].startswith(says)
+
+
+def _rw(rel):
+    return Mount(W / rel, W / rel, False)
+
+
+def _ro(rel):
+    return Mount(W / rel, W / rel, True)
+
+
+@pytest.mark.parametrize("kinds,expected", [
+    ({}, ()),
+    ({".git": "dir", ".git/config": "file", ".git/hooks": "dir"},
+     (_rw(".git"), _ro(".git/config"), _ro(".git/hooks"))),
+    ({".git": "dir", ".git/config": "file", ".git/commondir": "file", ".git/modules": "dir"},
+     (_rw(".git"), _ro(".git/config"), _ro(".git/commondir"), _ro(".git/modules"))),
+    ({".git": "dir", ".git/config": "file", ".git/hooks": "link"}, (_ro(".git"),)),
+    ({".git": "file"}, (_ro(".git"),)),
+    ({"tether.toml": "file"}, (_ro("tether.toml"),)),
+    ({"tether.toml": "link"}, ()),
+], ids=["nothing", "repo", "repo-with-redirects", "symlinked-hooks", "gitfile", "tether-toml",
+        "tether-toml-link"])
+def test_workspace_guards(kinds, expected):
+    from tether.sandbox.profiles import workspace_guards
+
+    assert workspace_guards(W, kinds) == expected
+    # in a writable workspace they follow its bind; a read-only one needs none
+    assert spec("moderate", protect=kinds).mounts[1:] == expected
+    assert spec("restrictive", protect=kinds).mounts[1:] == ()
+
+
+def test_a_symlinked_git_dir_is_refused_in_a_writable_workspace():
+    with pytest.raises(UsageError, match="is a symlink") as exc:
+        spec("moderate", protect={".git": "link"})
+    assert "restrictive" in exc.value.hint
+    assert spec("restrictive", protect={".git": "link"}).mounts[1:] == ()

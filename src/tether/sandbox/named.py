@@ -245,9 +245,17 @@ def spec_for(box: NamedSandbox, command: Sequence[str], *, timeout: float | None
     spec = build_spec(options, command, workdir=box.workspace, mounts=extra,
                       writable_layer=box.home, cwd=cwd or WORKSPACE)
     # resolve_spec binds the workdir at its own host path too; the sandbox needs it only at
-    # /workspace, and the host path would tell the code inside where tether keeps its state
-    mounts = tuple(m for m in spec.mounts if m.target != box.workspace)
-    return replace(spec, mounts=mounts)
+    # /workspace, and the host path would tell the code inside where tether keeps its state.
+    # The workspace's guards (profiles.workspace_guards) move with it, after its bind.
+    mounts, guards = [], []
+    for m in spec.mounts:
+        if m.target == box.workspace:
+            continue
+        if box.workspace in m.target.parents:
+            guards.append(replace(m, target=Path(WORKSPACE) / m.target.relative_to(box.workspace)))
+        else:
+            mounts.append(m)
+    return replace(spec, mounts=(*mounts, *guards))
 
 
 async def exec_async(name: str, command: Sequence[str], *, stdin: bytes | None = None,

@@ -281,9 +281,16 @@ class WarmPool:
                 raise _TooBig
             return shutil.copy2(src, dst, follow_symlinks=follow_symlinks)
 
+        copied: list[tuple[Path, Path]] = []  # (host source, its private copy)
         for i, m in enumerate(key.mounts):
             if m.read_only:
                 mounts.append(m)
+                continue
+            # a writable mount inside an earlier one (the workspace's .git, bound onto itself
+            # as a guard) is that part of the earlier copy, not a second copy
+            outer = next(((src, cp) for src, cp in copied if src in m.source.parents), None)
+            if outer is not None:
+                mounts.append(replace(m, source=outer[1] / m.source.relative_to(outer[0])))
                 continue
             copy = scratch / str(i)
             try:
@@ -296,6 +303,7 @@ class WarmPool:
                 why = (f"its writable mounts hold more than {self.max_copy_bytes >> 20} MiB"
                        if isinstance(exc, _TooBig) else str(exc))
                 raise TetherError(f"not pooling {m.source}: {why} (runs stay cold)") from exc
+            copied.append((m.source, copy))
             mounts.append(replace(m, source=copy))
         return scratch, tuple(mounts)
 

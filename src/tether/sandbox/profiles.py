@@ -110,9 +110,14 @@ ETC_ALLOW = (
 )
 ETC_NETWORK = ("resolv.conf", "hosts")   # only with the host network
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# inside a writable workspace these stay read-only: git runs hooks and config-named programs
-# (core.hooksPath, core.fsmonitor, filters) on the host the next time the user runs git
-PROTECTED_IN_WORKSPACE = (".git/hooks", ".git/config")
+# Inside a writable workspace, what host tools would act on stays read-only. git runs hooks and
+# config-named programs (core.hooksPath, core.fsmonitor, filters) on the host the next time the
+# user runs git; `commondir` moves the config elsewhere; modules/ and worktrees/ hold the
+# gitdirs (config, hooks) of submodules and linked worktrees. tether.toml sets how the next
+# sandbox is built (it applies only when trusted, and a changed one is refused; this keeps a
+# run from even changing it).
+GIT_GUARDED = ("config", "hooks", "commondir", "config.worktree", "modules", "worktrees")
+GUARD_CANDIDATES = (".git", *(f".git/{name}" for name in GIT_GUARDED), "tether.toml")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 _DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$")
@@ -253,11 +258,11 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
                  landlock: bool | None = None, config: Mapping[str, object] | None = None,
                  toolchain_mounts: Sequence[Mount] = (), path_prefix: Sequence[str] = (),
                  resolve: Mapping[str, str] | None = None,
-                 protect: Sequence[str] = ()) -> SandboxSpec:
+                 protect: Mapping[str, str] | None = None) -> SandboxSpec:
     """Profile data, then the tether.toml [sandbox] table, then flags (last wins).
 
-    protect: the PROTECTED_IN_WORKSPACE paths that exist (the caller looked); they are bound
-    read-only over a writable workspace.
+    protect: the kind of each GUARD_CANDIDATES path that exists in the workspace ("dir",
+    "file", "link" or "other"; the caller looked, see `workspace_guards`).
     """
     config = dict(config or {})
     unknown = set(config) - _CONFIG_KEYS
@@ -278,8 +283,7 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     cfg_mounts = [parse_mount(m, workdir) for m in (_config_value(config, "mounts", list) or ())]
     flag_mounts = [m if isinstance(m, Mount) else parse_mount(m, workdir) for m in mounts]
     work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
-    guards = [Mount(workdir / rel, workdir / rel, read_only=True)
-              for rel in protect if base.workspace_writable]
+    guards = workspace_guards(workdir, protect or {}) if base.workspace_writable else ()
     all_mounts = (*toolchain_mounts, work_mount, *guards, *cfg_mounts, *flag_mounts)
     check_mounts(all_mounts, [host_env["HOME"]] if host_env.get("HOME") else [])
     limits = _resolve_limits(base, config, memory=memory, cpus=cpus, pids=pids,
@@ -296,6 +300,48 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
         landlock=base.landlock if use_landlock is None else use_landlock,
         resolve=tuple(sorted((resolve or {}).items())),
     )
+
+
+def workspace_guards(workdir: Path, kinds: Mapping[str, str]) -> tuple[Mount, ...]:
+    """The binds that keep a writable workspace from changing what host tools run.
+
+    kinds: relative path -> "dir", "file", "link" or "other", for each GUARD_CANDIDATES
+    entry that exists (lstat: links are not followed).
+
+    - `.git` directory: bound onto itself, so it is a mount point the sandbox cannot rename,
+      remove or replace (`mv .git .old; mkdir .git` would otherwise plant a new config), with
+      its GIT_GUARDED entries read-only inside; git can still commit. If one of those entries
+      is a symlink, binding it would bind its target and the link itself could be replaced,
+      so the whole `.git` is read-only instead (git reads work, writes fail).
+    - `.git` file (a linked worktree or submodule checkout: "gitdir: PATH"): read-only.
+    - `.git` symlink: refused; a mount cannot cover a link, and the sandbox could swap it.
+    - `tether.toml` file: read-only. A symlink is left alone: a replaced file is refused by
+      the trust check anyway, and binding would expose the link's target.
+    """
+    out: list[Mount] = []
+
+    def ro(rel: str) -> Mount:
+        return Mount(workdir / rel, workdir / rel, read_only=True)
+
+    git = kinds.get(".git")
+    if git == "link":
+        raise UsageError(f"{workdir / '.git'} is a symlink: a sandbox with a writable "
+                         "workspace could replace it, and git on this host would run what the "
+                         "new one names",
+                         hint="use --profile restrictive (read-only workspace), or make .git "
+                              "the directory itself")
+    if git in ("file", "other"):
+        out.append(ro(".git"))
+    elif git == "dir":
+        inside = [f".git/{n}" for n in GIT_GUARDED if f".git/{n}" in kinds]
+        if any(kinds[rel] not in ("dir", "file") for rel in inside):
+            out.append(ro(".git"))
+        else:
+            out.append(Mount(workdir / ".git", workdir / ".git", read_only=False))
+            out += [ro(rel) for rel in inside]
+    if kinds.get("tether.toml") == "file":
+        out.append(ro("tether.toml"))
+    return tuple(out)
 
 
 def _resolve_network(base: Profile, config: Mapping[str, object],

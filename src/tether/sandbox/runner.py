@@ -214,6 +214,8 @@ class _Prepared:
         self.seccomp_filter = b""
         self.host: HostFacts | None = None
         self.helper = False             # the in-sandbox helper execs the command (not bwrap)
+        # (writable host dir, its git metadata before the run): see _git_created
+        self.git_before: list[tuple[Path, frozenset[str]]] = []
 
     def close(self) -> None:
         if self.launcher is not None:
@@ -244,6 +246,7 @@ def _prepare(spec: SandboxSpec, host: HostFacts, keep: bool,
     spec = resolve_mounts(spec)
     p = _Prepared()
     p.host = host
+    p.git_before = [(d, _git_metadata(d)) for d in _writable_dirs(spec)]
     try:
         if keep and spec.writable_layer is None:
             import tempfile
@@ -430,7 +433,38 @@ def _notes(p: _Prepared) -> tuple[str, ...]:
     notes = list(p.cgroup.notes) if p.cgroup is not None else []
     if p.proxy is not None and p.proxy.refused:
         notes.append("proxy refused: " + ", ".join(p.proxy.refused))
+    notes += _git_created(p.git_before)
     return tuple(notes)
+
+
+def _writable_dirs(spec: SandboxSpec) -> list[Path]:
+    # the .git self-bind (profiles.workspace_guards) is part of its workspace, not another
+    return [m.source for m in spec.mounts
+            if not m.read_only and m.source.name != ".git" and m.source.is_dir()]
+
+
+def _git_metadata(d: Path) -> frozenset[str]:
+    from tether.sandbox.profiles import GIT_GUARDED
+
+    return frozenset(rel for rel in (".git", *(f".git/{n}" for n in GIT_GUARDED))
+                     if os.path.lexists(d / rel))
+
+
+def _git_created(before: list[tuple[Path, frozenset[str]]]) -> list[str]:
+    """Notes for git metadata a run created in a writable host directory.
+
+    A mount cannot guard what does not exist yet: a run in a workspace without .git can make
+    one, and a run in a repository can add .git/commondir (which moves the config git reads)
+    and the like. Host git would trust them, so the result says so.
+    """
+    notes = []
+    for d, old in before:
+        created = sorted(_git_metadata(d) - old)
+        for rel in [".git"] if ".git" in created else created:
+            notes.append(f"the run created {d / rel}: git on this host would trust it (config "
+                         f"and hooks there can run programs); inspect it before running git "
+                         f"in {d}, or delete it")
+    return notes
 
 
 def _start(p: _Prepared, spec: SandboxSpec, stdin: bytes | None) -> subprocess.Popen:
@@ -555,6 +589,25 @@ def find_project_config(start: Path) -> tuple[Path | None, dict]:
     return None, {}
 
 
+def _kind(path: Path) -> str | None:
+    """"dir", "file", "link" or "other" without following a link; None when absent."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        from tether.errors import LocalIOError
+
+        raise LocalIOError(f"cannot inspect {path}: {exc.strerror}",
+                           hint="tether checks it to keep it read-only in the sandbox; "
+                                "fix its permissions") from exc
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
 def build_spec(command: list[str], *, profile: str | None = None, workdir: Path | None = None,
                no_network: bool = False, allow_domains: tuple[str, ...] = (),
                mounts: tuple[str, ...] = (), env: tuple[str, ...] = (),
@@ -580,7 +633,8 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
             names = []
         tool_mounts, path_prefix = runtimes.toolchain_mounts(runtimes.detect(command, names))
     inside_cwd = str(cwd) if cwd == workdir or workdir in cwd.parents else str(workdir)
-    protect = [p for p in profiles.PROTECTED_IN_WORKSPACE if (workdir / p).exists()]
+    protect = {rel: kind for rel in profiles.GUARD_CANDIDATES
+               if (kind := _kind(workdir / rel)) is not None}
     return profiles.resolve_spec(
         profile, command, workdir=workdir, cwd=inside_cwd,
         network=NetworkMode.NONE if no_network else None, allow_domains=allow_domains,
