@@ -333,3 +333,69 @@ def test_two_processes_pushing_at_once(tmp_path, isolated):
     for sid, src in zip(ids, (a, b)):
         api.pull(f"{url}@{sid}", tmp_path / f"out-{sid[:6]}")
         assert describe(tmp_path / f"out-{sid[:6]}") == describe(src)
+
+
+def test_a_missing_pack_is_uploaded_again_by_the_next_push(tmp_path, isolated):
+    """verify's hint says "push again": push must notice the indexed pack is gone and
+    upload its content again, which also heals the older snapshot (content-addressed)."""
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src")
+    first = api.push(url, src)
+    store = open_store(url)
+    repo = Repository.open(store)
+    big = next(e.ref[0] for e in repo.read_tree(repo.find_snapshot(None)[1].tree)
+               if e.name == "big.bin")
+    store.delete(fmt.pack_key(repo.locate(big).pack))
+    assert not api.verify(url).ok
+    again = api.push(url, src)                       # same folder, same stat cache
+    assert again.bytes_new >= (tmp_path / "src" / "big.bin").stat().st_size
+    report = api.verify(url, data=True)
+    assert report.problems == [], report.problems
+    api.pull(f"{url}@{first.snapshot_id}", tmp_path / "old")
+    assert describe(tmp_path / "old") == describe(src)
+    assert api.prune(url).packs_kept >= 1            # prune drops the stale index entries
+    assert api.verify(url, data=True).ok
+
+
+def test_repair_drops_a_corrupt_pack_and_the_next_push_heals(tmp_path, isolated):
+    url = f"file://{tmp_path}/repo"
+    src = make_tree(tmp_path / "src")
+    first = api.push(url, src)
+    corrupt = _corrupt_one_pack(tmp_path)
+    report = api.verify(url, data=True)
+    assert report.corrupt_packs == [corrupt.name] and "repair" in report.hint(url)
+    fixed = api.repair(url)
+    assert fixed.corrupt_packs == [corrupt.name] and not corrupt.exists()
+    assert fixed.blobs_salvaged + fixed.blobs_lost > 0
+    if fixed.blobs_lost:                             # the flipped byte's blob is gone ...
+        assert fixed.problems and "push" in api.verify(url).hint(url)
+    api.push(url, src)                               # ... until the folder is pushed again
+    assert api.verify(url, data=True).problems == []
+    api.pull(f"{url}@{first.snapshot_id}", tmp_path / "old")
+    assert describe(tmp_path / "old") == describe(src)
+
+
+def test_repair_keeps_the_intact_blobs_of_a_corrupt_pack(tmp_path, isolated, small_packs):
+    """Only the damaged segment is lost: the other files of the pack still restore without
+    their folder being pushed again."""
+    url = f"file://{tmp_path}/repo"
+    src = _random_tree(tmp_path / "src", files=6, size=100 << 10)
+    sid = api.push(url, src).snapshot_id
+    store = open_store(url)
+    repo = Repository.open(store)
+    pack, entries = next((p, fmt.split_pack(store.get(fmt.pack_key(p))))
+                         for p in sorted(repo.index().packs)
+                         if len({e.seg_offset for e in fmt.split_pack(
+                             store.get(fmt.pack_key(p)))}) > 1)
+    path = tmp_path / "repo" / fmt.pack_key(pack)
+    data = bytearray(path.read_bytes())
+    data[entries[0].seg_offset + entries[0].seg_length // 2] ^= 0x01   # first segment only
+    path.write_bytes(bytes(data))
+    fixed = api.repair(url)
+    assert fixed.blobs_salvaged > 0 and fixed.blobs_lost > 0
+    assert len(api.verify(url, data=True).problems) == fixed.blobs_lost
+    with pytest.raises(NotFoundError):
+        api.pull(f"{url}@{sid}", tmp_path / "out")   # a snapshot missing content is refused
+    api.push(url, src)
+    api.pull(f"{url}@{sid}", tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)

@@ -17,6 +17,7 @@ _API = {
     "list_snapshots": "tether.snapshot.api", "diff": "tether.snapshot.api",
     "verify": "tether.snapshot.api", "prune": "tether.snapshot.api",
     "forget": "tether.snapshot.api", "split_ref": "tether.snapshot.api",
+    "repair": "tether.snapshot.api", "RepairResult": "tether.snapshot.api",
     "PushResult": "tether.snapshot.backup", "PullResult": "tether.snapshot.restore",
     "SnapshotInfo": "tether.snapshot.api", "Change": "tether.snapshot.api",
     "VerifyResult": "tether.snapshot.api", "PruneResult": "tether.snapshot.api",

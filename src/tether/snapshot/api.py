@@ -17,7 +17,7 @@ from tether.snapshot import format as fmt
 from tether.snapshot import venvs
 from tether.snapshot.backup import PushResult
 from tether.snapshot.backup import push as _push
-from tether.snapshot.repo import LOCK_STALE_S, Repository
+from tether.snapshot.repo import LOCK_STALE_S, PackWriter, Repository
 from tether.snapshot.restore import PullResult
 from tether.snapshot.restore import pull as _pull
 from tether.snapshot.stores.base import Store, open_store
@@ -167,10 +167,23 @@ class VerifyResult:
     bytes_checked: int = 0
     unindexed_packs: int = 0    # packs no index names (a killed push); read from their tails
     problems: list[str] = field(default_factory=list)
+    missing_packs: list[str] = field(default_factory=list)   # indexed, not in the store
+    corrupt_packs: list[str] = field(default_factory=list)   # failed --data (hex ids)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def hint(self, url: str) -> str:
+        """What to do about the problems found, by kind."""
+        if self.corrupt_packs:
+            return (f"run `tether snapshot repair {url}` (it keeps the corrupt packs' intact "
+                    "content and drops the rest), then push the affected folders again")
+        if self.missing_packs or any("is in no pack" in p for p in self.problems):
+            return ("push the affected folders again: push re-uploads content whose pack is "
+                    "missing; or restore another snapshot")
+        return (f"`tether snapshot repair {url}` rewrites the index; a snapshot object that "
+                "does not match its name is never offered for restore")
 
 
 def _walk_snapshot(repo: Repository, sid: str, snap: fmt.Snapshot, used: set[bytes],
@@ -209,6 +222,14 @@ def check_pack(repo: Repository, pack_id: bytes) -> tuple[int, int, list[str]]:
         entries = fmt.split_pack(data)
     except (IntegrityError, ProtocolError) as exc:
         return 0, len(data), [f"pack {name}: {exc.message}"]
+    n, problems = check_pack_bytes(pack_id, data, entries)
+    return n, len(data), problems
+
+
+def check_pack_bytes(pack_id: bytes, data: bytes, entries: list[fmt.BlobEntry]
+                     ) -> tuple[int, list[str]]:
+    """Check every blob of a pack read whole against its id. -> (blobs, problems)"""
+    name = pack_id.hex()[:12]
     segs: dict[int, bytes] = {}
     problems: list[str] = []
     for e in entries:
@@ -222,7 +243,7 @@ def check_pack(repo: Repository, pack_id: bytes) -> tuple[int, int, list[str]]:
             break
         if fmt.blob_id(blob) != e.id:
             problems.append(f"pack {name}: blob {e.id.hex()[:12]} does not match its id")
-    return len(entries), len(data), problems
+    return len(entries), problems
 
 
 def verify(store: StoreLike, *, data: bool = False,
@@ -232,10 +253,13 @@ def verify(store: StoreLike, *, data: bool = False,
     res = VerifyResult()
     with _opened(store) as s:
         repo = Repository.open(s)
-        res.unindexed_packs = len(repo.adopt_orphans())
+        present = repo.packs_present()
+        res.unindexed_packs = len(repo.adopt_orphans(present))
         idx = repo.index()
-        present = {fmt.pack_id_of_key(k) for k in s.list("packs/")}
-        for pack in sorted(idx.packs - present):
+        # A missing pack whose every blob has a copy elsewhere (a push uploaded it again)
+        # harms nothing: the next prune drops it from the index.
+        for pack in sorted(idx.prefer_present(present)):
+            res.missing_packs.append(pack.hex())
             res.problems.append(f"pack {pack.hex()[:12]} is named by the index but missing")
         try:
             snaps = repo.snapshots()
@@ -255,16 +279,126 @@ def verify(store: StoreLike, *, data: bool = False,
             # packs are read, decompressed and hashed in parallel (all release the GIL);
             # map() keeps at most a few packs in memory at once and reports in order
             with ThreadPoolExecutor(2) as pool:
-                checked = pool.map(lambda p: check_pack(repo, p), sorted(idx.packs & present))
-                for n, size, problems in checked:
+                packs = sorted(idx.packs & present)
+                checked = pool.map(lambda p: check_pack(repo, p), packs)
+                for pack, (n, size, problems) in zip(packs, checked):
                     res.packs += 1
                     res.blobs_checked += n
                     res.bytes_checked += size
                     res.problems += problems
+                    if problems:
+                        res.corrupt_packs.append(pack.hex())
                     if progress:
                         progress(size)
         else:
             res.packs = len(idx.packs & present)
+    return res
+
+
+@dataclass
+class RepairResult:
+    packs_checked: int = 0
+    corrupt_packs: list[str] = field(default_factory=list)   # removed (hex ids)
+    missing_packs: list[str] = field(default_factory=list)   # dropped from the index
+    blobs_salvaged: int = 0     # intact blobs of corrupt packs, stored again in new packs
+    blobs_lost: int = 0         # blobs of corrupt packs that no pack holds any more
+    problems: list[str] = field(default_factory=list)        # what is still damaged after
+
+
+def _salvage(data: bytes, entries: list[fmt.BlobEntry], have: set[bytes],
+             writers: dict[int, PackWriter]) -> tuple[int, int]:
+    """Store again every blob of a corrupt pack that still matches its id. -> (kept, lost)"""
+    kept = lost = 0
+    by_segment: dict[int, list[fmt.BlobEntry]] = {}
+    for e in entries:
+        if e.id not in have:
+            by_segment.setdefault(e.seg_offset, []).append(e)
+    for off, group in sorted(by_segment.items()):
+        try:
+            seg = fmt.decode_segment(data[off:off + group[0].seg_length])
+        except (IntegrityError, ProtocolError):
+            lost += len(group)
+            continue
+        for e in group:
+            blob = seg[e.offset:e.offset + e.length]
+            if len(blob) == e.length and fmt.blob_id(blob) == e.id and e.id not in have:
+                have.add(e.id)
+                writers[e.type].add(e.type, e.id, blob)
+                kept += 1
+            elif e.id not in have:
+                lost += 1
+    return kept, lost
+
+
+def _pack_entries(idx, pack: bytes) -> list[fmt.BlobEntry]:
+    """Every entry the index holds for ``pack`` (its own header may be what is corrupt)."""
+    out = [loc.entry for loc in idx.blobs.values() if loc.pack == pack]
+    out += [c.entry for copies in idx.copies.values() for c in copies if c.pack == pack]
+    return out
+
+
+def _read_checked(store: Store, pack: bytes
+                  ) -> tuple[int, list[fmt.BlobEntry] | None, bytes | None]:
+    """-> (size, the pack's entries if it is intact, its bytes if it is not)."""
+    data = store.get(fmt.pack_key(pack))
+    try:
+        if fmt.blob_id(data) == pack:
+            entries = fmt.split_pack(data)
+            if not check_pack_bytes(pack, data, entries)[1]:
+                return len(data), entries, None
+    except (IntegrityError, ProtocolError):
+        pass
+    return len(data), None, data
+
+
+def repair(store: StoreLike, *, progress: Callable[[int], None] | None = None) -> RepairResult:
+    """Make the index name only packs that are present and intact, so the next push uploads
+    whatever is lost: read every pack (as ``verify --data``); store again the intact blobs
+    of corrupt ones in new packs; write one index of the good packs; then delete the old
+    indexes and the corrupt packs. Holds the exclusive lock, like prune."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    res = RepairResult()
+    with _opened(store) as s:
+        repo = Repository.open(s)
+        with repo.lock("prune"), ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as up:
+            present = repo.packs_present()
+            adopted = repo.adopt_orphans(present)
+            idx = repo.index()
+            res.missing_packs = sorted(p.hex() for p in idx.packs - present)
+            keep: dict[bytes, list[fmt.BlobEntry]] = {}
+            corrupt: dict[bytes, bytes] = {}
+            packs = sorted(idx.packs & present)
+            # Workers return a pack's bytes only when it is corrupt: memory stays bounded.
+            for pack, (size, entries, data) in zip(
+                    packs, pool.map(lambda p: _read_checked(s, p), packs)):
+                res.packs_checked += 1
+                if entries is not None:
+                    keep[pack] = entries
+                else:
+                    corrupt[pack] = data  # type: ignore[assignment]
+                if progress:
+                    progress(size)
+            have = {e.id for entries in keep.values() for e in entries}
+            writers = {fmt.DATA: PackWriter(s, pool, up), fmt.TREE: PackWriter(s, pool, up)}
+            for pack, data in corrupt.items():
+                kept, lost = _salvage(data, _pack_entries(idx, pack), have, writers)
+                res.blobs_salvaged += kept
+                res.blobs_lost += lost
+            for w in writers.values():
+                keep.update(w.finish())
+            res.corrupt_packs = sorted(p.hex() for p in corrupt)
+            old_keys = s.list("index/")
+            if corrupt or res.missing_packs or adopted or set(old_keys) != idx.index_keys:
+                new_key = repo.write_index(keep)
+                s.flush()  # the new index is durable before anything it replaces goes away
+                for key in old_keys:  # corrupt ones too
+                    if key != new_key:
+                        s.delete(key)
+                for pack in corrupt:  # its intact blobs are in the new packs now
+                    s.delete(fmt.pack_key(pack))
+                s.flush()
+        res.problems = verify(s).problems
     return res
 
 
@@ -299,13 +433,14 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
             if keep_last is not None and len(snaps) > keep_last:
                 res.forgotten = [sid for sid, _ in snaps[:-keep_last]]
                 snaps = snaps[-keep_last:]
-            orphans = set(repo.adopt_orphans())
+            present = repo.packs_present()
+            orphans = set(repo.adopt_orphans(present))
             idx = repo.index()
+            idx.prefer_present(present)  # content uploaded again after its pack went missing
             used: set[bytes] = set()
             problems: list[str] = []
             for sid, snap in snaps:
                 _walk_snapshot(repo, sid, snap, used, problems)
-            present = {fmt.pack_id_of_key(k) for k in s.list("packs/")}
             lost = {idx.blobs[b].pack for b in used if b in idx.blobs} - present
             problems += [f"pack {p.hex()[:12]} holds data in use but is missing" for p in lost]
             if problems:
@@ -346,6 +481,6 @@ def prune(store: StoreLike, *, keep_last: int | None = None) -> PruneResult:
     return res
 
 
-__all__ = ["Change", "PruneResult", "PullResult", "PushResult", "SnapshotInfo", "VerifyResult",
-           "diff", "diff_trees", "forget", "list_snapshots", "prune", "pull", "push",
-           "split_ref", "verify"]
+__all__ = ["Change", "PruneResult", "PullResult", "PushResult", "RepairResult", "SnapshotInfo",
+           "VerifyResult", "diff", "diff_trees", "forget", "list_snapshots", "prune", "pull",
+           "push", "repair", "split_ref", "verify"]

@@ -217,7 +217,8 @@ class Repository:
         data = seg[loc.entry.offset:loc.entry.offset + loc.entry.length]
         if len(data) != loc.entry.length or fmt.blob_id(data) != blob:
             raise IntegrityError(f"blob {blob.hex()[:12]} in pack {loc.pack.hex()[:12]} does "
-                                 "not match its id", "run `tether snapshot verify --data`")
+                                 "not match its id", "run `tether snapshot repair`, then push "
+                                 "the folder again")
         return data
 
     def read_tree(self, tree: bytes) -> list[fmt.Entry]:

@@ -75,9 +75,10 @@ class PullResult:
 def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
     """Walk and validate every tree of ``snap``; nothing is written."""
     p = Plan(sid, snap)
-    present = {fmt.pack_id_of_key(k) for k in repo.store.list("packs/")}
+    present = repo.packs_present()
     if present - repo.index().packs:
-        repo.adopt_orphans()  # a lost or unwritten index: the pack tails say what they hold
+        repo.adopt_orphans(present)  # a lost or unwritten index: the pack tails say what they hold
+    repo.index().prefer_present(present)  # a pack gone, its content uploaded again elsewhere
     blobs = repo.index().blobs
 
     def need(blob: bytes, rel: str) -> int:
@@ -86,8 +87,9 @@ def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
             what = f"pack {loc.pack.hex()[:12]}" if loc else f"blob {blob.hex()[:12]}"
             raise NotFoundError(f"snapshot {sid[:12]} is missing data for {rel or '/'}: "
                                 f"{what} is not in the store",
-                                "restore another snapshot; `tether snapshot verify` lists "
-                                "what is damaged")
+                                "push the folder again (push re-uploads content whose pack "
+                                "is missing) or restore another snapshot; `tether snapshot "
+                                "verify` lists what is damaged")
         return loc.entry.length
 
     def walk(tree: bytes, rel: str, depth: int) -> None:
@@ -244,7 +246,8 @@ def _decode_checked(pack: bytes, frame: bytes, entries: list[fmt.BlobEntry]):
         if len(data) != e.length or fmt.blob_id(data) != e.id:
             raise IntegrityError(f"pack {pack.hex()[:12]} is corrupt: blob {e.id.hex()[:12]} "
                                  "does not match its id",
-                                 "run `tether snapshot verify --data`; restore another snapshot")
+                                 "`tether snapshot repair` drops corrupt packs, then a push "
+                                 "re-uploads their content; or restore another snapshot")
         out.append((e.id, data))
     return out
 
