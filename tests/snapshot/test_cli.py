@@ -66,6 +66,40 @@ def test_verify_failure_exits_non_zero_with_problems(cli, tmp_path, repo_url):
     r = cli("snapshot", "verify", repo_url, "--data")
     assert r.exit_code == 1
     assert "problem: pack" in r.stdout and "error: verify found" in r.stderr
+    assert f"hint: run `tether snapshot repair {repo_url}`" in r.stderr
+
+
+def test_verify_failure_with_json_prints_one_document(cli, tmp_path, repo_url):
+    """docs/cli.md: with --json stdout holds exactly one JSON document, failures included."""
+    import json
+
+    cli("snapshot", "push", str(make_tree(tmp_path / "src")), repo_url)
+    pack = max((p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    r = cli("snapshot", "verify", repo_url, "--data", "--json")
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["problems"] and doc["corrupt_packs"] == [pack.name]
+    assert "error: verify found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_repair_then_push_makes_verify_pass(cli, tmp_path, repo_url):
+    src = make_tree(tmp_path / "src")
+    cli("snapshot", "push", str(src), repo_url)
+    pack = max((p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    r = cli("snapshot", "repair", repo_url)
+    assert r.exit_code == 0, r.stderr
+    assert "removed 1 corrupt" in r.stdout and "push the affected folders again" in r.stdout
+    assert cli("snapshot", "push", str(src), repo_url).exit_code == 0
+    v = cli("snapshot", "verify", repo_url, "--data", "--json")
+    assert v.exit_code == 0 and v.json()["ok"] is True
 
 
 @pytest.mark.parametrize("args,code,message", [

@@ -1,8 +1,9 @@
-"""`tether snapshot ...`: push, pull, ls, diff, verify, prune, forget."""
+"""`tether snapshot ...`: push, pull, ls, diff, verify, repair, prune, forget."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -104,7 +105,6 @@ def verify(store: StoreArg,
                                               "every blob against its hash.")] = False,
            json: JsonOption = False) -> None:
     """Check the repository's structure (and with --data, all content)."""
-    from tether.errors import IntegrityError
     from tether.snapshot import api
 
     out = Output(json)
@@ -121,8 +121,38 @@ def verify(store: StoreArg,
 
     out.result(doc, human)
     if not r.ok:
-        raise IntegrityError(f"verify found {len(r.problems)} problems in {store}",
-                             "restore an older snapshot, or push again to re-upload content")
+        # The result above already carries the problems: with --json, stdout must hold that
+        # one document, so this failure is reported on stderr only (not as a TetherError,
+        # whose handler would print a second JSON document).
+        _fail(f"verify found {len(r.problems)} problems in {store}", r.hint(store))
+
+
+def _fail(message: str, hint: str, code: int = 1) -> None:
+    sys.stderr.write(f"error: {message}\nhint: {hint}\n")
+    raise typer.Exit(code)
+
+
+@app.command()
+def repair(store: StoreArg, json: JsonOption = False) -> None:
+    """Drop corrupt and missing packs from the index (keeping their intact content), so the
+    next push uploads what was lost."""
+    from tether.snapshot import api
+
+    out = Output(json)
+    with out.progress("repair", None) as advance:
+        r = api.repair(store, progress=advance)
+
+    def human(o: Output) -> None:
+        o.out.print(f"checked {r.packs_checked} packs: removed {len(r.corrupt_packs)} corrupt "
+                    f"(kept {r.blobs_salvaged} intact blobs, lost {r.blobs_lost}), dropped "
+                    f"{len(r.missing_packs)} missing from the index", markup=False)
+        for p in r.problems:
+            o.out.print(f"still damaged: {p}", markup=False)
+        if r.problems:
+            o.out.print("next: push the affected folders again to re-upload the lost content",
+                        markup=False)
+
+    out.result(dataclasses.asdict(r), human)
 
 
 @app.command()
