@@ -123,6 +123,75 @@ def test_supervisor_restarts_a_killed_tunnel() -> None:
     assert not sup.tunnel.is_alive()
 
 
+async def _health_app(scope, receive, send):
+    """A stand-in gateway that answers /.tether/health like the real one."""
+    if scope["type"] != "http":
+        return
+    ok = scope["path"] == "/.tether/health"
+    await send({"type": "http.response.start", "status": 200 if ok else 404,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"ok": true, "v": 1}' if ok else b"{}"})
+
+
+def test_probe_health_answers() -> None:
+    from tests.gateway.conftest import GatewayThread
+    from tests.conftest import free_port
+    from tether.tunnels import probe_health
+
+    server = GatewayThread(_health_app)
+    try:
+        assert probe_health(f"http://127.0.0.1:{server.port}/", 2) is None
+        assert probe_health(f"http://127.0.0.1:{server.port}/nothing-here", 2) == "HTTP 404"
+    finally:
+        server.stop()
+    assert probe_health(f"http://127.0.0.1:{free_port()}", 2).startswith("ConnectError")
+
+
+def test_supervisor_restarts_a_running_but_cut_off_tunnel() -> None:
+    from tests.gateway.conftest import GatewayThread
+    from tether.tunnels import probe_health
+
+    server = GatewayThread(_health_app)
+    urls: list[str] = []
+    probes: list[str | None] = []
+
+    def probe(url: str) -> str | None:
+        probes.append(probe_health(url, 0.3))
+        return probes[-1]
+
+    sup = TunnelSupervisor(RelayTunnel(server.port), urls.append, interval_s=0.05,
+                           probe=probe, probe_every_s=0.1, probe_failures=3)
+    try:
+        first = sup.start()
+        first_proc = sup.tunnel.proc
+        assert wait_for(lambda: len(probes) >= 5, 10)
+        assert set(probes) == {None} and sup.restarts == 0  # healthy: left alone
+        os.kill(first_proc.pid, signal.SIGUSR1)  # stops forwarding; the process runs on
+        assert wait_for(lambda: len(urls) == 2, 15), probes
+        assert first_proc.poll() is not None  # the cut-off process was stopped, not leaked
+        assert sup.restarts == 1 and urls[1] != first and sup.url == urls[1]
+        assert probes[-3:] == [probes[-1]] * 3 and probes[-1].startswith("ReadTimeout")
+        assert "failed 3 times in a row" in sup.last_restart_reason
+        assert httpx.get(urls[1] + "/.tether/health").json()["ok"] is True
+    finally:
+        sup.stop()
+        server.stop()
+
+
+def test_supervisor_without_probe_never_probes() -> None:
+    from tests.gateway.conftest import GatewayThread
+
+    server = GatewayThread(_health_app)
+    sup = TunnelSupervisor(RelayTunnel(server.port), lambda url: None, interval_s=0.05)
+    try:
+        sup.start()
+        os.kill(sup.tunnel.proc.pid, signal.SIGUSR1)
+        assert not wait_for(lambda: sup.restarts > 0, 1.0)  # only a process exit restarts
+    finally:
+        sup.stop()
+        server.stop()
+
+
 def test_ngrok_without_agent_is_a_clear_error(isolated, monkeypatch) -> None:
     from tether.tunnels.ngrok import NgrokTunnel
 

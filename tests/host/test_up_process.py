@@ -144,3 +144,33 @@ def test_supervisor_restarts_the_tunnel_of_a_workspace(tmp_path) -> None:
             assert e.ssh("tether-relay", "true").returncode == 0
         finally:
             ws.stop()
+
+
+def test_a_cut_off_tunnel_is_restarted_and_host_status_shows_the_new_url(tmp_path, cli) -> None:
+    e = make_env(tmp_path)
+    messages: list[str] = []
+    with activated(e):
+        ws = Workspace(UpOptions(directory=e.workdir, supervise_interval_s=0.05,
+                                 tunnel_probe_every_s=0.1, tunnel_probe_failures=3,
+                                 tunnel_probe_timeout_s=0.5),
+                       announce=messages.append, tunnel=RelayTunnel(0))
+        ws.start()
+        try:
+            first_url = ws.url
+            relay = ws.supervisor.tunnel.proc
+            time.sleep(1.0)  # many probes pass through a working relay: no restart
+            assert (HostState().read_run() or {}).get("tunnel_restarts") == 0
+            os.kill(relay.pid, signal.SIGUSR1)  # cut off, still running
+            state = HostState()
+            assert wait_for(lambda: (state.read_run() or {}).get("tunnel_restarts") == 1, 20)
+            run = state.read_run()
+            assert run["url"] != first_url and relay.poll() is not None
+            assert wait_for(lambda: any("new URL" in m and run["url"] in m
+                                        and "/.tether/health failed 3 times" in m
+                                        for m in messages), 5), messages
+            r = cli("host", "status", "--json")
+            assert r.exit_code == 0 and r.json()["url"] == run["url"]
+            assert r.json()["tunnel_restarts"] == 1
+            assert run["url"] in cli("host", "status").stdout
+        finally:
+            ws.stop()

@@ -38,6 +38,11 @@ class UpOptions:
     code_ttl_s: int = DEFAULT_CODE_TTL_S
     state_dir: Path | None = None  # default: <state>/host
     supervise_interval_s: float = 1.0
+    # a tunnel whose process runs but whose public URL stopped reaching the gateway is
+    # restarted after this many failed /.tether/health probes in a row (not the local one)
+    tunnel_probe_every_s: float = 30.0
+    tunnel_probe_failures: int = 3
+    tunnel_probe_timeout_s: float = 10.0
     pair_limit_per_client: int = 10
     pair_limit_overall: int = 60
     ide: bool = False  # code-server behind the gateway at / (tether.ide)
@@ -201,9 +206,26 @@ class Workspace:
                                              public_url=self.options.public_url)
         if hasattr(tunnel, "local_port"):
             tunnel.local_port = self.gateway_port
+        # The local "tunnel" is the gateway's own address, or a URL the user says reaches it
+        # (which the host itself may not: no hairpin NAT); restarting it would change nothing.
+        probe = None if tunnel.kind == "local" else self._probe_tunnel
         self.supervisor = TunnelSupervisor(tunnel, self._on_url, self._on_tunnel_error,
-                                           interval_s=self.options.supervise_interval_s)
+                                           interval_s=self.options.supervise_interval_s,
+                                           probe=probe,
+                                           probe_every_s=self.options.tunnel_probe_every_s,
+                                           probe_failures=self.options.tunnel_probe_failures)
         self.supervisor.start()
+
+    def _probe_tunnel(self, url: str) -> str | None:
+        from tether.tunnels import probe_health
+
+        problem = probe_health(url, self.options.tunnel_probe_timeout_s)
+        if problem is not None and self.local_url is not None and \
+                probe_health(self.local_url, self.options.tunnel_probe_timeout_s) is not None:
+            # The gateway itself does not answer: a new tunnel would not help, and wait()
+            # reports a dead gateway. Not the tunnel's failure.
+            return None
+        return problem
 
     def _on_url(self, url: str) -> None:
         first = self.url is None
@@ -217,7 +239,9 @@ class Workspace:
                                   f"{exc.message}")
             self._write_run()
             text = self.new_connection_string()
-            self.announce(f"the {self.options.tunnel} tunnel was restarted; new URL: {url}\n"
+            why = self.supervisor.last_restart_reason if self.supervisor else None
+            self.announce(f"the {self.options.tunnel} tunnel was restarted"
+                          + (f" ({why})" if why else "") + f"; new URL: {url}\n"
                           f"paired laptops update with: {connect_command(text)}")
 
     def _on_tunnel_error(self, exc: TetherError) -> None:

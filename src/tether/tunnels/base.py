@@ -21,7 +21,8 @@ class Tunnel(Protocol):
         """Start carrying traffic to the local port; returns the public base URL."""
 
     def is_alive(self) -> bool:
-        """Whether the tunnel still carries traffic (its process runs)."""
+        """Whether the tunnel's process runs (whether traffic gets through is the
+        supervisor's health probe's business)."""
 
     def stop(self) -> None:
         """End the tunnel; idempotent."""
