@@ -218,3 +218,20 @@ def _config_at(path):
         self.ngrok_path = str(path)
 
     return init
+
+
+def test_workspace_probe_does_not_blame_the_tunnel_for_a_dead_gateway(isolated) -> None:
+    from tests.conftest import free_port
+    from tests.gateway.conftest import GatewayThread
+    from tether.host.workspace import UpOptions, Workspace
+
+    ws = Workspace(UpOptions(directory=isolated.home, tunnel_probe_timeout_s=2))
+    dead_tunnel = f"http://127.0.0.1:{free_port()}"
+    server = GatewayThread(_health_app)
+    try:
+        ws.local_url = f"http://127.0.0.1:{server.port}"  # the gateway answers locally
+        assert ws._probe_tunnel(dead_tunnel).startswith("ConnectError")
+        assert ws._probe_tunnel(ws.local_url) is None
+    finally:
+        server.stop()
+    assert ws._probe_tunnel(dead_tunnel) is None  # neither answers: wait() handles that
