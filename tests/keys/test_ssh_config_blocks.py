@@ -236,3 +236,130 @@ def test_command_options_are_written_raw_and_ssh_runs_them(tmp_path):
     out = subprocess.run(["ssh", "-G", "-F", str(path), "tether-laptop"], capture_output=True,
                          text=True, check=True).stdout.splitlines()
     assert f"proxycommand {command}" in out
+
+
+# -- OpenSSH checks every candidate before it replaces the file ------------------------------
+
+
+@pytest.mark.parametrize(("option", "complaint"), [
+    (("Port", "notanumber"), "Bad port 'notanumber'"),
+    (("Bogus", "1"), "Bad configuration option: bogus"),
+], ids=["bad-port", "unknown-option"])
+def test_a_block_openssh_refuses_is_not_written(tmp_path, option, complaint):
+    path = tmp_path / "config"
+    original = "Host work\n  User me\n"
+    path.write_text(original)
+    with pytest.raises(ConfigError) as err:
+        c.upsert_block(c.ManagedBlock("ok", "h", (option,)), path)
+    assert "OpenSSH refuses" in err.value.message and complaint in err.value.message
+    assert "was not changed" in err.value.hint
+    assert path.read_text() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config"]  # no .bak, no temp file
+
+
+@pytest.mark.parametrize(("user_text", "line"), [
+    ("Host\n  User x\n", 1),
+    ('Host a\n  HostName "unterminated\n', 2),
+    ("Host a\n  User b\nThisIsNotAnOption 1\n", 3),
+], ids=["host-without-pattern", "unterminated-quote", "unknown-option"])
+def test_a_config_openssh_already_refuses_is_not_edited(tmp_path, user_text, line):
+    path = tmp_path / "config"
+    path.write_text(user_text)
+    with pytest.raises(ConfigError) as err:
+        c.upsert_block(LAPTOP, path)
+    assert "already refuses" in err.value.message
+    assert err.value.hint.startswith(f"fix line {line} of {path}")
+    assert path.read_text() == user_text
+    # Removing a block is checked the same way.
+    path.write_text(LAPTOP_TEXT + user_text)
+    with pytest.raises(ConfigError, match="already refuses"):
+        c.remove_block("laptop", path)
+    assert path.read_text() == LAPTOP_TEXT + user_text
+
+
+def test_a_bad_line_in_an_included_file_is_named(tmp_path):
+    extra = tmp_path / "extra"
+    extra.write_text("Host x\n  User y\n  Port notanumber\n")
+    path = tmp_path / "config"
+    path.write_text(f"Include {extra}\n")
+    with pytest.raises(ConfigError) as err:
+        c.upsert_block(LAPTOP, path)
+    assert err.value.hint.startswith(f"fix line 3 of {extra}")
+    assert path.read_text() == f"Include {extra}\n"
+
+
+def test_a_valid_write_costs_one_ssh_run(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    calls = []
+    real_run = sp.run
+
+    def counting_run(argv, *a, **k):
+        calls.append(argv)
+        return real_run(argv, *a, **k)
+
+    monkeypatch.setattr(sp, "run", counting_run)
+    path = tmp_path / "config"
+    path.write_text("Host *\n  User me\n")
+    c.upsert_block(LAPTOP, path)
+    assert [argv[1:3] for argv in calls] == [["-G", "-F"]]
+    assert "tether-laptop" in calls[0]  # the block's own section is the one applied
+    assert c.list_blocks(path) == [LAPTOP]
+
+
+def test_without_an_ssh_binary_the_check_is_skipped(tmp_path, monkeypatch):
+    import shutil
+
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "ssh"
+                        else real_which(name, *a, **k))
+    path = tmp_path / "config"
+    c.upsert_block(c.ManagedBlock("ok", "h", (("Port", "notanumber"),)), path)
+    assert "Port notanumber" in path.read_text()
+
+
+@pytest.mark.parametrize(("stderr", "expected"), [
+    ("/h/.ssh/.config.x line 2: Bad port 'x'.\n/h/.ssh/.config.x: terminating, 1 bad "
+     "configuration options\n", c.Complaint("/h/.ssh/.config.x", 2, "Bad port 'x'")),
+    ("cfg: line 7: Bad configuration option: bogus\ncfg: terminating, 1 bad configuration "
+     "options\n", c.Complaint("cfg", 7, "Bad configuration option: bogus")),
+    ("Pseudo-terminal will not be allocated because stdin is not a terminal.\n"
+     "percent_expand: unknown key %Z\n", c.Complaint(None, None, "percent_expand: unknown key %Z")),
+    ("", c.Complaint(None, None, "ssh -G failed")),
+], ids=["no-colon", "colon", "no-line", "silent"])
+def test_parse_complaint(stderr, expected):
+    assert c.parse_complaint(stderr) == expected
+
+
+# -- Include is followed when deciding whether a key is in use -------------------------------
+
+
+INCLUDED = {
+    "/h/.ssh/extra": "Host gh\n  IdentityFile ~/.ssh/k\n",
+    "/h/.ssh/plain": "IdentityFile ~/.ssh/k\nHost other\n  User x\n",
+}
+
+
+@pytest.mark.parametrize(("text", "hosts"), [
+    ("Include extra\n", ["gh in /h/.ssh/extra"]),
+    ("Host outer\n  Include plain\n", ["outer in /h/.ssh/plain"]),
+    ("Include plain\nIdentityFile /other\n", ["(global) in /h/.ssh/plain"]),
+    ("Include missing\n", []),
+], ids=["own-section", "inherits-section", "no-leak", "missing"])
+def test_identity_hosts_follows_includes(text, hosts):
+    from pathlib import Path
+
+    def load(argument):
+        name = f"/h/.ssh/{argument}"
+        return [(name, INCLUDED[name])] if name in INCLUDED else []
+
+    assert c.identity_hosts(text, Path("/h/.ssh/k"), Path("/h"), load) == hosts
+
+
+def test_include_files_resolves_like_openssh(tmp_path):
+    ssh, home = tmp_path / ".ssh", tmp_path
+    (ssh / "conf.d").mkdir(parents=True)
+    for name in ("conf.d/b", "conf.d/a", "extra", "elsewhere"):
+        (ssh / name).write_text("")
+    got = c.include_files(f'conf.d/* "extra" ~/.ssh/elsewhere {ssh}/none*', ssh, home)
+    assert got == [ssh / "conf.d/a", ssh / "conf.d/b", ssh / "extra", ssh / "elsewhere"]

@@ -12,8 +12,9 @@ Everything outside the markers belongs to the user and is preserved byte for byt
 goes before the user's first ``Host *`` or ``Match`` section (OpenSSH uses the first value it
 finds for an option, so a catch-all above our block would override it), else at the end. The
 text transformations are pure functions over ``str``; the I/O shell reads the file strictly
-(valid UTF-8, no NUL bytes, balanced markers) and writes it atomically with a ``.bak`` backup.
-The format is described in docs/ssh-config-blocks.md.
+(valid UTF-8, no NUL bytes, balanced markers), has OpenSSH itself check every candidate
+(``ssh -G -F``) and writes it atomically with a ``.bak`` backup, so tether never leaves a
+config that makes every ``ssh`` fail. The format is described in docs/ssh-config-blocks.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +175,42 @@ def parse_block(lines: list[str], span: _Span) -> ManagedBlock:
     return ManagedBlock(span.name, host, tuple(options))
 
 
+# -- pure: reading OpenSSH's complaint ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """What ``ssh -G`` said about a config it refused: the first bad line it named."""
+
+    file: str | None
+    line: int | None
+    message: str
+
+
+# "FILE line 2: Bad port 'x'." and "FILE: line 2: Bad configuration option: bogus"
+_COMPLAINT_RE = re.compile(r"^(?P<file>.+?):? line (?P<line>\d+): (?P<message>.+)$")
+_NOISE = ("terminating,", "Pseudo-terminal will not be allocated")
+
+
+def parse_complaint(stderr: str) -> Complaint:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        m = _COMPLAINT_RE.match(line)
+        if m:
+            return Complaint(m.group("file"), int(m.group("line")),
+                             m.group("message").rstrip("."))
+    useful = [line for line in lines if not any(n in line for n in _NOISE)]
+    return Complaint(None, None, (useful or lines or ["ssh -G failed"])[0].rstrip("."))
+
+
+def _check_host(block: ManagedBlock | None) -> str:
+    """A host for ``ssh -G``: the block's first literal pattern, so its section is applied."""
+    for pattern in (block.host.split() if block else []):
+        if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", pattern):
+            return pattern
+    return "tether-config-check.invalid"
+
+
 def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]
@@ -245,11 +283,27 @@ def strip_all_blocks(text: str) -> str:
     return text
 
 
-def identity_hosts(text: str, identity: Path, home: Path) -> list[str]:
-    """Host patterns whose section names ``identity`` as an IdentityFile (pure)."""
-    target = os.path.normpath(str(identity))
+# An Include argument -> the files it names, each as (label, text); labels name where a hit is.
+IncludeLoader = Callable[[str], list[tuple[str, str]]]
+_MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
+
+
+def identity_hosts(text: str, identity: Path, home: Path,
+                   include: IncludeLoader | None = None) -> list[str]:
+    """Host patterns whose section names ``identity`` as an IdentityFile (pure).
+
+    With ``include``, ``Include`` lines are followed as OpenSSH does: an included file starts
+    in the section the Include sits in, and its own Host/Match lines do not leak out of it.
+    A hit in an included file is reported as ``PATTERN in FILE``.
+    """
     found: list[str] = []
-    current = "(global)"
+    _scan_identity(text, os.path.normpath(str(identity)), home, include, "(global)", "",
+                   found, 0)
+    return found
+
+
+def _scan_identity(text: str, target: str, home: Path, include: IncludeLoader | None,
+                   current: str, where: str, found: list[str], depth: int) -> None:
     for line in text.splitlines():
         m = _KEYWORD_RE.match(line)
         if not m or line.lstrip().startswith("#"):
@@ -261,12 +315,37 @@ def identity_hosts(text: str, identity: Path, home: Path) -> list[str]:
             expanded = value.replace("%d", str(home))
             if expanded.startswith("~/") or expanded == "~":
                 expanded = str(home) + expanded[1:]
-            if os.path.normpath(expanded) == target and current not in found:
-                found.append(current)
-    return found
+            label = current + where
+            if os.path.normpath(expanded) == target and label not in found:
+                found.append(label)
+        elif key == "include" and include is not None and depth < _MAX_INCLUDE_DEPTH:
+            for name, included in include(m.group(2)):
+                _scan_identity(included, target, home, include, current, f" in {name}",
+                               found, depth + 1)
 
 
 # -- the I/O shell --------------------------------------------------------------------------
+
+
+def include_files(argument: str, ssh_dir: Path, home: Path) -> list[Path]:
+    """The files an ``Include`` argument names, as OpenSSH finds them: several paths may be
+    given, ``~`` is the home, a relative path is under ``~/.ssh``, globs are expanded (sorted)
+    and a pattern matching nothing names nothing."""
+    import glob
+    import shlex
+
+    try:
+        words = shlex.split(argument)
+    except ValueError:  # unbalanced quotes: OpenSSH refuses the line; read it as plain words
+        words = argument.split()
+    files: list[Path] = []
+    for word in words:
+        if word.startswith("~/") or word == "~":
+            word = str(home) + word[1:]
+        elif not os.path.isabs(word):
+            word = str(ssh_dir / word)
+        files += [Path(p) for p in sorted(glob.glob(word)) if os.path.isfile(p)]
+    return files
 
 
 def config_path() -> Path:
@@ -300,13 +379,90 @@ def _write(path: Path, text: str, backup: bool) -> Path | None:
                               backup=backup and path.exists())
 
 
+def openssh_complaint(text: str, directory: Path | None, host: str) -> Complaint | None:
+    """What OpenSSH says against ``text`` as a user config, or None when it accepts it.
+
+    The text goes to a temp file in ``directory`` (the config's own folder, ~/.ssh, where
+    relative ``Include``s are resolved) and ``ssh -G -F`` reads it: ~5 ms, and the verdict is
+    OpenSSH's own. None also when there is no ``ssh`` binary (nothing here would reject the
+    file, and nothing would read it either), when the temp file cannot be made (the write
+    that follows fails the same way and says so), or when ssh does not finish (a slow
+    ``Match exec`` of the user's: their every ssh waits for it too).
+    """
+    import shutil
+    import tempfile
+
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        return None
+    try:
+        fd, name = tempfile.mkstemp(prefix=".config.", suffix=".tether-check", dir=directory)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        complaint = _run_ssh_g(ssh, name, host)
+    except OSError:
+        return None
+    finally:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+    if complaint is not None and complaint.file == name:
+        complaint = Complaint(None, complaint.line, complaint.message)
+    return complaint
+
+
+def _run_ssh_g(ssh: str, config: str, host: str) -> Complaint | None:
+    import subprocess
+
+    try:
+        # CanonicalizeHostname=no: no DNS lookups; a command-line option wins over the file.
+        proc = subprocess.run([ssh, "-G", "-F", config, "-o", "CanonicalizeHostname=no", host],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, errors="replace", timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    return None if proc.returncode == 0 else parse_complaint(proc.stderr)
+
+
+def _check_candidate(path: Path, old: str, new: str, change: str,
+                     block: ManagedBlock | None = None) -> None:
+    """Refuse to write ``new`` over ``path`` when OpenSSH rejects it; say whose fault it is."""
+    host = _check_host(block)
+    # No ~/.ssh yet: check in the temp dir rather than leave a new ~/.ssh behind a refusal.
+    complaint = openssh_complaint(new, path.parent if path.parent.is_dir() else None, host)
+    if complaint is None:
+        return
+    # Only on failure (the common path stays one ssh run): was the file refused already?
+    # Checked in place, so the line numbers are the user's own.
+    before = _run_ssh_g("ssh", str(path), host) if old.strip() else None
+    if before is not None:
+        file = before.file or str(path)
+        where = f"line {before.line} of {file}" if before.line else file
+        raise ConfigError(f"OpenSSH already refuses the ssh config ({where}: {before.message});"
+                          " tether did not change it",
+                          f"fix {where}, then run the command again")
+    where = f" (line {complaint.line} of {complaint.file})" if complaint.file else ""
+    raise ConfigError(f"OpenSSH refuses the ssh config with {change}: "
+                      f"{complaint.message}{where}",
+                      f"fix the option name or value (see `man ssh_config`); {path} was not "
+                      "changed")
+
+
 def upsert_block(block: ManagedBlock, config_path: Path | None = None) -> Path | None:
-    """Add or replace ``block``; returns the backup path (None if nothing changed or new)."""
+    """Add or replace ``block``; returns the backup path (None if nothing changed or new).
+
+    ConfigError (nothing written) when OpenSSH would refuse the result, naming its complaint.
+    """
     path = _target(config_path)
     old = read_config(path)
     new = upsert_text(old, block)
     if new == old and path.exists():
         return None
+    _check_candidate(path, old, new, f"the block {block.name}", block)
     return _write(path, new, backup=True)
 
 
@@ -315,6 +471,7 @@ def remove_block(name: str, config_path: Path | None = None) -> bool:
     old = read_config(path)
     new, removed = remove_text(old, name)
     if removed:
+        _check_candidate(path, old, new, f"the block {name} removed")
         _write(path, new, backup=True)
     return removed
 
@@ -332,8 +489,25 @@ def get_block(name: str, config_path: Path | None = None) -> ManagedBlock:
 
 
 def hosts_using_identity(identity: Path, config_path: Path | None = None) -> list[str]:
-    """Host patterns in the whole config (managed or not) that use ``identity``."""
-    return identity_hosts(read_config(config_path), Path(identity), Path.home())
+    """Host patterns in the whole config (managed or not, Included files too) that use
+    ``identity``."""
+    home = Path.home()
+    ssh_dir = paths.ssh_dir()
+
+    def load(argument: str) -> list[tuple[str, str]]:
+        loaded = []
+        for file in include_files(argument, ssh_dir, home):
+            try:
+                data = file.read_bytes()
+            except OSError as exc:  # OpenSSH fails on it too; we cannot say the key is unused
+                raise LocalIOError(f"could not read {file} (included by the ssh config): "
+                                   f"{exc.strerror}",
+                                   "fix its permissions, or pass --force") from exc
+            # Lenient: a stray byte must not hide an IdentityFile line from this safety check.
+            loaded.append((str(file), data.decode("utf-8", "replace")))
+        return loaded
+
+    return identity_hosts(read_config(config_path), Path(identity), home, load)
 
 
 def reset_config(config_path: Path | None = None, *, managed_only: bool = False) -> Path | None:
@@ -345,9 +519,11 @@ def reset_config(config_path: Path | None = None, *, managed_only: bool = False)
     if not path.exists():
         return None
     if managed_only:
-        new = strip_all_blocks(read_config(path))
+        old = read_config(path)
+        new = strip_all_blocks(old)
+        _check_candidate(path, old, new, "tether's blocks removed")
     else:
-        new = ""
+        new = ""  # an empty config is always valid
     backup = backup_copy(path)
     _write(path, new, backup=False)
     return backup
