@@ -171,7 +171,7 @@ def test_setup_for_the_public_host_pins_its_published_key(cli, isolated, monkeyp
     steps = {s["name"]: s["status"] for s in r.json()["steps"]}
     assert steps == {"key": "done", "host key": "done", "ssh config": "done", "upload": "done"}
     known = (isolated.home / ".ssh" / "known_hosts").read_text()
-    assert known == f"github.com {KNOWN_HOST_KEYS['github.com']}\n"
+    assert known == f"github.com {KNOWN_HOST_KEYS['github.com']} tether-pin\n"
     resolved = subprocess.run(["ssh", "-G", "-F", str(isolated.ssh_config), "github.com"],
                               capture_output=True, text=True, check=True).stdout.splitlines()
     assert {"user git", "hostname github.com", "identitiesonly yes",

@@ -23,16 +23,16 @@ def _hashed(alias: str, salt: bytes = b"0123456789abcdefghij") -> str:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("", f"tether-x {KEY_A}\n"),
-    ("other ssh-rsa AAAA\n", f"other ssh-rsa AAAA\ntether-x {KEY_A}\n"),
-    ("other ssh-rsa AAAA", f"other ssh-rsa AAAA\ntether-x {KEY_A}\n"),
-    (f"tether-x {KEY_B}\n", f"tether-x {KEY_A}\n"),
-    (f"a,tether-x {KEY_B}\n", f"a {KEY_B}\ntether-x {KEY_A}\n"),
-    (f"{_hashed('tether-x')} {KEY_B}\n", f"tether-x {KEY_A}\n"),
-    (f"{_hashed('other')} {KEY_B}\n", f"{_hashed('other')} {KEY_B}\ntether-x {KEY_A}\n"),
+    ("", f"tether-x {KEY_A} tether-pin\n"),
+    ("other ssh-rsa AAAA\n", f"other ssh-rsa AAAA\ntether-x {KEY_A} tether-pin\n"),
+    ("other ssh-rsa AAAA", f"other ssh-rsa AAAA\ntether-x {KEY_A} tether-pin\n"),
+    (f"tether-x {KEY_B}\n", f"tether-x {KEY_A} tether-pin\n"),
+    (f"a,tether-x {KEY_B}\n", f"a {KEY_B}\ntether-x {KEY_A} tether-pin\n"),
+    (f"{_hashed('tether-x')} {KEY_B}\n", f"tether-x {KEY_A} tether-pin\n"),
+    (f"{_hashed('other')} {KEY_B}\n", f"{_hashed('other')} {KEY_B}\ntether-x {KEY_A} tether-pin\n"),
     (f"@cert-authority tether-x {KEY_B}\n", f"@cert-authority tether-x {KEY_B}\n"
-                                            f"tether-x {KEY_A}\n"),
-    (f"# tether-x {KEY_B}\n", f"# tether-x {KEY_B}\ntether-x {KEY_A}\n"),
+                                            f"tether-x {KEY_A} tether-pin\n"),
+    (f"# tether-x {KEY_B}\n", f"# tether-x {KEY_B}\ntether-x {KEY_A} tether-pin\n"),
 ], ids=["empty", "append", "no-newline", "replace", "shared-line", "hashed", "hashed-other",
         "cert-authority-kept", "comment-kept"])
 def test_add_pins_exactly_one_key(text, expected):
@@ -78,3 +78,31 @@ def test_reset_known_hosts_keeps_a_backup(tmp_path):
     assert backup.read_text() == f"a {KEY_A}\n"
     assert path.read_text() == ""
     assert kh.reset_known_hosts(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize(("line", "pin"), [
+    (f"github.com {KEY_A} tether-pin\n", True),
+    (f"{_hashed('x')} {KEY_A} tether-pin\n", True),
+    (f"github.com {KEY_A}\n", False),
+    (f"github.com {KEY_A} my note\n", False),
+    (f"github.com {KEY_A} tether-pin extra\n", False),
+    (f"@cert-authority *.corp {KEY_A}\n", False),
+    (f"# github.com {KEY_A} tether-pin\n", False),
+    ("\n", False),
+], ids=["pin", "hashed-pin", "unmarked", "user-comment", "longer-comment", "cert-authority",
+        "commented-out", "blank"])
+def test_is_pin(line, pin):
+    assert kh.is_pin(line) is pin
+
+
+def test_reset_managed_only_removes_exactly_the_pins(tmp_path):
+    path = tmp_path / "known_hosts"
+    mine = f"# mine\nbox {KEY_B}\n\n{_hashed('h')} {KEY_B}\n"
+    path.write_text(mine)
+    kh.add_known_host(path, "github.com", KEY_A)
+    kh.add_known_host(path, "tether-x", KEY_B)
+    full = path.read_text()
+    backup = kh.reset_known_hosts(path, managed_only=True)
+    assert backup.read_text() == full
+    assert path.read_text() == mine
+    assert kh.remove_pins_text(full) == (mine, 2)

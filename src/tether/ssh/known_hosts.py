@@ -3,8 +3,10 @@
 tether pins a host's key under an alias (``HostKeyAlias``, e.g. ``tether-laptop``), never
 under a tunnel hostname that changes every session. A line is ``<hosts> <type> <base64>
 [comment]``; ``<hosts>`` is a comma list of names or one hashed ``|1|salt|hmac`` entry; lines
-starting with ``@cert-authority`` / ``@revoked`` are kept untouched. The pure functions work
-on text; the I/O shell writes atomically (0600) and keeps a backup.
+starting with ``@cert-authority`` / ``@revoked`` are kept untouched. tether writes its pins as
+``<alias> <type> <base64> tether-pin``: the comment field marks the line as tether's, so a reset
+can remove tether's pins and nothing else. The pure functions work on text; the I/O shell
+writes atomically (0600) and keeps a backup.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 
 from tether import paths
 from tether.errors import ConfigError, LocalIOError
+
+# The comment field of every pin tether writes (OpenSSH ignores it): what makes a line tether's.
+PIN_MARK = "tether-pin"
 
 
 def known_hosts_path() -> Path:
@@ -82,11 +87,24 @@ def remove_text(text: str, alias: str) -> tuple[str, int]:
 def add_text(text: str, alias: str, key_line: str) -> str:
     """``text`` with ``alias`` pinned to exactly ``key_line`` (older pins for it replaced)."""
     _check_alias(alias)
-    entry = f"{alias} {normalize_key_line(key_line)}\n"
+    entry = f"{alias} {normalize_key_line(key_line)} {PIN_MARK}\n"
     text, _ = remove_text(text, alias)
     if text and not text.endswith("\n"):
         text += "\n"
     return text + entry
+
+
+def is_pin(line: str) -> bool:
+    """Whether ``line`` is a pin tether wrote (``<hosts> <type> <base64> tether-pin``)."""
+    fields = line.split()
+    return (len(fields) == 4 and fields[3] == PIN_MARK
+            and not fields[0].startswith(("#", "@")))
+
+
+def remove_pins_text(text: str) -> tuple[str, int]:
+    """``text`` without tether's pins (every other line kept as it is), and how many went."""
+    kept = [line for line in text.splitlines(keepends=True) if not is_pin(line)]
+    return "".join(kept), len(text.splitlines()) - len(kept)
 
 
 def find_text(text: str, alias: str) -> list[str]:
@@ -140,13 +158,15 @@ def find_known_host(path: Path | None, alias: str) -> list[str]:
     return find_text(_read(path), alias)
 
 
-def reset_known_hosts(path: Path | None = None) -> Path | None:
-    """Empty the file, keeping a timestamped backup (returned; None if there was no file)."""
+def reset_known_hosts(path: Path | None = None, *, managed_only: bool = False) -> Path | None:
+    """Empty the file (or, ``managed_only``, drop only tether's pins: lines marked
+    ``tether-pin``), keeping a timestamped backup (returned; None if there was no file)."""
     from tether.ssh.config import backup_copy
 
     path = Path(path) if path is not None else known_hosts_path()
     if not path.exists():
         return None
+    new = remove_pins_text(_read(path))[0] if managed_only else ""
     backup = backup_copy(path)
-    paths.atomic_write(path, "", mode=paths.PRIVATE_FILE_MODE)
+    paths.atomic_write(path, new, mode=paths.PRIVATE_FILE_MODE)
     return backup
