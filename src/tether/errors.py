@@ -112,6 +112,12 @@ class LocalIOError(TetherError):
     """A local file operation failed: a read-only home, a full disk, a permission bit."""
 
 
+class SecretStoreError(TetherError):
+    """The OS keyring is missing, locked or refuses an operation, where the user forced it
+    (``TETHER_SECRETS_BACKEND=keyring``); an automatically chosen keyring falls back to the
+    0600 file instead of raising this."""
+
+
 # -- partial results and interruption -----------------------------------------------------
 
 

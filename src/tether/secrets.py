@@ -5,7 +5,10 @@ by a ``--...-file`` option, an environment variable, or a hidden prompt, never f
 ``ps`` shows it to every user. It is kept in the OS keyring when a real backend works, else in
 a 0600 JSON file under the config dir. Nothing here prints a secret.
 
-``TETHER_SECRETS_BACKEND=file|keyring`` forces a backend (tests use ``file``).
+``TETHER_SECRETS_BACKEND=file|keyring`` forces a backend (tests use ``file``). Unforced, the
+keyring is used while it works and the file takes over whenever it fails (no backend, a
+locked keyring, one that reads but refuses writes); a forced keyring that fails is a
+``SecretStoreError`` with a hint, never a silent switch to the file.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tether import paths
-from tether.errors import ConfigError, LocalIOError, UsageError
+from tether.errors import ConfigError, LocalIOError, SecretStoreError, UsageError
 
 SERVICE = "tether"
 
@@ -76,29 +79,100 @@ class FileBackend:
 
 
 class KeyringBackend:
-    """The OS keyring (Secret Service, macOS Keychain, Windows Credential Locker)."""
+    """The OS keyring (Secret Service, macOS Keychain, Windows Credential Locker).
+
+    Every failure of the keyring library is a ``SecretStoreError``: backends raise many kinds
+    (``keyring.errors.*``, secretstorage's, jeepney's D-Bus errors, OSError), so the seam
+    catches them all and says which operation failed.
+    """
 
     name = "keyring"
 
-    def get(self, key: str) -> str | None:
-        import keyring
+    def __init__(self, forced: bool = False) -> None:
+        self.forced = forced  # TETHER_SECRETS_BACKEND=keyring: the hint says how to undo it
 
-        return keyring.get_password(SERVICE, key)
+    def get(self, key: str) -> str | None:
+        try:
+            import keyring
+
+            return keyring.get_password(SERVICE, key)
+        except Exception as exc:
+            raise self._error("read", exc) from exc
 
     def set(self, key: str, value: str) -> None:
-        import keyring
+        try:
+            import keyring
 
-        keyring.set_password(SERVICE, key, value)
+            keyring.set_password(SERVICE, key, value)
+        except Exception as exc:
+            raise self._error("store", exc) from exc
 
     def delete(self, key: str) -> bool:
-        import keyring
-        import keyring.errors
-
         try:
-            keyring.delete_password(SERVICE, key)
-        except keyring.errors.PasswordDeleteError:
-            return False
+            import keyring
+            import keyring.errors
+
+            try:
+                keyring.delete_password(SERVICE, key)
+            except keyring.errors.PasswordDeleteError:
+                return False
+        except Exception as exc:
+            raise self._error("delete", exc) from exc
         return True
+
+    def _error(self, action: str, exc: Exception) -> SecretStoreError:
+        try:
+            from keyring.errors import NoKeyringError
+        except ImportError:  # keyring itself is broken: exc says so
+            NoKeyringError = ()  # noqa: N806
+        if isinstance(exc, NoKeyringError):
+            what = "no OS keyring backend is available"
+        else:  # the exception names the backend's problem, never the secret
+            what = f"the OS keyring could not {action} the secret ({type(exc).__name__}: {exc})"
+        if self.forced:
+            return SecretStoreError(f"TETHER_SECRETS_BACKEND=keyring, but {what}",
+                                    "set up and unlock a keyring (`tether doctor` says how), "
+                                    "or unset TETHER_SECRETS_BACKEND to keep secrets in a "
+                                    "0600 file")
+        return SecretStoreError(what, "see `tether doctor` for the keyring check")
+
+
+class AutoBackend:
+    """The keyring while it works, else the 0600 file: what nobody forced.
+
+    A write the keyring refuses goes to the file; reads and deletes look in both, so a secret
+    stored while the keyring was away is still found (and a keyring write drops that copy).
+    """
+
+    name = "keyring"
+
+    def __init__(self, keyring: SecretBackend | None = None,
+                 file: FileBackend | None = None) -> None:
+        self.keyring = keyring or KeyringBackend()
+        self.file = file or FileBackend()
+
+    def get(self, key: str) -> str | None:
+        try:
+            value = self.keyring.get(key)
+        except SecretStoreError:
+            value = None
+        return value if value is not None else self.file.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        try:
+            self.keyring.set(key, value)
+        except SecretStoreError:
+            self.file.set(key, value)
+            return
+        if self.file.path.exists():
+            self.file.delete(key)  # an older copy would outlive a logout or a new token
+
+    def delete(self, key: str) -> bool:
+        try:
+            removed = self.keyring.delete(key)
+        except SecretStoreError:
+            removed = False
+        return self.file.delete(key) or removed
 
 
 def keyring_status() -> tuple[bool, str]:
@@ -127,12 +201,12 @@ def default_backend() -> SecretBackend:
     if forced == "file":
         return FileBackend()
     if forced == "keyring":
-        return KeyringBackend()
+        return KeyringBackend(forced=True)
     if forced:
         raise ConfigError(f"TETHER_SECRETS_BACKEND={forced!r} is not a backend",
                           "use 'file' or 'keyring', or unset it")
     ok, _ = keyring_status()
-    return KeyringBackend() if ok else FileBackend()
+    return AutoBackend() if ok else FileBackend()
 
 
 def get_secret(key: str, backend: SecretBackend | None = None) -> str | None:
@@ -147,6 +221,28 @@ def set_secret(key: str, value: str, backend: SecretBackend | None = None) -> No
 
 def delete_secret(key: str, backend: SecretBackend | None = None) -> bool:
     return (backend or default_backend()).delete(key)
+
+
+def _read_secret_file(source: SecretSource) -> str:
+    where = "stdin" if str(source.file) == "-" else str(source.file)
+    try:
+        if str(source.file) == "-":
+            # The bytes, decoded strictly: a C-locale stdin would smuggle undecodable bytes in
+            # as surrogates that fail later, far from here.
+            raw = getattr(sys.stdin, "buffer", None)
+            value = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+        else:
+            value = Path(source.file).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"could not read the {source.what} from {where}: {exc.strerror}",
+                         "check the path (a readable file holding only the secret), or pass "
+                         "'-' to read it from stdin") from exc
+    except UnicodeDecodeError as exc:  # the message holds no secret bytes, only the offset
+        raise UsageError(f"the {source.what} in {where} is not UTF-8 text (bad byte at "
+                         f"offset {exc.start})",
+                         "save it as plain UTF-8 text (a binary or UTF-16 file will not do)"
+                         ) from exc
+    return value.rstrip("\r\n")
 
 
 @dataclass(frozen=True)
@@ -166,15 +262,7 @@ def read_secret(source: SecretSource) -> str:
     only when stdin is a terminal; otherwise the error says how to pass the secret.
     """
     if source.file is not None:
-        try:
-            if str(source.file) == "-":
-                value = sys.stdin.read()
-            else:
-                value = Path(source.file).expanduser().read_text()
-        except OSError as exc:
-            raise UsageError(f"could not read the {source.what} from {source.file}: "
-                             f"{exc.strerror}") from exc
-        value = value.rstrip("\r\n")
+        value = _read_secret_file(source)
         if not value:
             raise UsageError(f"{source.file} holds no {source.what}")
         return value

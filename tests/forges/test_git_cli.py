@@ -157,3 +157,88 @@ def test_git_identity_local_outside_a_repo(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     r = cli("git", "identity", "--name", "A", "--email", "a@b.c", "--scope", "local")
     assert r.exit_code == 2 and "not inside a git repository" in r.stderr
+
+
+# -- secrets storage failures are clear errors (or a fallback), never internal errors ---------
+
+
+def test_login_with_a_non_utf8_token_file_is_a_clear_error(cli, isolated, github, tmp_path,
+                                                            monkeypatch):
+    github.env(monkeypatch)
+    token_file = tmp_path / "token"
+    token_file.write_bytes("ghp_full".encode("utf-16"))
+    r = cli("git", "login", "github", "--token-file", str(token_file))
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: the GitHub token in {token_file} is not UTF-8 text")
+    assert "\nhint: save it as plain UTF-8 text" in r.stderr and "internal error" not in r.stderr
+    assert not (isolated.tether_home / "config" / "secrets.json").exists()
+
+
+@pytest.fixture
+def use_keyring():
+    """Install a keyring backend for the test (keyring's process-wide choice), then restore."""
+    import keyring
+
+    before = keyring.get_keyring()
+    yield keyring.set_keyring
+    keyring.set_keyring(before)
+
+
+def _read_only_keyring():
+    import keyring.backend
+    import keyring.errors
+
+    class ReadOnlyKeyring(keyring.backend.KeyringBackend):
+        priority = 1
+
+        def get_password(self, service, username):
+            return None
+
+        def set_password(self, service, username, password):
+            raise keyring.errors.PasswordSetError("the collection is locked")
+
+        def delete_password(self, service, username):
+            raise keyring.errors.PasswordDeleteError("not found")
+
+    return ReadOnlyKeyring()
+
+
+def test_forced_keyring_without_a_backend_is_a_clear_error(cli, isolated, github, tmp_path,
+                                                           monkeypatch, use_keyring):
+    from keyring.backends import fail
+
+    use_keyring(fail.Keyring())
+    github.env(monkeypatch)
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "keyring")
+    r = cli(*_login_args(github, tmp_path))
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: TETHER_SECRETS_BACKEND=keyring, but no OS keyring "
+                               "backend is available\nhint: ")
+    assert "unset TETHER_SECRETS_BACKEND" in r.stderr and "internal error" not in r.stderr
+    assert github.full.token not in r.stdout + r.stderr
+    # Forced means forced: the token was not put in the file instead.
+    assert not (isolated.tether_home / "config" / "secrets.json").exists()
+
+
+def test_a_keyring_that_refuses_writes(cli, isolated, github, tmp_path, monkeypatch,
+                                       use_keyring):
+    use_keyring(_read_only_keyring())
+    github.env(monkeypatch)
+    secrets_file = isolated.tether_home / "config" / "secrets.json"
+    # Forced: a clear error naming the keyring's complaint.
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "keyring")
+    r = cli(*_login_args(github, tmp_path))
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: TETHER_SECRETS_BACKEND=keyring, but the OS keyring could "
+                               "not store the secret (PasswordSetError: the collection is "
+                               "locked)\nhint: ")
+    assert not secrets_file.exists()
+    # Chosen automatically: the 0600 file takes the token, and it is found again.
+    monkeypatch.delenv("TETHER_SECRETS_BACKEND")
+    r = cli(*_login_args(github, tmp_path))
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(secrets_file.read_text()) == {"forge:github:token": "ghp_full"}
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert cli("git", "whoami", "github", "--json").json()["login"] == "octocat"
+    assert cli("git", "logout", "github").exit_code == 0
+    assert json.loads(secrets_file.read_text()) == {}
