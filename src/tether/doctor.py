@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -108,13 +109,56 @@ def run_checks(info: plat.PlatformInfo | None = None) -> DoctorReport:
                                     "(sysctl -w kernel.unprivileged_userns_clone=1) or run as root"))
                 continue
         checks.append(Check(tool, CheckStatus.OK, detail, needed_for))
-    ok, name = keyring_status()
-    checks.append(Check("keyring", CheckStatus.OK if ok else CheckStatus.WARN,
-                        name if ok else f"{name}; secrets go to a 0600 file instead",
-                        ("secrets",),
-                        None if ok else "install and unlock a Secret Service (gnome-keyring) "
-                                        "to keep secrets in the OS keyring"))
+    checks.append(_keyring_check(info))
     notes = []
     if info.remote_shell_policy:
         notes.append(info.remote_shell_policy)
     return DoctorReport(info.name, info.kind.value, checks, notes)
+
+
+# Packages that give the keyring library a Secret Service on D-Bus (a desktop login starts and
+# unlocks it; dbus-user-session gives non-desktop logins the session bus it lives on).
+_KEYRING_PACKAGES = {"apt": "gnome-keyring dbus-user-session", "dnf": "gnome-keyring",
+                     "pacman": "gnome-keyring", "apk": "gnome-keyring"}
+_FILE_FALLBACK = "export TETHER_SECRETS_BACKEND=file"
+
+
+def keyring_fix(info: plat.PlatformInfo) -> str:
+    """The exact commands that give this machine a keyring, or the 0600 file instead."""
+    pm = info.package_manager
+    if pm == "brew":
+        return ("unlock the login keychain (Keychain Access), or keep secrets in the 0600 "
+                f"file: {_FILE_FALLBACK}")
+    packages = _KEYRING_PACKAGES.get(pm or "")
+    if packages is None:
+        return ("install gnome-keyring (or KWallet) with your package manager, or keep "
+                f"secrets in the 0600 file: {_FILE_FALLBACK}")
+    sudo = "" if info.is_root else "sudo "
+    install = {"apt": f"{sudo}apt-get install -y {packages}",
+               "dnf": f"{sudo}dnf install -y {packages}",
+               "pacman": f"{sudo}pacman -S --noconfirm {packages}",
+               "apk": f"{sudo}apk add {packages}"}[pm]
+    return (f"{install}, then log in again to start and unlock it (headless: keep secrets in "
+            f"the 0600 file: {_FILE_FALLBACK})")
+
+
+def _keyring_check(info: plat.PlatformInfo) -> Check:
+    needed_for = ("secrets",)
+    forced = os.environ.get("TETHER_SECRETS_BACKEND", "").strip().lower()
+    if forced == "file":
+        return Check("keyring", CheckStatus.OK,
+                     "not used: TETHER_SECRETS_BACKEND=file keeps secrets in a 0600 file",
+                     needed_for)
+    if forced not in ("", "keyring"):
+        return Check("keyring", CheckStatus.MISSING,
+                     f"TETHER_SECRETS_BACKEND={forced!r} is not a backend", needed_for,
+                     "unset TETHER_SECRETS_BACKEND, or set it to file or keyring")
+    ok, name = keyring_status()
+    if ok:
+        return Check("keyring", CheckStatus.OK, name, needed_for)
+    if forced == "keyring":  # forced: storing a secret fails instead of using the file
+        return Check("keyring", CheckStatus.MISSING,
+                     f"{name}; TETHER_SECRETS_BACKEND=keyring makes storing a secret fail",
+                     needed_for, keyring_fix(info))
+    return Check("keyring", CheckStatus.WARN, f"{name}; secrets go to a 0600 file instead",
+                 needed_for, keyring_fix(info))
