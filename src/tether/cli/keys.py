@@ -156,7 +156,8 @@ def reset(
     known_hosts: Annotated[bool, typer.Option("--known-hosts",
                                               help="Empty ~/.ssh/known_hosts.")] = False,
     managed_only: Annotated[bool, typer.Option(
-        "--managed-only", help="With --ssh-config: remove only tether's blocks.")] = False,
+        "--managed-only", help="Remove only what tether wrote: its blocks in the ssh config, "
+        "its pins (lines marked tether-pin) in known_hosts.")] = False,
     config: ConfigOption = None,
     known_hosts_file: Annotated[Optional[Path], typer.Option(
         "--known-hosts-file", help="known_hosts file (default ~/.ssh/known_hosts).",
@@ -177,13 +178,15 @@ def reset(
         result["ssh_config"] = {"backup": str(backup) if backup else None,
                                 "managed_only": managed_only}
     if known_hosts:
-        backup = reset_known_hosts(known_hosts_file)
-        result["known_hosts"] = {"backup": str(backup) if backup else None}
+        backup = reset_known_hosts(known_hosts_file, managed_only=managed_only)
+        result["known_hosts"] = {"backup": str(backup) if backup else None,
+                                 "managed_only": managed_only}
 
     def human(o: Output) -> None:
         for what, info in result.items():
             backup = info["backup"]
-            o.out.print(f"reset {what.replace('_', ' ')}" +
+            only = ", tether's entries only" if info["managed_only"] else ""
+            o.out.print(f"reset {what.replace('_', ' ')}{only}" +
                         (f" (backup: {backup})" if backup else " (there was no file)"),
                         markup=False)
 
@@ -220,14 +223,15 @@ def config_add(
         options.append(("User", user))
     if port is not None:
         if not 0 < port < 65536:
-            raise UsageError(f"port {port} is out of range")
+            raise UsageError(f"port {port} is out of range", "give a port from 1 to 65535")
         options.append(("Port", str(port)))
     if identity:
         options += [("IdentityFile", str(resolve_key_path(identity))), ("IdentitiesOnly", "yes")]
     for item in option or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UsageError(f"--option {item!r} is not Key=Value")
+            raise UsageError(f"--option {item!r} is not Key=Value",
+                             "write it as -o Key=Value, e.g. -o ServerAliveInterval=30")
         options.append((key.strip(), value.strip()))
     block = ManagedBlock(name, host, tuple(options))
     backup = upsert_block(block, config)

@@ -35,7 +35,8 @@ def _load_meta() -> dict:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise LocalIOError(f"could not read {_meta_path()}: {exc.strerror}") from exc
+        raise LocalIOError(f"could not read {_meta_path()}: {exc.strerror}",
+                           "check that the tether config dir is readable") from exc
     except ValueError as exc:
         raise ConfigError(f"{_meta_path()} is not valid JSON",
                           "delete it and log in again") from exc
@@ -139,13 +140,16 @@ def read_public_key(key: str) -> str:
         try:
             line = pub.read_text().strip()
         except OSError as exc:
-            raise UsageError(f"could not read the public key {pub}: {exc.strerror}") from exc
+            raise UsageError(f"could not read the public key {pub}: {exc.strerror}",
+                             "give a key name from `tether keys list`, or the path of a key "
+                             "whose .pub is beside it") from exc
     else:
         line = public_key_line(key)
     try:
         fingerprint_of_public_key(line)
     except ConfigError as exc:
-        raise UsageError(f"{key} is not an OpenSSH public key: {exc.message}") from exc
+        raise UsageError(f"{key} is not an OpenSSH public key: {exc.message}",
+                         "give a key made by ssh-keygen or `tether keys generate`") from exc
     return line
 
 

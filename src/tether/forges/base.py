@@ -226,7 +226,8 @@ class ForgeClient:
         if status >= 500:
             return PeerError(f"{display} failed ({what}): HTTP {status}",
                              "the forge has a problem; try again later")
-        return PeerError(f"{display} refused {what}: HTTP {status} {detail or ''}".rstrip())
+        return PeerError(f"{display} refused {what}: HTTP {status} {detail or ''}".rstrip(),
+                         "check the token's permissions and the base URL (--base-url)")
 
 
 def _rate_limited(display: str, wait: float | None) -> RateLimitedError:

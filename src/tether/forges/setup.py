@@ -132,7 +132,8 @@ def classify_failure(output: str, target: SshTarget) -> TetherError:
                                  "Connection closed")):
         return ConnectError(f"could not reach {target.hostname or target.alias}: "
                             f"{_last_line(output)}", "check the host, port and your network")
-    return ConnectError(f"ssh to {target.alias} failed: {_last_line(output)}")
+    return ConnectError(f"ssh to {target.alias} failed: {_last_line(output)}",
+                        f"see the whole exchange: ssh -vT {target.user or 'git'}@{target.alias}")
 
 
 def _last_line(text: str) -> str:

@@ -232,7 +232,8 @@ def check_new_key(name: str, *, type: str = DEFAULT_TYPE, bits: int | None = Non
     validate_name(name)
     key_type, key_bits = normalize_type_and_bits(type, bits)
     if comment is not None and ("\n" in comment or "\r" in comment):
-        raise UsageError("a key comment must be one line")
+        raise UsageError("a key comment must be one line",
+                         "pass a single-line comment with -C (it ends up in the .pub file)")
     folder = _directory(directory)
     private_path, public_path = folder / name, folder / f"{name}.pub"
     if not overwrite:
@@ -357,4 +358,6 @@ def delete_key(name: str, *, force: bool = False, directory: Path | None = None,
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise LocalIOError(f"could not delete {p}: {exc.strerror}") from exc
+            raise LocalIOError(f"could not delete {p}: {exc.strerror}",
+                               f"check that {p.parent} is writable (not a read-only mount) "
+                               "and run the command again") from exc
