@@ -241,9 +241,19 @@ def cli(isolated: IsolatedEnv):
     return run
 
 
+def find_tether_bin() -> str | None:
+    """The `tether` console script of the interpreter running the tests (beside
+    ``sys.executable``, so `.venv/bin/python -m pytest` works without the venv on PATH), else
+    the one on PATH."""
+    beside = Path(sys.executable).parent / "tether"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("tether")
+
+
 @pytest.fixture
 def tether_bin() -> str:
     """Path of the installed `tether` console script, for tests that need a real process."""
-    path = shutil.which("tether")
+    path = find_tether_bin()
     assert path, "the tether console script is not installed (pip install -e .)"
     return path

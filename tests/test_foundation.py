@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -176,7 +177,35 @@ def test_cli_version(cli):
 def test_cli_unknown_command_is_usage_error(cli):
     result = cli("no-such-command")
     assert result.exit_code == 2
-    assert "No such command" in result.stderr
+    assert result.stderr == "error: no such command 'no-such-command'\nhint: run `tether --help`\n"
+
+
+@pytest.mark.parametrize(("args", "message", "help_of"), [
+    (["keys", "generate"], "missing argument 'name'", "tether keys generate"),
+    (["keys", "generate", "k", "-b", "abc"], "invalid value for '--bits' / '-b'",
+     "tether keys generate"),
+    (["keys", "generate", "k", "--bogus"], "no such option: --bogus", "tether keys generate"),
+    (["keys", "genrate"], "no such command 'genrate'. Did you mean 'generate'?", "tether keys"),
+    (["keys", "config", "add", "x"], "missing option '--host'", "tether keys config add"),
+    (["git", "login"], "missing argument 'provider'", "tether git login"),
+    (["doctor", "extra"], "got unexpected extra argument(s) (extra)", "tether doctor"),
+    (["--bogus"], "no such option: --bogus", "tether"),
+], ids=["missing-argument", "bad-int", "unknown-option", "unknown-command", "missing-option",
+        "git-group", "extra-argument", "root-option"])
+def test_usage_errors_are_one_line_and_a_hint(cli, args, message, help_of):
+    result = cli(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"error: {message}")
+    assert lines[1] == f"hint: run `{help_of} --help`"
+    assert result.stdout == ""
+
+
+def test_a_group_without_a_command_shows_its_help(cli):
+    result = cli("keys")
+    assert "Usage: tether keys" in result.stdout + result.stderr
+    assert "error:" not in result.stderr
 
 
 def test_doctor_json_names_every_check(cli):
@@ -214,7 +243,7 @@ def test_doctor_reports_missing_tool_with_install_command(cli, monkeypatch, tmp_
 def test_tether_error_is_one_line_with_hint_not_traceback(isolated, tether_bin, tmp_path):
     env = dict(isolated.env)
     proc = subprocess.run(
-        ["python3", "-c",
+        [sys.executable, "-c",
          "import sys; from tether.cli.main import report_error; from tether import errors;"
          "sys.exit(report_error(errors.NotFoundError('no host named x', 'run tether hosts')))"],
         capture_output=True, text=True, env=env)
@@ -233,3 +262,152 @@ def test_sshd_fixture_is_real_and_key_only(sshd_server):
     denied = sshd_server.ssh("true", key=stranger)
     assert denied.returncode == 255
     assert "Permission denied (publickey)" in denied.stderr
+
+
+def test_a_real_command_error_is_one_line_with_hint(isolated, tether_bin):
+    proc = subprocess.run([tether_bin, "keys", "show", "nope"], capture_output=True, text=True,
+                          env=isolated.env, timeout=30)
+    assert proc.returncode == 10
+    assert proc.stderr == (f"error: no key named 'nope' in {isolated.home}/.ssh\n"
+                           "hint: see `tether keys list`, or create it with "
+                           "`tether keys generate`\n")
+    assert proc.stdout == ""
+
+
+# A bug of ours inside a real command: `tether keys list` whose library call raises.
+_BUGGY = ("import sys, tether.ssh.keys as k\n"
+          "def boom(*a, **kw):\n    raise RuntimeError('boom')\n"
+          "k.list_keys = boom\n"
+          "from tether.cli.main import main\nsys.argv[0] = 'tether'\nmain()\n")
+
+
+@pytest.mark.parametrize(("args", "env", "traceback"), [
+    ([], {}, False),
+    (["--debug"], {}, True),
+    ([], {"TETHER_DEBUG": "1"}, True),
+    ([], {"TETHER_DEBUG": "0"}, False),
+], ids=["plain", "debug-flag", "debug-env", "debug-env-off"])
+def test_internal_errors_show_a_traceback_only_when_asked(isolated, args, env, traceback):
+    proc = subprocess.run([sys.executable, "-c", _BUGGY, *args, "keys", "list"],
+                          capture_output=True, text=True, env=isolated.env | env, timeout=60)
+    assert proc.returncode == 1
+    if traceback:
+        assert "Traceback (most recent call last)" in proc.stderr
+        assert proc.stderr.rstrip().endswith("RuntimeError: boom")
+    else:
+        assert proc.stderr == ("error: internal error: RuntimeError: boom\n"
+                               "hint: run again with --debug for the traceback and report it\n")
+
+
+def test_debug_shows_the_traceback_of_a_tether_error_too(isolated, tether_bin):
+    proc = subprocess.run([tether_bin, "--debug", "keys", "show", "nope"], capture_output=True,
+                          text=True, env=isolated.env, timeout=30)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "NotFoundError: no key named 'nope'" in proc.stderr
+
+
+def test_shell_completion_script_and_answers(isolated, tether_bin):
+    script = subprocess.run([tether_bin, "--show-completion", "bash"], capture_output=True,
+                            text=True, env=isolated.env, timeout=30)
+    assert script.returncode == 0, script.stderr
+    assert "_TETHER_COMPLETE=complete_bash" in script.stdout
+    assert "complete -o default -F _tether_completion tether" in script.stdout
+
+    def complete(words: str) -> list[str]:
+        env = isolated.env | {"_TETHER_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                              "COMP_CWORD": str(len(words.split()) - 1)}
+        proc = subprocess.run([tether_bin], capture_output=True, text=True, env=env,
+                              timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("tether ke") == ["kernel", "keys"]
+    assert complete("tether keys gen") == ["generate"]
+    assert complete("tether keys config re") == ["remove"]
+
+
+def test_tether_bin_is_found_beside_the_interpreter(monkeypatch):
+    from tests.conftest import find_tether_bin
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    path = find_tether_bin()
+    assert path == os.path.join(os.path.dirname(sys.executable), "tether")
+    assert os.access(path, os.X_OK)
+
+
+# -- secrets: every failure is translated at the seam ----------------------------------------
+
+
+def test_a_non_utf8_secret_file_is_a_usage_error(tmp_path):
+    f = tmp_path / "tok"
+    f.write_bytes(b"\xff\xfetoken")
+    with pytest.raises(errors.UsageError) as info:
+        secrets.read_secret(secrets.SecretSource("GitHub token", file=f))
+    assert info.value.message == f"the GitHub token in {f} is not UTF-8 text (bad byte at offset 0)"
+    assert "UTF-8" in info.value.hint
+
+
+def test_a_missing_secret_file_has_a_hint(tmp_path):
+    with pytest.raises(errors.UsageError) as info:
+        secrets.read_secret(secrets.SecretSource("token", file=tmp_path / "none"))
+    assert "No such file" in info.value.message and "'-'" in info.value.hint
+
+
+class _MemoryBackend:
+    name = "memory"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.data: dict[str, str] = {}
+        self.fail = fail
+
+    def _check(self):
+        if self.fail:
+            raise errors.SecretStoreError("keyring refused")
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def set(self, key, value):
+        self._check()
+        self.data[key] = value
+
+    def delete(self, key):
+        self._check()
+        return self.data.pop(key, None) is not None
+
+
+def test_auto_backend_falls_back_to_the_file_and_finds_it_again(isolated):
+    refusing = _MemoryBackend(fail=True)
+    auto = secrets.AutoBackend(refusing, secrets.FileBackend())
+    auto.set("k", "v1")
+    assert refusing.data == {} and auto.file.get("k") == "v1"
+    assert auto.get("k") == "v1"
+    # The keyring works again: a new value goes there and the file's copy is dropped.
+    working = _MemoryBackend()
+    auto = secrets.AutoBackend(working, secrets.FileBackend())
+    auto.set("k", "v2")
+    assert working.data == {"k": "v2"} and auto.file.get("k") is None
+    assert auto.get("k") == "v2"
+    assert auto.delete("k") is True and auto.get("k") is None
+
+
+def test_doctor_keyring_fix_is_an_exact_command(monkeypatch):
+    import tether.doctor as doctor
+
+    monkeypatch.setattr(doctor, "keyring_status", lambda: (False, "no keyring backend available"))
+    monkeypatch.delenv("TETHER_SECRETS_BACKEND", raising=False)
+    debian = plat.PlatformInfo(plat.PlatformKind.LINUX, "debian", "apt", False, None)
+    check = next(c for c in doctor.run_checks(debian).checks if c.name == "keyring")
+    assert check.status is doctor.CheckStatus.WARN
+    assert check.fix.startswith("sudo apt-get install -y gnome-keyring dbus-user-session, ")
+    assert "export TETHER_SECRETS_BACKEND=file" in check.fix
+    fedora = plat.PlatformInfo(plat.PlatformKind.LINUX, "fedora", "dnf", True, None)
+    assert doctor.keyring_fix(fedora).startswith("dnf install -y gnome-keyring, ")
+    # Forced keyring without one: storing a secret would fail, so it is missing, not a warning.
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "keyring")
+    check = next(c for c in doctor.run_checks(debian).checks if c.name == "keyring")
+    assert check.status is doctor.CheckStatus.MISSING and check.fix.startswith("sudo apt-get")
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "file")
+    check = next(c for c in doctor.run_checks(debian).checks if c.name == "keyring")
+    assert check.status is doctor.CheckStatus.OK and check.fix is None

@@ -49,14 +49,66 @@ def test_generate_list_show_delete(cli, isolated):
     (["config", "add", "x", "--host", "h", "--port", "70000"], 2, "out of range"),
     (["config", "add", "x", "--host", "h", "-o", "novalue"], 2, "not Key=Value"),
     (["config", "add", "x", "--host", "h", "--identity", "missing"], 10, "no key named"),
+    (["config", "add", "x", "--host", "h", "-o", "Port=notanumber"], 2, "Bad port 'notanumber'"),
+    (["config", "add", "x", "--host", "h", "-o", "Bogus=1"], 2, "Bad configuration option"),
+    (["generate", "k", "-C", "two\nlines"], 2, "a key comment must be one line"),
+    (["generate", "k", "--passphrase-file", "/nonexistent/pass"], 2,
+     "could not read the key passphrase from /nonexistent/pass"),
 ], ids=["type", "bits", "separator", "reserved", "show-missing", "delete-missing",
-        "reset-nothing", "remove-missing", "port", "option", "identity-missing"])
+        "reset-nothing", "remove-missing", "port", "option", "identity-missing",
+        "openssh-bad-port", "openssh-unknown-option", "comment", "passphrase-file"])
 def test_bad_input_is_one_clear_line_and_nothing_written(cli, isolated, args, code, message):
     r = cli("keys", *args)
     assert r.exit_code == code
     assert r.stderr.startswith("error: ") and message in r.stderr
+    assert len(r.stderr.splitlines()) == 2 and r.stderr.splitlines()[1].startswith("hint: ")
     assert "Traceback" not in r.stderr
     assert not (isolated.home / ".ssh").exists()
+
+
+def test_a_non_utf8_passphrase_file_is_a_clear_error(cli, isolated, tmp_path):
+    secret = tmp_path / "pass"
+    secret.write_bytes(b"caf\xe9 secret\n")  # latin-1, not UTF-8
+    r = cli("keys", "generate", "k", "--passphrase-file", str(secret))
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: the key passphrase in {secret} is not UTF-8 text")
+    assert "\nhint: save it as plain UTF-8 text" in r.stderr
+    assert "secret" not in r.stderr.replace(str(secret), "")
+    assert not (isolated.home / ".ssh").exists()
+
+
+def test_config_add_refuses_a_user_config_openssh_rejects(cli, isolated):
+    isolated.ssh_config.parent.mkdir(mode=0o700)
+    broken = "Host a\n  User b\nThisIsNotAnOption 1\n"
+    isolated.ssh_config.write_text(broken)
+    r = cli("keys", "config", "add", "ok", "--host", "h", "--user", "u")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: OpenSSH already refuses the ssh config (line 3 of ")
+    assert f"hint: fix line 3 of {isolated.ssh_config}" in r.stderr
+    assert isolated.ssh_config.read_text() == broken
+    assert not isolated.ssh_config.with_name("config.bak").exists()
+
+
+@pytest.mark.parametrize(("main", "extra"), [
+    ("Include extra\n", {"extra": "Host github.com\n  IdentityFile ~/.ssh/gh\n"}),
+    ("Host *\n  User me\nInclude conf.d/*.conf\n",
+     {"conf.d/10-gh.conf": "Host github.com\n  IdentityFile ~/.ssh/gh\n"}),
+], ids=["relative", "glob"])
+def test_delete_follows_includes(cli, isolated, main, extra):
+    ssh = isolated.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    isolated.ssh_config.write_text(main)
+    for name, text in extra.items():
+        (ssh / name).parent.mkdir(exist_ok=True)
+        (ssh / name).write_text(text)
+    assert cli("keys", "generate", "gh").exit_code == 0
+    r = cli("keys", "delete", "gh")
+    assert r.exit_code == 2
+    included = ssh / next(iter(extra))
+    assert f"still uses the key gh (Host github.com in {included})" in r.stderr
+    assert (ssh / "gh").exists() and (ssh / "gh.pub").exists()
+    assert cli("keys", "delete", "gh", "--force").exit_code == 0
+    assert not (ssh / "gh").exists()
 
 
 def test_errors_in_json_mode_are_json(cli):
@@ -154,6 +206,28 @@ def test_reset_flags_each_with_backup(cli, isolated):
     assert (ssh / "config").read_text() == ""
 
 
+def test_reset_known_hosts_managed_only_keeps_the_users_entries(cli, isolated):
+    from tether.ssh.known_hosts import add_known_host
+
+    ssh = isolated.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    mine = f"# my hosts\nbox.example {key}\n@cert-authority *.corp {key}\n"
+    (ssh / "known_hosts").write_text(mine)
+    add_known_host(ssh / "known_hosts", "github.com", key)
+    add_known_host(ssh / "known_hosts", "gitlab.com", key + " its comment")
+    full = (ssh / "known_hosts").read_text()
+    assert full.count("tether-pin") == 2
+    r = cli("keys", "reset", "--known-hosts", "--managed-only", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["known_hosts"]["managed_only"] is True
+    assert (ssh / "known_hosts").read_text() == mine
+    assert open(r.json()["known_hosts"]["backup"]).read() == full
+    r = cli("keys", "reset", "--known-hosts", "--managed-only")
+    assert r.exit_code == 0 and "reset known hosts, tether's entries only (backup:" in r.stdout
+    assert (ssh / "known_hosts").read_text() == mine
+
+
 def _run_on_a_terminal(argv: list[str], env: dict, answers: list[tuple[bytes, bytes]],
                        timeout: float = 20.0) -> tuple[int, bytes]:
     """Run ``argv`` on a pseudo-terminal, answering each prompt; return (exit code, output)."""
@@ -229,3 +303,19 @@ def test_read_only_ssh_dir_is_one_clear_error_and_untouched(isolated, tether_bin
     assert r.returncode == 1 and "Read-only file system" in r.stderr
     assert sorted(p.name for p in ssh.iterdir()) == ["config"]
     assert (ssh / "config").read_text() == "Host a\n"
+
+
+@pytest.mark.timeout(60)
+def test_deleting_from_a_read_only_ssh_dir_is_one_error_with_a_hint(cli, isolated, tether_bin):
+    ssh = isolated.home / ".ssh"
+    assert cli("keys", "generate", "k").exit_code == 0
+    r = subprocess.run(["bwrap", "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                        "--ro-bind", str(ssh), str(ssh), tether_bin, "keys", "delete", "k"],
+                       capture_output=True, text=True, timeout=30, env=isolated.env)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("error: could not delete") and "Read-only file system" in lines[0]
+    assert lines[1] == f"hint: check that {ssh} is writable (not a read-only mount) and run " \
+                       "the command again"
+    assert len(lines) == 2
+    assert sorted(p.name for p in ssh.iterdir()) == ["k", "k.pub"]

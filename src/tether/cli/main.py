@@ -129,6 +129,25 @@ def report_error(exc: errors.TetherError) -> int:
     return code
 
 
+def report_usage_error(exc: typer.TyperException) -> int:
+    """Print a usage error the parser raised (missing argument, bad value, unknown command or
+    option) like tether's own errors: one ``error:`` line and a ``hint:`` naming the command's
+    help, instead of click's usage block. Returns the exit code (2 for usage errors)."""
+    # Typer vendors click; a group called without a command raises this to show its help.
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    if isinstance(exc, NoArgsIsHelpError):  # `tether keys`: the help is the answer
+        exc.show()
+        return exc.exit_code
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():  # "Missing ..." -> "missing ..."
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "tether"
+    sys.stderr.write(f"error: {message}\nhint: run `{command} --help`\n")
+    return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn errors into one line and an exit code."""
     try:
@@ -162,13 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.TyperException as exc:  # usage errors: click-style message and exit 2
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            sys.stderr.write(f"error: {exc.format_message()}\n")
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # click's usage errors: one line, a hint, exit 2
+        sys.exit(report_usage_error(exc))
     except BrokenPipeError:
         # `tether x | head`: the reader left; that is not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
