@@ -113,3 +113,52 @@ def test_a_hostile_default_path_is_refused(tmp_path, isolated, recorded):
     repo.write_snapshot(dataclasses.replace(snap, path=recorded, time_ns=snap.time_ns + 1))
     with pytest.raises(IntegrityError, match="unusable path"):
         api.pull(store)
+
+
+def _shared_subtrees(b):
+    """1000 dirs x 1000 dirs x 1000 empty files (10^9 entries) in three small trees."""
+    files = raw_tree(*[[f"f{i:03d}", "f", 0o644, 0, 0, []] for i in range(1000)])
+    middle = raw_tree(*[[f"d{i:03d}", "d", 0o755, 0, 0, b(fmt.TREE, files)]
+                        for i in range(1000)])
+    return raw_tree(*[[f"d{i:03d}", "d", 0o755, 0, 0, b(fmt.TREE, middle)]
+                      for i in range(1000)])
+
+
+@pytest.fixture
+def billion_entries(tmp_path):
+    store = open_store(f"file://{tmp_path}/repo")
+    forge_snapshot(store, _shared_subtrees)
+    size = sum(p.stat().st_size for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    assert size < 64 << 10                      # the whole repository is a few KB
+    return store
+
+
+def test_shared_subtrees_are_refused_at_the_entry_cap(tmp_path, isolated, billion_entries,
+                                                      monkeypatch):
+    """Pull counts entries as it plans and stops at the cap, before its lists outgrow
+    memory (unbounded, this plan would need ~200 GB)."""
+    from tether.snapshot import restore
+
+    monkeypatch.setattr(restore, "MAX_ENTRIES", 50_000)
+    with pytest.raises(LocalIOError, match="more than 50000 files, directories and links"):
+        api.pull(billion_entries, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tether-" in p.name]
+
+
+def test_shared_subtrees_are_refused_at_the_free_inodes(tmp_path, isolated, billion_entries,
+                                                        monkeypatch):
+    """The limit is the free inodes of the destination when those are fewer than the cap."""
+    real = os.statvfs
+
+    def few_inodes(path):
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree,
+                                  st.f_bavail, st.f_files, 30_000, 30_000, st.f_flag,
+                                  st.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", few_inodes)
+    with pytest.raises(LocalIOError, match="needs more than 30000 inodes") as info:
+        api.pull(billion_entries, tmp_path / "new" / "out")
+    assert info.value.hint
+    assert not (tmp_path / "new").exists()      # refused before even the parent was made

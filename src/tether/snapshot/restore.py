@@ -36,10 +36,36 @@ from tether.snapshot.stores.base import Store
 
 MAX_DEPTH = 512
 SPACE_MARGIN = 1.02
+INODE_BYTES = 4096          # what one file or directory costs on disk at least, for the space check
+# Pull plans every entry in memory (~200 bytes each) before writing: a few KB of trees that
+# share subtrees can claim billions. Past this many entries pull refuses, whatever the
+# free inodes say (3 million entries: ~600 MB of plan).
+MAX_ENTRIES = 3_000_000
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
+@dataclass(frozen=True)
+class Budget:
+    """What the destination's filesystem can take, checked while the plan grows (never
+    after: a hostile snapshot must not get to build its lists first)."""
+
+    where: Path
+    free_bytes: int
+    max_entries: int
+    inodes_bound: bool      # max_entries comes from the free inodes, not from MAX_ENTRIES
+
+    @classmethod
+    def for_destination(cls, dest: Path) -> Budget:
+        where = dest.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent  # the folder is made later, on the same filesystem
+        st = os.statvfs(where)
+        free_inodes = st.f_favail or MAX_ENTRIES  # 0: the filesystem does not count inodes
+        return cls(where, st.f_bavail * st.f_frsize, min(MAX_ENTRIES, free_inodes),
+                   free_inodes < MAX_ENTRIES)
+
+
+@dataclass(slots=True)
 class _File:
     rel: str
     mode: int
@@ -58,6 +84,29 @@ class Plan:
     files: list[_File] = field(default_factory=list)
     links: list[tuple[str, str, int]] = field(default_factory=list)  # rel, target, mtime_ns
     total: int = 0
+    entries: int = 0
+
+    def count(self, budget: Budget, rel: str) -> None:
+        """One more entry (the one just added at ``rel``): refuse as soon as the snapshot
+        claims more than the destination can hold."""
+        self.entries += 1
+        sid = self.snapshot_id[:12]
+        if self.entries > budget.max_entries:
+            if budget.inodes_bound:
+                raise LocalIOError(f"restoring snapshot {sid} needs more than "
+                                   f"{budget.max_entries} inodes but {budget.where} has "
+                                   f"{budget.max_entries} free",
+                                   "free some inodes or pull to another filesystem")
+            raise LocalIOError(f"snapshot {sid} has more than {MAX_ENTRIES} files, "
+                               "directories and links (counted up to " + (rel or "/") + "); "
+                               "pull refuses to plan more",
+                               "a few KB of trees that share subtrees can claim billions of "
+                               "entries: check where this repository came from")
+        need = int(self.total * SPACE_MARGIN) + INODE_BYTES * (len(self.files) + len(self.dirs))
+        if need > budget.free_bytes:
+            raise LocalIOError(f"restoring snapshot {sid} needs more than {need} bytes but "
+                               f"{budget.where} has {budget.free_bytes} free",
+                               "free some space or pull elsewhere")
 
 
 @dataclass
@@ -72,8 +121,8 @@ class PullResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
-    """Walk and validate every tree of ``snap``; nothing is written."""
+def plan(repo: Repository, sid: str, snap: fmt.Snapshot, budget: Budget) -> Plan:
+    """Walk and validate every tree of ``snap`` within ``budget``; nothing is written."""
     p = Plan(sid, snap)
     present = repo.packs_present()
     if present - repo.index().packs:
@@ -101,6 +150,7 @@ def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
             path = f"{rel}/{e.name}" if rel else e.name
             if e.type == fmt.DIR:
                 p.dirs.append((path, e.mode & 0o777, e.mtime_ns))
+                p.count(budget, path)
                 walk(e.ref, path, depth + 1)  # type: ignore[arg-type]
             elif e.type == fmt.FILE:
                 ids = e.ref  # type: ignore[assignment]
@@ -111,22 +161,13 @@ def plan(repo: Repository, sid: str, snap: fmt.Snapshot) -> Plan:
                                          "the repository is corrupt or was tampered with")
                 p.files.append(_File(path, e.mode & 0o777, e.mtime_ns, e.size, ids))  # type: ignore[arg-type]
                 p.total += e.size
+                p.count(budget, path)
             else:
                 p.links.append((path, e.ref, e.mtime_ns))  # type: ignore[arg-type]
+                p.count(budget, path)
 
     walk(snap.tree, "", 0)
     return p
-
-
-def check_space(p: Plan, where: Path) -> None:
-    st = os.statvfs(where)
-    free = st.f_bavail * st.f_frsize
-    need = int(p.total * SPACE_MARGIN) + 4096 * (len(p.files) + len(p.dirs))
-    if need > free:
-        raise LocalIOError(f"restoring snapshot {p.snapshot_id[:12]} needs {need} bytes but "
-                           f"{where} has {free} free", "free some space or pull elsewhere")
-    if st.f_favail and len(p.files) + len(p.dirs) + len(p.links) > st.f_favail:
-        raise LocalIOError(f"restoring needs more inodes than {where} has free")
 
 
 class _Writer:
@@ -365,11 +406,10 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
         if any(os.scandir(dest)) and not replace:
             raise UsageError(f"{dest} is not empty",
                              "pass --replace to swap it for the snapshot, or pull elsewhere")
-    p = plan(repo, sid, snap)
+    p = plan(repo, sid, snap, Budget.for_destination(dest))
     if on_plan:
         on_plan(p)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    check_space(p, dest.parent)
     stage = _stage_dir(dest)
     os.mkdir(stage, 0o700)
     try:
