@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from tests.host.test_link_e2e import activated, make_env
+from tether.errors import AuthError
 from tether.host.workspace import UpOptions, Workspace
 from tether.link.pairing import connect
 
@@ -88,3 +89,87 @@ def test_failed_tunnel_stops_what_started(cli, isolated, monkeypatch) -> None:
                            text=True).stdout.split()
     assert after == before == []
     assert cli("host", "status", "--json").json()["running"] is False
+
+
+TOKEN = "2abcDEFghiJKLmnoPQRstu_3vwxYZ0123456789abcd"
+
+
+def test_ngrok_token_from_file_env_and_clear(cli, isolated, tmp_path, monkeypatch) -> None:
+    from tether.tunnels.ngrok import resolve_token
+
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    secrets_file = isolated.tether_home / "config" / "secrets.json"
+    f = tmp_path / "tok"
+    f.write_text(TOKEN + "\n")
+    r = cli("host", "ngrok-token", "--token-file", str(f), "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json() == {"stored": True, "removed": False}
+    assert TOKEN not in r.stdout + r.stderr
+    assert resolve_token({}) == TOKEN  # what `tether up --tunnel ngrok` reads
+    assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
+    r = cli("host", "ngrok-token", "--token-file", "-", input="other_token_0123456789abc\n")
+    assert r.exit_code == 0 and "stored the ngrok authtoken" in r.stdout
+    assert resolve_token({}) == "other_token_0123456789abc"
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+    assert cli("host", "ngrok-token").exit_code == 0
+    monkeypatch.delenv("NGROK_AUTHTOKEN")
+    assert resolve_token({}) == TOKEN
+    r = cli("host", "ngrok-token", "--clear")
+    assert r.exit_code == 0 and "forgot" in r.stdout
+    assert cli("host", "ngrok-token", "--clear", "--json").json() == {"stored": False,
+                                                                      "removed": False}
+    with pytest.raises(AuthError) as info:
+        resolve_token({})
+    assert "tether host ngrok-token" in info.value.hint
+
+
+@pytest.mark.parametrize("args,stdin,code,fragment", [
+    (("--token-file", "/nonexistent/tok"), None, 2, "could not read the ngrok authtoken"),
+    (("--token-file", "-"), "not a token!\n", 2, "does not look like an ngrok authtoken"),
+    (("--token-file", "-"), "\n", 2, "holds no ngrok authtoken"),
+    ((), None, 2, "no ngrok authtoken given"),
+    (("--clear", "--token-file", "x"), None, 2, "--clear takes no token"),
+    (("sometoken",), None, 2, "unexpected extra argument"),
+], ids=["missing-file", "malformed", "empty", "nothing-given", "clear-and-file",
+        "argv-refused"])
+def test_ngrok_token_bad_input(cli, monkeypatch, args, stdin, code, fragment) -> None:
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    r = cli("host", "ngrok-token", *args, input=stdin)
+    assert r.exit_code == code, r.stderr
+    assert fragment in r.stderr.lower() and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error:") or "Usage" in r.stderr
+    assert "not a token" not in r.stderr  # the input is never echoed
+    from tether import secrets
+
+    assert secrets.get_secret("ngrok:authtoken") is None
+
+
+def test_ngrok_token_prompt_on_a_terminal(isolated, tether_bin) -> None:
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.pop("NGROK_AUTHTOKEN", None)
+        os.execv(tether_bin, [tether_bin, "host", "ngrok-token"])
+    out = b""
+    try:
+        while b"authtoken:" not in out:
+            out += os.read(fd, 1024)
+        os.write(fd, TOKEN.encode() + b"\n")
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    assert TOKEN.encode() not in out  # the prompt does not echo
+    from tether.tunnels.ngrok import resolve_token
+
+    assert resolve_token({}) == TOKEN

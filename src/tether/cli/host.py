@@ -1,9 +1,11 @@
-"""`tether host status`, `tether host pair-code`: the running workspace, from the host."""
+"""`tether host status`, `tether host pair-code`, `tether host ngrok-token`: the workspace
+running on this machine, and what `tether up` needs to start one."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -63,3 +65,31 @@ def pair_code_cmd(
         o.out.print(f"  {r['connect_command']}", markup=False)
 
     out.result(r, human)
+
+
+@app.command("ngrok-token")
+def ngrok_token(
+    token_file: Annotated[Optional[Path], typer.Option(
+        "--token-file", help="Read the token from this file ('-' for stdin).",
+        show_default=False)] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the stored token.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Store the ngrok authtoken for `tether up --tunnel ngrok` (token: --token-file,
+    $NGROK_AUTHTOKEN or a prompt; never an argument)."""
+    from tether.errors import UsageError
+    from tether.secrets import SecretSource, read_secret
+    from tether.tunnels.ngrok import TOKEN_ENV, clear_token, store_token
+
+    out = Output(json)
+    if clear:
+        if token_file is not None:
+            raise UsageError("--clear takes no token", "use either --clear or --token-file")
+        removed = clear_token()
+        out.result({"stored": False, "removed": removed},
+                   "forgot the stored ngrok authtoken" if removed
+                   else "no ngrok authtoken was stored")
+        return
+    store_token(read_secret(SecretSource("ngrok authtoken", file=token_file, env=TOKEN_ENV)))
+    out.result({"stored": True, "removed": False},
+               "stored the ngrok authtoken; `tether up --tunnel ngrok` will use it")
