@@ -13,7 +13,7 @@ import pytest
 
 # the helpers module must import the same way whether or not tests/ is a package
 sys.path.insert(0, str(Path(__file__).parent))
-from kernel_helpers import kernel_pids  # noqa: E402
+from kernel_helpers import KernelProcs, leftovers  # noqa: E402
 
 from tether.kernels import specs
 
@@ -23,6 +23,7 @@ PY = sys.executable  # the "remote" python: the same interpreter, with ipykernel
 @dataclass
 class Remote:
     config: Path          # ssh config with the aliases below
+    sshd_port: int        # the sshd behind every alias
     alias: str = "rk"     # direct
     jump: str = "rk-jump"  # ProxyJump through rk
     proxycmd: str = "rk-pc"  # ProxyCommand ssh -W through rk
@@ -42,7 +43,7 @@ def remote(sshd_server, tmp_path_factory) -> Remote:
         f"Host rk-jump\n{common}  ProxyJump rk\n\n"
         f"Host rk-pc\n{common}  ProxyCommand ssh -F {cfg} -W %h:%p rk\n")
     cfg.chmod(0o600)
-    return Remote(cfg)
+    return Remote(cfg, s.port)
 
 
 @dataclass
@@ -51,6 +52,12 @@ class KernelEnv:
     data_dir: Path
     runtime_dir: Path
     state_dir: Path  # the remote launcher's state dir (per test)
+    home: Path  # the test's isolated HOME, which local ssh processes inherit
+
+    @property
+    def procs(self) -> KernelProcs:
+        """This test's kernels, launchers and local ssh (for ``wait_gone``)."""
+        return KernelProcs(self.state_dir, self.remote.sshd_port, self.home)
 
     def spec(self, name: str = "rk", *, host: str | None = None, python: str = PY,
              interrupt_mode: str = "signal", lifetime: str = "session", grace_s: float = 0,
@@ -75,10 +82,12 @@ def kenv(isolated, remote, tmp_path, monkeypatch) -> KernelEnv:
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.setenv("TETHER_SSH_CONFIG", str(remote.config))
     state = tmp_path / "remote-state"
-    yield KernelEnv(remote, data, runtime, state)
+    env = KernelEnv(remote, data, runtime, state, isolated.home)
+    yield env
     # whatever a test left behind is a bug, but never leave processes for the next test
-    for pid in kernel_pids(state):
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    for pids in leftovers(env.procs).values():
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass

@@ -141,7 +141,7 @@ def test_ps_and_attach_by_name(kenv, cli, tether_bin, tmp_path):
         if attach is not None and attach.poll() is None:
             attach.kill()
         km.shutdown_kernel(now=True)
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
     r = cli("kernel", "attach", "rk")
     assert r.exit_code == 10 and "no attachable kernel" in r.stderr
 
@@ -156,7 +156,7 @@ def test_grace_period_ends_an_abandoned_kernel(kenv):
     try:
         km.provisioner.link.proc.kill()
         t0 = time.monotonic()
-        assert wait_gone(kenv.state_dir, timeout=15) == []
+        assert wait_gone(kenv.procs, timeout=15) == {}
         assert time.monotonic() - t0 >= 0.5  # it did wait for a re-attach first
     finally:
         km.shutdown_kernel(now=True)

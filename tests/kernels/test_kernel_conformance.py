@@ -29,7 +29,7 @@ def test_jupyter_kernel_test_suite_passes_through_the_provisioner(kenv):
     assert report.rstrip().splitlines()[-1] == "OK (skipped=1)", report[-3000:]
     assert report.count("skipped 'History range not supported'") == 1
     assert ran and int(ran.group(1)) >= 12, report[-3000:]
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
 
 
 @pytest.mark.timeout(90)
@@ -48,4 +48,4 @@ def test_nbclient_executes_a_notebook_remotely(kenv):
     NotebookClient(nb, kernel_name="tether-rk", timeout=30, startup_timeout=60).execute()
     assert nb.cells[1].outputs[0]["text"] == "30 True\n"
     assert nb.cells[2].outputs[0]["data"]["text/plain"] == "16"
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}

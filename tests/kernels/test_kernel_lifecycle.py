@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 
-from kernel_helpers import remote_record, wait_gone
+from kernel_helpers import KINDS, leftovers, remote_record, wait_gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,6 +73,11 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
     kc = start(km)
     try:
         rec = remote_record(kenv.state_dir)
+        # the no-orphan check sees each part while it runs (else `wait_gone` proves nothing)
+        seen = leftovers(kenv.procs)
+        assert set(seen) == set(KINDS), seen
+        assert seen["kernel"] == [rec["kernel_pid"]] and seen["launcher"] == [rec["launcher_pid"]]
+        assert km.provisioner.link.pid in seen["local"]
         info = run(kc, "import os; print(os.getpid(), os.environ['TETHER_KERNEL_ID'])")
         pid, kid = info["stdout"].split()
         assert int(pid) == rec["kernel_pid"] and kid == km.kernel_id
@@ -90,7 +95,7 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
         kc.stop_channels()
         km.shutdown_kernel()
     assert not km.is_alive()
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
     assert _wait_dead(rec2["launcher_pid"])
     assert list(kenv.state_dir.iterdir()) == []  # the remote record is cleaned up too
 
@@ -123,7 +128,7 @@ async def test_async_manager_message_interrupt_and_shutdown(kenv):
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
 
 
 def test_session_key_never_on_a_command_line_and_kernel_binds_loopback(kenv):
@@ -159,10 +164,12 @@ def test_proxy_aliases_are_honoured(kenv, alias):
     kc = start(km)
     try:
         assert run(kc, "print(6 * 7)")["stdout"].strip() == "42"
+        # the link's ssh and the one its ProxyJump / ProxyCommand runs
+        assert len(leftovers(kenv.procs)["local"]) >= 2
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
 
 
 def test_link_drop_in_session_lifetime_is_reported_and_leaves_no_orphan(kenv):
@@ -178,7 +185,7 @@ def test_link_drop_in_session_lifetime_is_reported_and_leaves_no_orphan(kenv):
             time.sleep(0.05)
         assert not km.is_alive()
         assert _run_sync(km.provisioner.poll()) == 255  # "link lost", as ssh reports it
-        assert wait_gone(kenv.state_dir) == []
+        assert wait_gone(kenv.procs) == {}
         assert _wait_dead(rec["launcher_pid"])
     finally:
         kc.stop_channels()
@@ -201,7 +208,7 @@ def test_link_drop_in_grace_lifetime_reattaches_with_state(kenv):
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
 
 
 def test_dead_link_reported_then_cli_attach_finds_state(kenv, tether_bin, tmp_path):
@@ -237,7 +244,7 @@ def test_dead_link_reported_then_cli_attach_finds_state(kenv, tether_bin, tmp_pa
         kc2.shutdown()  # the attached client ends the kernel: the launcher follows
         assert attach.wait(15) == 0
         kc2.stop_channels()
-        assert wait_gone(kenv.state_dir) == []
+        assert wait_gone(kenv.procs) == {}
     finally:
         if attach is not None and attach.poll() is None:
             attach.kill()
@@ -307,7 +314,7 @@ def test_argv_shim_serves_frontends_that_ignore_provisioners(kenv):
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
-    assert wait_gone(kenv.state_dir) == []
+    assert wait_gone(kenv.procs) == {}
 
 
 def test_a_silently_dead_link_still_ends_the_kernel(kenv):
@@ -322,11 +329,13 @@ def test_a_silently_dead_link_still_ends_the_kernel(kenv):
         rec = remote_record(kenv.state_dir)
         os.kill(link.pid, signal.SIGSTOP)
         assert _alive(rec["kernel_pid"])
-        assert wait_gone(kenv.state_dir, timeout=20) == []
+        # the local ssh is stopped, not gone, until the finally below: only the remote side
+        assert wait_gone(kenv.procs, timeout=20, kinds=("kernel", "launcher")) == {}
         assert _wait_dead(rec["launcher_pid"])
     finally:
         os.kill(link.pid, signal.SIGCONT)
         km.shutdown_kernel(now=True)
+    assert wait_gone(kenv.procs) == {}
 
 
 def test_a_local_port_taken_before_forwarding_is_replaced(kenv):
