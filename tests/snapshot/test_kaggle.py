@@ -416,7 +416,13 @@ def test_versions_per_push_are_what_the_docs_say(kaggle, slug, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f.txt").write_text("hello")
-    api.push(fast(slug), src)
+    statuses: list[str] = []
+    api.push(fast(slug), src, on_status=statuses.append)
     assert len(kaggle.versions(f"alice/{slug}")) == 4
-    api.push(fast(slug), src)
+    # the long part of a Kaggle push comes after the walk: it is shown as a status line
+    url = f"kaggle://alice/{slug}"
+    assert statuses == [f"uploading new content to {url}", f"committing to {url}"]
+    statuses.clear()
+    api.push(fast(slug), src, on_status=statuses.append)
     assert len(kaggle.versions(f"alice/{slug}")) == 6
+    assert statuses == [f"committing to {url}"]

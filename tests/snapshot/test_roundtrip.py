@@ -297,3 +297,53 @@ def test_a_push_right_after_a_pull_reads_nothing(tmp_path, store_url):
     assert r.files_read == 0 and r.bytes_new == 0
     (tmp_path / "restored" / "a.txt").write_text("edited after restore")
     assert api.push(store_url, tmp_path / "restored").files_read == 1
+
+
+def test_progress_has_a_total(tmp_path, store_url):
+    """Pull knows its total once the snapshot is checked; a push knows the folder's size
+    from its last push (the stat cache), and counts the whole folder, read or not."""
+    src = make_tree(tmp_path / "src")
+    events: list[tuple[str, int]] = []
+
+    def on(kind):
+        return lambda n: events.append((kind, n))
+
+    first = api.push(store_url, src, progress=on("+"), on_total=on("total"))
+    assert [k for k, _ in events].count("total") == 0            # nothing known yet
+    assert sum(n for k, n in events if k == "+") == first.bytes
+    events.clear()
+    second = api.push(store_url, src, progress=on("+"), on_total=on("total"))
+    assert events[0] == ("total", first.bytes) and second.files_read == 0
+    assert sum(n for k, n in events if k == "+") == second.bytes
+    events.clear()
+    pulled = api.pull(store_url, tmp_path / "out", progress=on("+"), on_total=on("total"))
+    assert events[0] == ("total", pulled.bytes) and pulled.bytes == first.bytes
+    assert sum(n for k, n in events if k == "+") == pulled.bytes
+
+
+def test_cli_progress_bar_shows_the_total(isolated, monkeypatch):
+    """The bar renders "done/total" once the total is known, and takes a status line."""
+    import io
+
+    monkeypatch.setenv("TERM", "xterm")   # rich draws no live bar on a dumb terminal
+
+    from rich.console import Console
+
+    from tether.cli.output import Output
+    from tether.cli.snapshot import _progress
+
+    out = Output()
+    buf = io.StringIO()
+    out._err = Console(file=buf, force_terminal=True, width=120)
+    with _progress(out, "pull") as bar:
+        bar.total(2_000_000)
+        bar.advance(1_000_000)
+        bar.status("committing to kaggle://alice/ws")
+        bar.prog.refresh()
+    last = [f for f in buf.getvalue().split("\r") if "committing to kaggle" in f][-1]
+    assert "1.0/2.0 MB" in last and "/?" not in last
+    quiet = Output(json_mode=True)
+    with _progress(quiet, "pull") as bar:   # --json: no bar, and nothing printed
+        bar.total(5)
+        bar.advance(1)
+        bar.status("x")

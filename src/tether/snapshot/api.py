@@ -57,20 +57,29 @@ def split_ref(text: str) -> tuple[str, str | None]:
 
 
 def push(store: StoreLike, path: str | Path, *, tags: tuple[str, ...] | list[str] = (),
-         progress: Callable[[int], None] | None = None) -> PushResult:
-    """Snapshot folder ``path`` into ``store``; only new content is uploaded."""
+         progress: Callable[[int], None] | None = None,
+         on_total: Callable[[int], None] | None = None,
+         on_status: Callable[[str], None] | None = None) -> PushResult:
+    """Snapshot folder ``path`` into ``store``; only new content is uploaded.
+
+    ``progress(n)``: n more bytes of the folder walked; ``on_total(n)``: the folder's size
+    at its last push (not known on a first one); ``on_status(text)``: what a long upload to
+    a batched store (hf://, kaggle://) is doing."""
     with _opened(store) as s:
-        return _push(s, Path(path), tags=tuple(tags), progress=progress)
+        return _push(s, Path(path), tags=tuple(tags), progress=progress, on_total=on_total,
+                     on_status=on_status)
 
 
 def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = None,
          replace: bool = False, rebuild_venv: bool = False,
-         progress: Callable[[int], None] | None = None) -> PullResult:
+         progress: Callable[[int], None] | None = None,
+         on_total: Callable[[int], None] | None = None) -> PullResult:
     """Restore snapshot ``ref`` (id prefix, tag; default the newest) to ``path``.
 
     ``path`` defaults to where the snapshot was taken (virtualenvs only work there).
     Virtualenvs that no longer match their interpreter produce warnings; with
-    ``rebuild_venv`` they are recreated from the recorded package list.
+    ``rebuild_venv`` they are recreated from the recorded package list. ``progress(n)``
+    counts bytes written; ``on_total(n)`` gives their total once the snapshot is checked.
     """
     if isinstance(store, str) and ref is None:
         store, ref = split_ref(store)
@@ -81,7 +90,8 @@ def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = 
                     venvs.check_freeze(v.freeze)
 
         result, plan = _pull(s, ref, Path(path) if path is not None else None,
-                             replace=replace, progress=progress, on_plan=check)
+                             replace=replace, progress=progress, on_plan=check,
+                             on_total=on_total)
     original = Path(plan.snapshot.path)
     dest = Path(result.path)
     for v in plan.snapshot.venvs:

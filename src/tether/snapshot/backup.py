@@ -323,8 +323,10 @@ class _Push:
             self.absorb(present)
         return not ok
 
-    def flush(self, what: str) -> None:
-        if self.store.capabilities.batched:
+    def flush(self, what: str | None) -> None:
+        # A batched store uploads everything at flush (Kaggle: the whole repository), which
+        # can take long after the walk's progress has ended: say what is going on.
+        if what and self.store.capabilities.batched:
             self.status(f"{what} {self.store.url}")
         self.store.flush()
 
@@ -337,7 +339,8 @@ class _Push:
             tree, walker = self.walk(trusted)
             trusted = False  # from the second round on, something went missing
             index_key = repo.write_index(self.mine)
-            self.flush("uploading to")  # packs and index durable before the snapshot naming them
+            # packs and index durable before the snapshot naming them
+            self.flush("uploading new content to" if index_key else None)
             if self.check and self.missing(walker, index_key):
                 continue
             old, snap = sid, _snapshot(self.root, tree, walker, tags, snap)

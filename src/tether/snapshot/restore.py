@@ -386,8 +386,10 @@ def swap_in(stage: Path, dest: Path) -> Path | None:
 
 def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = False,
          progress: Callable[[int], None] | None = None, threads: int | None = None,
-         on_plan: Callable[[Plan], None] | None = None) -> tuple[PullResult, Plan]:
-    """Restore snapshot ``ref`` (id prefix, tag or latest) of ``store`` to ``path``."""
+         on_plan: Callable[[Plan], None] | None = None,
+         on_total: Callable[[int], None] | None = None) -> tuple[PullResult, Plan]:
+    """Restore snapshot ``ref`` (id prefix, tag or latest) of ``store`` to ``path``.
+    ``on_total(n)``: the bytes ``progress`` will count, once the plan is checked."""
     started = time.perf_counter()
     repo = Repository.open(store)
     sid, snap = repo.find_snapshot(ref)
@@ -409,6 +411,8 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
     p = plan(repo, sid, snap, Budget.for_destination(dest))
     if on_plan:
         on_plan(p)
+    if on_total:
+        on_total(p.total)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = _stage_dir(dest)
     os.mkdir(stage, 0o700)
