@@ -56,6 +56,27 @@ def test_redeem(entries, code, outcome, used) -> None:
     assert [e.used_at for e in after] == used
 
 
+@pytest.mark.parametrize("entries,code,outcome", [
+    ([core.CodeEntry(core.digest("abc"), NOW + 60)], "abc", core.Redeem.OK),
+    ([core.CodeEntry(core.digest("abc"), NOW + 60)], "abd", core.Redeem.WRONG),
+    ([core.CodeEntry(core.digest("abc"), NOW + 60, NOW - 5)], "abc", core.Redeem.SPENT),
+    ([core.CodeEntry(core.digest("abc"), NOW)], "abc", core.Redeem.SPENT),
+], ids=["ok", "wrong", "reused", "expired"])
+def test_peek_answers_like_redeem_without_using_the_code(entries, code, outcome) -> None:
+    assert core.peek(entries, code, NOW) is outcome
+    assert core.redeem(entries, code, NOW)[0] is outcome  # still redeemable as it was
+
+
+FP = "SHA256:" + "A" * 43
+
+
+@pytest.mark.parametrize("expected,actual,ok", [
+    (None, FP, True), (FP, FP, True), ("SHA256:" + "B" * 43, FP, False),
+], ids=["older-client-says-nothing", "same", "other"])
+def test_fingerprint_matches(expected, actual, ok) -> None:
+    assert core.fingerprint_matches(expected, actual) is ok
+
+
 def test_redeem_forgets_long_expired_codes() -> None:
     old = core.CodeEntry(core.digest("old"), NOW - core.CODE_MEMORY_S - 1)
     fresh = core.CodeEntry(core.digest("new"), NOW + 60)
@@ -105,6 +126,11 @@ def test_parse_pair_request_normalizes_key() -> None:
     req = core.parse_pair_request(GOOD)
     assert req.public_key == " ".join(ED.split()[:2])
     assert req.client_name == "lap"
+    assert req.host_key_fingerprint is None  # optional: older clients leave it out
+    assert core.parse_pair_request({**GOOD, "host_key_fingerprint": FP}).host_key_fingerprint \
+        == FP
+    with pytest.raises(ValueError, match="host_key_fingerprint"):
+        core.parse_pair_request({**GOOD, "host_key_fingerprint": FP + "A"})
 
 
 def test_rate_limiter_per_client_and_overall() -> None:

@@ -76,6 +76,48 @@ def test_pair_refusals(gateway, client_key, mutate, status) -> None:
     assert "access_token" not in r.text
 
 
+def _own_fingerprint(gw) -> str:
+    from tether.ssh.keys import fingerprint_of_public_key
+
+    return fingerprint_of_public_key(gw.settings.host_public_key)
+
+
+def test_pair_with_another_host_key_keeps_the_code_and_authorizes_nothing(
+        gateway, client_key) -> None:
+    code, _ = gateway.state.issue_code()
+    keys_before = gateway.state.authorized_keys.read_bytes() \
+        if gateway.state.authorized_keys.exists() else b""
+    clients_before = gateway.state.clients()
+    forged = {**_pair_body(gateway, code, client_key),
+              "host_key_fingerprint": "SHA256:" + "B" * 43}
+    r = httpx.post(gateway.url + "/.tether/pair", json=forged)
+    assert r.status_code == 409 and "access_token" not in r.text
+    assert r.json()["host_key_fingerprint"] == _own_fingerprint(gateway)
+    after = gateway.state.authorized_keys.read_bytes() \
+        if gateway.state.authorized_keys.exists() else b""
+    assert after == keys_before and gateway.state.clients() == clients_before
+    # a wrong code with a wrong fingerprint learns nothing: the plain 401
+    r = httpx.post(gateway.url + "/.tether/pair", json={**forged, "code": "wrongcode123"})
+    assert r.status_code == 401 and "host_key_fingerprint" not in r.text
+    # the code is still good, with the right fingerprint (or none: older clients)
+    right = {**forged, "host_key_fingerprint": _own_fingerprint(gateway)}
+    r = httpx.post(gateway.url + "/.tether/pair", json=right)
+    assert r.status_code == 200 and r.json()["access_token"]
+    # spent now: a mismatch is not a way to tell used codes from good ones either
+    assert httpx.post(gateway.url + "/.tether/pair", json=forged).status_code == 410
+
+
+@pytest.mark.parametrize("bad", ["", "SHA256:short", "MD5:" + "a" * 43, 7,
+                                 "SHA256:" + "B" * 42 + "!"], ids=repr)
+def test_pair_rejects_a_malformed_fingerprint(gateway, client_key, bad) -> None:
+    code, _ = gateway.state.issue_code()
+    body = {**_pair_body(gateway, code, client_key), "host_key_fingerprint": bad}
+    r = httpx.post(gateway.url + "/.tether/pair", json=body)
+    assert r.status_code == 400 and "host_key_fingerprint" in r.json()["error"]
+    r = httpx.post(gateway.url + "/.tether/pair", json=_pair_body(gateway, code, client_key))
+    assert r.status_code == 200  # the 400 did not use the code
+
+
 def test_expired_code_is_gone(gateway, client_key) -> None:
     code, _ = gateway.state.issue_code(ttl_s=60, now=int(time.time()) - 120)
     r = httpx.post(gateway.url + "/.tether/pair", json=_pair_body(gateway, code, client_key))

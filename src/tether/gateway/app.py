@@ -83,8 +83,11 @@ class Gateway:
     """The ASGI callable (one per ``create_app``); holds no secret in plain form."""
 
     def __init__(self, settings: GatewaySettings) -> None:
+        from tether.ssh.keys import fingerprint_of_public_key
+
         self.settings = settings
         self.state = HostState(settings.state_dir)
+        self.host_key_fingerprint = fingerprint_of_public_key(settings.host_public_key)
         self.limiter = core.RateLimiter(settings.pair_limit_per_client,
                                         settings.pair_limit_overall,
                                         settings.pair_limit_window_s)
@@ -157,12 +160,20 @@ class Gateway:
         if not _same(request.workspace_id, self.settings.workspace_id):
             await _send_json(send, 401, {"error": "wrong workspace or pairing code"})
             return
-        outcome, token = await asyncio.to_thread(self.state.pair, request)
+        outcome, token = await asyncio.to_thread(
+            self.state.pair, request, host_key_fingerprint=self.host_key_fingerprint)
         if outcome is core.Redeem.WRONG:
             log.warning("wrong pairing code from %s", client)
             await _send_json(send, 401, {"error": "wrong workspace or pairing code"})
         elif outcome is core.Redeem.SPENT:
             await _send_json(send, 410, {"error": "this pairing code was used or has expired"})
+        elif outcome is core.Redeem.KEY_MISMATCH:
+            # Only a holder of a valid code learns the fingerprint (a successful pairing
+            # would hand over the whole key anyway); the code stays usable.
+            log.warning("pairing from %s expected another host key; code kept", client)
+            await _send_json(send, 409, {"error": "the connection string names another "
+                                                  "host key",
+                                         "host_key_fingerprint": self.host_key_fingerprint})
         else:
             log.info("paired client %r from %s", request.client_name, client)
             await _send_json(send, 200, {"v": core.PROTOCOL_VERSION,

@@ -70,6 +70,8 @@ class Redeem(enum.Enum):
     OK = "ok"
     WRONG = "wrong"  # no such code: HTTP 401
     SPENT = "spent"  # used or expired: HTTP 410
+    # the code is valid but the client expects another host key: HTTP 409, the code is kept
+    KEY_MISMATCH = "key-mismatch"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,12 @@ def redeem(entries: list[CodeEntry], code: str, now: int) -> tuple[Redeem, list[
     return outcome, out
 
 
+def peek(entries: list[CodeEntry], code: str, now: int) -> Redeem:
+    """What `redeem` would answer for ``code``, without using it up."""
+    outcome, _ = redeem(entries, code, now)
+    return outcome
+
+
 def validate_public_key(line: str) -> str:
     """A bare ``type base64 [comment]`` OpenSSH public key line, normalized to ``type base64``.
 
@@ -139,6 +147,11 @@ class PairRequest:
     code: str
     public_key: str  # normalized
     client_name: str
+    # the host key fingerprint the client's connection string names; None from older clients
+    host_key_fingerprint: str | None = None
+
+
+_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
 def parse_pair_request(data: object) -> PairRequest:
@@ -158,7 +171,16 @@ def parse_pair_request(data: object) -> PairRequest:
     if len(fields["code"]) > 128 or len(fields["workspace_id"]) > 64:
         raise ValueError("code or workspace_id is too long")
     fields["public_key"] = validate_public_key(fields["public_key"])
-    return PairRequest(**fields)
+    expected = data.get("host_key_fingerprint")
+    if expected is not None and (not isinstance(expected, str)
+                                 or not _FINGERPRINT_RE.match(expected)):
+        raise ValueError("host_key_fingerprint must be SHA256: and 43 base64 characters")
+    return PairRequest(**fields, host_key_fingerprint=expected)
+
+
+def fingerprint_matches(expected: str | None, actual: str) -> bool:
+    """Whether the client's expected fingerprint (None: it did not say) is ``actual``."""
+    return expected is None or hmac.compare_digest(expected.encode(), actual.encode())
 
 
 @dataclass

@@ -82,11 +82,21 @@ class HostState:
         data = self._read("pairing.json", {"codes": []})
         return [core.CodeEntry.from_dict(d) for d in data.get("codes", [])]
 
-    def pair(self, request: core.PairRequest, now: int | None = None
-             ) -> tuple[core.Redeem, str | None]:
-        """Redeem the code; on success authorize the key and return a new access token."""
+    def pair(self, request: core.PairRequest, now: int | None = None, *,
+             host_key_fingerprint: str | None = None) -> tuple[core.Redeem, str | None]:
+        """Redeem the code; on success authorize the key and return a new access token.
+
+        With ``host_key_fingerprint`` (this host's), a request expecting another one gets
+        ``KEY_MISMATCH`` when its code is valid, and the code stays unused: a connection
+        string with a wrong fingerprint must not cost the code or authorize a key.
+        """
         now = int(time.time()) if now is None else now
         with self.locked():
+            if host_key_fingerprint is not None and not core.fingerprint_matches(
+                    request.host_key_fingerprint, host_key_fingerprint):
+                outcome = core.peek(self._codes(), request.code, now)
+                return (core.Redeem.KEY_MISMATCH if outcome is core.Redeem.OK else outcome,
+                        None)
             outcome, entries = core.redeem(self._codes(), request.code, now)
             self._write("pairing.json", {"codes": [e.to_dict() for e in entries]})
             if outcome is not core.Redeem.OK:

@@ -1,10 +1,13 @@
 """`tether connect`: pair this machine with a workspace once, then reach it by name.
 
-Pairing sends our public key and the one-time code to the gateway and gets the host key and an
-access token back. The host key must match the fingerprint in the connection string (which
-came to us out of band, from the host's own terminal); otherwise nothing is stored and
-``HostKeyMismatchError`` is raised. A later connection string for the same workspace (a new
-tunnel URL, the same host key) only updates the URL.
+Pairing sends our public key, the one-time code and the host key fingerprint of the
+connection string (which came to us out of band, from the host's own terminal) to the gateway,
+and gets the host key and an access token back. A gateway whose key has another fingerprint
+answers 409 before it uses the code or authorizes our key, so a wrong or forged string costs
+nothing on the host. The key in the answer is checked against the fingerprint again (an older
+gateway ignores the field, and the answer is what gets pinned); on any mismatch nothing is
+stored and ``HostKeyMismatchError`` is raised. A later connection string for the same
+workspace (a new tunnel URL, the same host key) only updates the URL.
 
 Write order, so an interruption leaves nothing half-usable: known_hosts pin, token, profile,
 then the ~/.ssh/config block that makes `ssh tether-NAME` work.
@@ -115,6 +118,9 @@ def _post_pair(url: str, body: dict, timeout: float) -> dict:
                         retry_hint)
     if r.status_code == 410:
         raise AuthError("this pairing code was already used or has expired", retry_hint)
+    if r.status_code == 409 and body.get("host_key_fingerprint"):
+        raise _mismatch(_answered_fingerprint(r), body["host_key_fingerprint"],
+                        "the pairing code was not used and nothing was saved")
     if r.status_code == 429:
         retry = float(r.headers.get("retry-after") or 60)
         raise RateLimitedError("too many pairing attempts; the gateway asks us to wait",
@@ -128,6 +134,22 @@ def _post_pair(url: str, body: dict, timeout: float) -> dict:
         return {k: str(data[k]) for k in ("workspace_id", "host_key", "user", "access_token")}
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
         raise ProtocolError("the gateway's pairing answer is malformed") from exc
+
+
+def _answered_fingerprint(r) -> str:  # noqa: ANN001 - an httpx.Response
+    try:
+        fp = r.json()["host_key_fingerprint"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError("the gateway's 409 answer to pairing is malformed") from exc
+    return str(fp)[:80]
+
+
+def _mismatch(presented: str, expected: str, outcome: str) -> HostKeyMismatchError:
+    return HostKeyMismatchError(
+        f"WARNING: the gateway presented host key {presented}, but the connection string says "
+        f"{expected}; {outcome}",
+        "someone between you and the host may be intercepting; check the string you "
+        "copied and the URL, and do not connect until they match")
 
 
 def _check_health(url: str, timeout: float) -> None:
@@ -192,7 +214,8 @@ def _pair_new(cs: ConnectionString, name: str, timeout: float) -> ConnectResult:
     client_name = "".join(c if c.isalnum() or c in "._@-" else "-" for c in client_name)
     answer = _post_pair(cs.url, {"v": 1, "workspace_id": cs.workspace_id,
                                  "code": cs.pairing_code, "public_key": public_key,
-                                 "client_name": client_name}, timeout)
+                                 "client_name": client_name,
+                                 "host_key_fingerprint": cs.host_key_fingerprint}, timeout)
     if answer["workspace_id"] != cs.workspace_id:
         raise ProtocolError("the gateway answered for another workspace")
     try:
@@ -200,11 +223,7 @@ def _pair_new(cs: ConnectionString, name: str, timeout: float) -> ConnectResult:
     except UsageError as exc:
         raise ProtocolError("the gateway sent a malformed host key") from exc
     if not _same_fingerprint(fp, cs.host_key_fingerprint):
-        raise HostKeyMismatchError(
-            f"WARNING: the gateway presented host key {fp}, but the connection string says "
-            f"{cs.host_key_fingerprint}; nothing was saved",
-            "someone between you and the host may be intercepting; check the string you "
-            "copied and the URL, and do not connect until they match")
+        raise _mismatch(fp, cs.host_key_fingerprint, "nothing was saved")
     host_key = " ".join(answer["host_key"].split()[:2])
     profile = profiles.HostProfile(
         name=name, workspace_id=cs.workspace_id, url=cs.url, user=answer["user"],
