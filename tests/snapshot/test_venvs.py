@@ -96,3 +96,28 @@ def test_missing_interpreter_warns_and_rebuild_recreates(tmp_path, isolated, pro
     cfg = venvs.parse_cfg((project / ".venv" / "pyvenv.cfg").read_text())
     assert Path(cfg["home"]).exists()
     assert (project / "main.py").read_text() == "print('hi')\n"
+
+
+def _set_version(venv: Path, version: str) -> None:
+    cfg = venv / "pyvenv.cfg"
+    lines = [line for line in cfg.read_text().splitlines()
+             if not line.startswith(("version", "version_info"))]
+    cfg.write_text("\n".join(lines + [f"version = {version}"]) + "\n")
+
+
+def test_failed_rebuild_says_the_files_are_restored(tmp_path, cli, project):
+    """The rebuild runs after the swap: its failure must not read like a failed pull."""
+    url = f"file://{tmp_path}/repo"
+    _set_version(project / ".venv", "9.9.1")          # no Python 9.9 here: rebuild fails
+    assert cli("snapshot", "push", str(project), url).exit_code == 0
+    dest = tmp_path / "elsewhere"
+    r = cli("snapshot", "pull", url, str(dest), "--rebuild-venv")
+    assert r.exit_code == 3, r.stderr                 # partial: restored, venv not rebuilt
+    error, hint = r.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: restored ") and f"to {dest} (" in error
+    assert f"rebuilding the virtualenv at {dest / '.venv'} failed: no Python 9.9" in error
+    assert hint == "hint: the files are restored; install python9.9, then pull again with " \
+        "--rebuild-venv"
+    assert (dest / "main.py").read_text() == "print('hi')\n"
+    j = cli("snapshot", "pull", url, str(tmp_path / "again"), "--rebuild-venv", "--json")
+    assert j.exit_code == 3 and j.json()["kind"] == "PartialFailureError"

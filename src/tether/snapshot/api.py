@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.errors import IntegrityError, ProtocolError, TetherError, UsageError
+from tether.errors import (
+    IntegrityError,
+    PartialFailureError,
+    ProtocolError,
+    TetherError,
+    UsageError,
+)
 from tether.snapshot import format as fmt
 from tether.snapshot import venvs
 from tether.snapshot.backup import PushResult
@@ -94,17 +100,32 @@ def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = 
                              on_total=on_total)
     original = Path(plan.snapshot.path)
     dest = Path(result.path)
+    failed: list[tuple[str, str | None]] = []   # (what failed, its hint)
     for v in plan.snapshot.venvs:
         at = dest / v.path if v.path else dest
         problem = venvs.check(v, at, original / v.path if v.path else original)
         if problem is None:
             continue
         if rebuild_venv:
-            venvs.rebuild(v, at)
+            try:
+                venvs.rebuild(v, at)
+            except TetherError as exc:  # the files are in place already: say so, go on
+                failed.append((f"rebuilding the virtualenv at {at} failed: {exc.message}",
+                               exc.hint))
+                continue
             result.warnings.append(f"rebuilt virtualenv {at} ({problem.message})")
         else:
             result.warnings.append(f"{problem.message}; pull with --rebuild-venv to recreate "
                                    "it from the recorded package list")
+    if failed:
+        what, hint = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise PartialFailureError(
+            f"restored {result.snapshot_id[:12]} to {result.path} ({result.files} files), but "
+            f"{what}{more}",
+            "the files are restored; " + (hint or "pull again with --rebuild-venv once the "
+                                          "cause is fixed, or recreate the virtualenv by hand"),
+            problems=[w for w, _ in failed])
     return result
 
 
