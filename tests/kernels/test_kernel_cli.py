@@ -160,3 +160,61 @@ def test_grace_period_ends_an_abandoned_kernel(kenv):
         assert time.monotonic() - t0 >= 0.5  # it did wait for a re-attach first
     finally:
         km.shutdown_kernel(now=True)
+
+
+_BROKEN = {
+    "not-json": "{ not json",
+    "not-an-object": "[]",
+    "metadata-not-an-object": '{"metadata": "x"}',
+    "unknown-version": json.dumps({"argv": [], "metadata": {
+        "tether": {"v": 99, "name": "bad"},
+        "kernel_provisioner": {"provisioner_name": "tether-ssh-provisioner"}}}),
+    "no-kernel-json": None,
+}
+
+
+@pytest.mark.parametrize("case", list(_BROKEN))
+def test_a_broken_kernelspec_gets_a_hint_and_delete_removes_it(kenv, cli, case):
+    folder = kenv.data_dir / "kernels" / "tether-bad"
+    folder.mkdir(parents=True)
+    if _BROKEN[case] is not None:
+        (folder / "kernel.json").write_text(_BROKEN[case])
+    kenv.spec("good")  # listed as usual beside the broken one
+    for args in (("edit", "bad", "--host", "rk", "--no-check"), ("ps", "bad")):
+        r = cli("kernel", *args)
+        assert r.exit_code == 2, r.stderr
+        error, hint = r.stderr.splitlines()[:2]
+        assert error.startswith("error: the kernelspec of kernel 'bad' is broken: "), error
+        assert hint.startswith("hint: ") and "`tether kernel delete bad`" in hint
+        assert "Traceback" not in r.stderr
+    r = cli("kernel", "list", "--no-check", "--json")
+    assert r.exit_code == 0 and [k["name"] for k in r.json()["kernels"]] == ["good"]
+    assert "kernel bad is not listed" in r.stderr and "tether kernel delete bad" in r.stderr
+    r = cli("kernel", "delete", "bad", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert not folder.exists() and _spec_file(kenv, "good").exists()
+    assert cli("kernel", "delete", "bad").exit_code == 10
+
+
+def test_delete_refuses_a_kernelspec_tether_did_not_write(kenv, cli):
+    folder = kenv.data_dir / "kernels" / "tether-other"
+    folder.mkdir(parents=True)
+    (folder / "kernel.json").write_text(json.dumps(
+        {"argv": [PY, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "someone else's", "language": "python"}))
+    for args in (("delete", "other"), ("ps", "other")):
+        r = cli("kernel", *args)
+        assert r.exit_code == 2, r.stderr
+        assert "hint: " in r.stderr and "jupyter kernelspec remove tether-other" in r.stderr
+    assert (folder / "kernel.json").exists()
+    r = cli("kernel", "list", "--no-check")
+    assert r.exit_code == 0 and "other" not in r.stderr  # not ours: passed over quietly
+
+
+def test_delete_never_leaves_the_kernels_dir(kenv, cli):
+    (kenv.data_dir / "kernels" / "tether-a").mkdir(parents=True)
+    victim = kenv.data_dir / "victim"
+    victim.mkdir()
+    r = cli("kernel", "delete", "a/../../victim")
+    assert r.exit_code == 10 and "no tether kernel named" in r.stderr
+    assert victim.is_dir()

@@ -114,8 +114,13 @@ def list_(no_check: NoCheckOpt = False, json: JsonOption = False) -> None:
     from tether.kernels.specs import list_kernels
 
     o = Output(json)
+    broken: list[tuple[str, str]] = []
     with o.progress("checking kernels", unit="kernels") as advance:
-        entries = list_kernels(check=not no_check, on_checked=advance)
+        entries = list_kernels(check=not no_check, on_checked=advance,
+                               on_broken=lambda name, problem: broken.append((name, problem)))
+    for name, problem in broken:
+        o.warn(f"kernel {name} is not listed, its kernelspec is broken: {problem} "
+               f"(`tether kernel delete {name}` removes it)")
     bad = [e for e in entries if e.health is not None and not e.health.ok]
 
     def human(out: Output) -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tether import paths
-from tether.errors import (AlreadyExistsError, ConfigError, NotFoundError, TetherError,
-                           UsageError)
+from tether.errors import (AlreadyExistsError, ConfigError, LocalIOError, NotFoundError,
+                           TetherError, UsageError)
 
 SPEC_VERSION = 1
 PREFIX = "tether-"
@@ -111,14 +111,30 @@ def spec_to_json(spec: RemoteKernelSpec) -> dict[str, Any]:
     }
 
 
-def spec_from_json(data: dict[str, Any]) -> RemoteKernelSpec:
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def is_foreign(data: Any) -> bool:
+    """Whether a readable kernel.json is a kernelspec (it has an ``argv``) with no sign of
+    tether at all (pure): someone else's, which tether must not delete even under a
+    ``tether-`` name. Anything else that fails to parse as ours is a broken one of ours."""
+    meta = _object(_object(data).get("metadata"))
+    prov = _object(meta.get("kernel_provisioner"))
+    return (isinstance(_object(data).get("argv"), list) and "tether" not in meta
+            and prov.get("provisioner_name") != PROVISIONER)
+
+
+def spec_from_json(data: Any) -> RemoteKernelSpec:
     """Read back a kernel.json tether wrote (pure); ConfigError when it is not one."""
-    meta = data.get("metadata") or {}
-    mark = meta.get("tether") or {}
-    prov = meta.get("kernel_provisioner") or {}
+    if not isinstance(data, dict):
+        raise ConfigError("not a tether kernelspec (not a JSON object)")
+    meta = _object(data.get("metadata"))
+    mark = _object(meta.get("tether"))
+    prov = _object(meta.get("kernel_provisioner"))
     if mark.get("v") != SPEC_VERSION or prov.get("provisioner_name") != PROVISIONER:
         raise ConfigError("not a tether kernelspec (or a version this tether cannot read)")
-    cfg = prov.get("config") or {}
+    cfg = _object(prov.get("config"))
     try:
         return RemoteKernelSpec(
             name=mark["name"], host=cfg["host"], python=cfg["python"],
@@ -263,6 +279,33 @@ def _spec_dir(name: str) -> Path:
     return kernels_dir() / (PREFIX + name)
 
 
+def _existing_dir(name: str) -> Path:
+    """The kernelspec folder of ``name``; NotFoundError when there is none.
+
+    A name that `add` would refuse names no kernel, and must not reach the file system: it
+    could climb out of the kernels dir (``../x``) and `delete` removes folders.
+    """
+    directory = _spec_dir(name)
+    if not _NAME_RE.match(name) or not (directory.is_dir() or directory.is_symlink()):
+        raise NotFoundError(f"no tether kernel named {name!r}", "see `tether kernel list`")
+    return directory
+
+
+def _read_spec(directory: Path) -> tuple[RemoteKernelSpec | None, str | None, bool]:
+    """(spec, None, False) for a good kernel.json, else (None, why it is broken, foreign)."""
+    path = directory / "kernel.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, f"{path} is missing", False
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path}: {exc}", False
+    try:
+        return spec_from_json(data), None, False
+    except ConfigError as exc:
+        return None, f"{path}: {exc.message}", is_foreign(data)
+
+
 def _write(spec: RemoteKernelSpec) -> Path:
     directory = paths.ensure_dir(_spec_dir(spec.name), 0o755)
     paths.atomic_write(directory / "kernel.json", json.dumps(spec_to_json(spec), indent=1),
@@ -270,16 +313,20 @@ def _write(spec: RemoteKernelSpec) -> Path:
     return directory
 
 
+def _foreign_hint(name: str) -> str:
+    return (f"{PREFIX}{name} holds a kernelspec tether did not write; if it is not needed, "
+            f"`jupyter kernelspec remove {PREFIX}{name}` removes it")
+
+
 def get_kernel(name: str) -> RemoteKernelSpec:
-    path = _spec_dir(name) / "kernel.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFoundError(f"no tether kernel named {name!r}",
-                            "see `tether kernel list`") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    return spec_from_json(data)
+    spec, problem, foreign = _read_spec(_existing_dir(name))
+    if spec is None:
+        raise ConfigError(
+            f"the kernelspec of kernel {name!r} is broken: {problem}",
+            _foreign_hint(name) if foreign else
+            f"`tether kernel delete {name}` removes it; then add it again with "
+            f"`tether kernel add {name} --host HOST --python /abs/python`")
+    return spec
 
 
 def _checked(spec: RemoteKernelSpec, check: bool,
@@ -321,26 +368,44 @@ def edit_kernel(name: str, *, check: bool = True, interrupt_mode: InterruptMode 
 
 
 def delete_kernel(name: str) -> Path:
-    get_kernel(name)  # NotFoundError, or ConfigError for a spec that is not ours
-    directory = _spec_dir(name)
-    shutil.rmtree(directory)
+    """Remove the kernelspec folder ``tether-NAME``, also when its kernel.json is broken
+    (the folder is tether's); refused for a readable kernelspec tether did not write."""
+    directory = _existing_dir(name)
+    _, problem, foreign = _read_spec(directory)
+    if foreign:
+        raise ConfigError(f"{directory} is not a tether kernelspec: {problem}",
+                          _foreign_hint(name))
+    try:
+        if directory.is_symlink():  # remove the link, never what it points to
+            directory.unlink()
+        else:
+            shutil.rmtree(directory)
+    except OSError as exc:
+        raise LocalIOError(f"cannot remove {directory}: {exc.strerror}",
+                           "check the folder's permissions") from exc
     return directory
 
 
 def list_kernels(*, check: bool = True,
-                 on_checked: Callable[[int], None] | None = None) -> list[KernelEntry]:
+                 on_checked: Callable[[int], None] | None = None,
+                 on_broken: Callable[[str, str], None] | None = None) -> list[KernelEntry]:
     """Every tether kernelspec in the data dir, health-checked in parallel.
 
-    ``on_checked(1)`` is called as each check finishes (for a progress bar).
+    ``on_checked(1)`` is called as each check finishes (for a progress bar);
+    ``on_broken(name, problem)`` for each ``tether-NAME`` folder that cannot be read (other
+    programs' kernelspecs are passed over silently).
     """
     entries = []
     base = kernels_dir()
-    for path in sorted(base.glob(PREFIX + "*/kernel.json")) if base.is_dir() else []:
-        try:
-            spec = spec_from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, ConfigError):
-            continue  # not ours (or damaged): list what we can read
-        entries.append(KernelEntry(spec, path.parent))
+    for directory in sorted(base.glob(PREFIX + "*")) if base.is_dir() else []:
+        if not directory.is_dir():
+            continue
+        spec, problem, foreign = _read_spec(directory)
+        if spec is None:
+            if on_broken is not None and not foreign:
+                on_broken(directory.name[len(PREFIX):], problem or "")
+            continue  # list what can be read
+        entries.append(KernelEntry(spec, directory))
     if check and entries:
         def one(entry: KernelEntry) -> Health:
             health = check_spec(entry.spec)
