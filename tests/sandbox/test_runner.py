@@ -165,14 +165,32 @@ def test_a_venv_python_on_path_runs_with_its_venv(workspace, tmp_path, monkeypat
     assert runner.run(spec).stdout.decode().strip() == str(venv)
 
 
-def test_tether_toml_section_applies(workspace, monkeypatch, isolated):
+def test_tether_toml_section_applies_once_trusted(workspace, monkeypatch, isolated):
+    from tether.errors import ConfigError
+    from tether.sandbox import trust
+
     (workspace / "tether.toml").write_text('[sandbox]\nprofile = "restrictive"\npids = 33\n')
     monkeypatch.chdir(workspace)
+    with pytest.raises(ConfigError, match="you have not trusted") as exc:
+        runner.build_spec(["true"])
+    assert f"tether sandbox trust {workspace / 'tether.toml'}" in exc.value.hint
+    trust.trust()                                  # the nearest one, as the CLI does
     spec = runner.build_spec(["true"])
     assert spec.profile == "restrictive" and spec.limits.pids == 33
-    (workspace / "tether.toml").write_text('[sandbox]\nbogus = 1\n')
-    with pytest.raises(Exception, match="unknown key"):
+    # a changed file is refused until trusted again; ignoring project configs always works
+    (workspace / "tether.toml").write_text('[sandbox]\nprofile = "restrictive"\npids = 34\n')
+    with pytest.raises(ConfigError, match="changed since you trusted it"):
         runner.build_spec(["true"])
+    ignored = runner.build_spec(["true"], project_config=trust.ProjectConfig.IGNORED)
+    assert ignored.profile == "moderate" and ignored.limits.pids is None
+    # a file tether would refuse anyway is not recorded
+    (workspace / "tether.toml").write_text('[sandbox]\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown key"):
+        trust.trust(workspace)
+    assert trust.revoke(workspace) is True and trust.list_trusted() == []
+    # no [sandbox] section: nothing applies, nothing to trust
+    (workspace / "tether.toml").write_text('[other]\nx = 1\n')
+    assert runner.build_spec(["true"]).profile == "moderate"
 
 
 def test_cli_run_propagates_exit_code_and_json(cli, workspace, monkeypatch):

@@ -36,11 +36,16 @@ def run(
         help="The workspace (default: current directory).")] = None,
     stdin: Annotated[bool, typer.Option(
         "--stdin", "-i", help="Pass this command's stdin to CMD (read fully first).")] = False,
+    ignore_project_config: Annotated[bool, typer.Option(
+        "--ignore-project-config",
+        help="Do not read tether.toml [sandbox] (by default it applies only when trusted: "
+             "tether sandbox trust).")] = False,
     json: JsonOption = False,
 ) -> None:
     """Run CMD in a fresh sandbox; exits with CMD's exit code."""
     from tether.cli.sandbox_named import _stream
     from tether.sandbox.runner import sandbox_run
+    from tether.sandbox.trust import ProjectConfig
 
     out = Output(json)
     data = _read_stdin() if stdin else None
@@ -49,7 +54,9 @@ def run(
         allow_domains=tuple(allow_domain or ()), mounts=tuple(mount or ()),
         env=tuple(env or ()), memory=memory, cpus=cpus, pids=pids, timeout=timeout,
         rootfs=rootfs, keep=keep, stdin=data, on_output=None if json else _stream,
-        prestart=False, via="cli")
+        prestart=False, via="cli",
+        project_config=ProjectConfig.IGNORED if ignore_project_config
+        else ProjectConfig.TRUSTED_ONLY)
     out.result(result.to_dict(), lambda o: None)
     for note in result.notes:
         out.warn(note)
@@ -67,6 +74,61 @@ def _read_stdin() -> bytes | None:
     raw = getattr(sys.stdin, "buffer", None)
     data = raw.read() if raw is not None else sys.stdin.read().encode()
     return data or None
+
+
+@app.command()
+def trust(
+    path: Annotated[Optional[Path], typer.Argument(
+        help="A tether.toml or its directory (default: the nearest one here or above).")]
+    = None,
+    revoke: Annotated[bool, typer.Option(
+        "--revoke", help="Forget the trust in PATH (its [sandbox] section no longer applies).")]
+    = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the trusted files.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Trust a project tether.toml: its [sandbox] section applies to runs until it changes.
+
+    A sandbox with a writable workspace can write tether.toml, so an untrusted or changed
+    section is refused instead of applied. Review it first.
+    """
+    from tether.errors import UsageError
+    from tether.sandbox import trust as trust_store
+
+    out = Output(json)
+    if list_:
+        if path is not None or revoke:
+            raise UsageError("--list takes no PATH and no --revoke",
+                             hint="tether sandbox trust --list")
+        records = trust_store.list_trusted()
+
+        def human(o: Output) -> None:
+            if not records:
+                o.info("no trusted project configs (trust one: tether sandbox trust PATH)")
+                return
+            o.table(["path", "sha256", "trusted"],
+                    [(str(r.path), r.sha256[:16], _when(r.trusted_at)) for r in records])
+
+        out.result([r.to_json() for r in records], human)
+        return
+    if revoke:
+        if path is None:
+            raise UsageError("--revoke needs the PATH to forget",
+                             hint="see them with: tether sandbox trust --list")
+        key = trust_store.canonical(path)
+        was = trust_store.revoke(path)
+        out.result({"path": str(key), "revoked": was},
+                   f"revoked the trust in {key}" if was else f"{key} was not trusted")
+        return
+    record = trust_store.trust(path)
+    out.result(record.to_json(), f"trusted {record.path} (sha256 {record.sha256[:16]}): its "
+                                 "[sandbox] section applies until the file changes")
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
 
 
 _SCOPE_LABELS = {"abstract_unix_socket": "abstract sockets", "signal": "signals"}

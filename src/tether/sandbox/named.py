@@ -237,13 +237,16 @@ def spec_for(box: NamedSandbox, command: Sequence[str], *, timeout: float | None
 
     from tether.sandbox.profiles import Mount
     from tether.sandbox.service import build_spec
+    from tether.sandbox.trust import ProjectConfig
 
     options = box.options if timeout is None else box.options.model_copy(
         update={"timeout": timeout})
     extra = [*_parse_mounts(box.mounts, box.workspace),
              Mount(box.workspace, Path(WORKSPACE), read_only=False)]
+    # a tether.toml in (or above) the layer is the sandbox's own writing, never the user's
     spec = build_spec(options, command, workdir=box.workspace, mounts=extra,
-                      writable_layer=box.home, cwd=cwd or WORKSPACE)
+                      writable_layer=box.home, cwd=cwd or WORKSPACE,
+                      project_config=ProjectConfig.IGNORED)
     # resolve_spec binds the workdir at its own host path too; the sandbox needs it only at
     # /workspace, and the host path would tell the code inside where tether keeps its state.
     # The workspace's guards (profiles.workspace_guards) move with it, after its bind.

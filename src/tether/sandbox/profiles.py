@@ -248,6 +248,13 @@ _CONFIG_KEYS = {"profile", "network", "allow_domains", "mounts", "env", "memory"
                 "pids", "timeout", "rootfs", "landlock"}
 
 
+def check_config_keys(config: Mapping[str, object], source: str = "tether.toml") -> None:
+    unknown = set(config) - _CONFIG_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {source} [sandbox]: {', '.join(sorted(unknown))}",
+                          hint=f"known keys: {', '.join(sorted(_CONFIG_KEYS))}")
+
+
 def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
                  cwd: str | None = None, network: NetworkMode | str | None = None,
                  allow_domains: Sequence[str] = (), mounts: Sequence[Mount | str] = (),
@@ -265,10 +272,7 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     "file", "link" or "other"; the caller looked, see `workspace_guards`).
     """
     config = dict(config or {})
-    unknown = set(config) - _CONFIG_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) in tether.toml [sandbox]: {', '.join(sorted(unknown))}",
-                          hint=f"known keys: {', '.join(sorted(_CONFIG_KEYS))}")
+    check_config_keys(config)
     host_env = host_env or {}
     name = profile or _config_value(config, "profile", str) or DEFAULT_PROFILE
     if name not in PROFILES:
@@ -285,7 +289,7 @@ def resolve_spec(profile: str | None, command: Sequence[str], *, workdir: Path,
     work_mount = Mount(workdir, workdir, read_only=not base.workspace_writable)
     guards = workspace_guards(workdir, protect or {}) if base.workspace_writable else ()
     all_mounts = (*toolchain_mounts, work_mount, *guards, *cfg_mounts, *flag_mounts)
-    check_mounts(all_mounts, [host_env["HOME"]] if host_env.get("HOME") else [])
+    check_mounts(all_mounts, {host_env["HOME"]: HOME_WHAT} if host_env.get("HOME") else {})
     limits = _resolve_limits(base, config, memory=memory, cpus=cpus, pids=pids,
                              timeout=timeout)
     environ = _resolve_env(base, config, env, host_env, net, path_prefix)
@@ -369,8 +373,12 @@ def _resolve_network(base: Profile, config: Mapping[str, object],
     return net, domains
 
 
-def check_mounts(mounts: Sequence[Mount], homes: Sequence[str]) -> None:
-    """Refuse targets over the sandbox's own machinery and sources that expose a home.
+HOME_WHAT = "your home directory"
+
+
+def check_mounts(mounts: Sequence[Mount], private: Mapping[str, str]) -> None:
+    """Refuse targets over the sandbox's own machinery, and sources that hold (are, or are
+    above) a private directory; ``private`` maps each to what it is, for the message.
 
     Paths are compared as text: the runner calls it again with symlinks resolved (a link to
     the home is the home), the text check here only fails early.
@@ -379,11 +387,14 @@ def check_mounts(mounts: Sequence[Mount], homes: Sequence[str]) -> None:
         if m.target == Path("/") or str(m.target).startswith(("/proc", "/dev", HELPER_DIR)):
             raise UsageError(f"cannot mount over {m.target}",
                              hint="choose another destination inside the sandbox")
-        for home in homes:
-            if _is_within(Path(_normpath(home)), m.source):
-                # the home (or a parent of it) would expose ~/.ssh, keyrings, tokens
-                raise UsageError(f"refusing to expose your home directory through {m.source}",
-                                 hint="use a project subdirectory as the workspace or mount")
+        for path, what in private.items():
+            if _is_within(Path(_normpath(path)), m.source):
+                # the home would expose ~/.ssh, keyrings, tokens; tether's config dir its
+                # secrets file and the trusted-config record
+                raise UsageError(f"refusing to expose {what} through {m.source}",
+                                 hint="use a project subdirectory as the workspace or mount"
+                                 + ("" if what == HOME_WHAT else
+                                    ", or move it (TETHER_HOME) out of the workspace"))
 
 
 def _resolve_limits(base: Profile, config: Mapping[str, object], **flags) -> Limits:

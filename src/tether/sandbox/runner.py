@@ -20,6 +20,7 @@ from pathlib import Path
 from tether.errors import EnforcementError, UsageError
 from tether.sandbox import limits as _limits
 from tether.sandbox import probe as _probe
+from tether.sandbox import trust
 from tether.sandbox.profiles import (
     HostFacts,
     NetworkMode,
@@ -30,6 +31,7 @@ from tether.sandbox.profiles import (
     needs_helper,
     sandbox_environ,
 )
+from tether.sandbox.trust import ProjectConfig
 
 OnOutput = Callable[[str, bytes], None]
 # per stream: a command printing without end must not exhaust the host's memory; the rest is
@@ -191,12 +193,18 @@ def resolve_mounts(spec: SandboxSpec) -> SandboxSpec:
     """
     import pwd
 
-    from tether.sandbox.profiles import check_mounts
+    from tether import paths
+    from tether.sandbox.profiles import HOME_WHAT, check_mounts
 
     mounts = tuple(replace(m, source=Path(os.path.realpath(m.source))) for m in spec.mounts)
     # $HOME and the account's home may differ (tests, sudo -E); both hold secrets
     homes = [h for h in (os.environ.get("HOME"), pwd.getpwuid(os.getuid()).pw_dir) if h]
-    check_mounts(mounts, [*homes, *map(os.path.realpath, homes)])
+    private = {h: HOME_WHAT for h in [*homes, *map(os.path.realpath, homes)]}
+    # secrets, and the trusted project configs (trust.py): a sandbox must not rewrite those
+    config = str(paths.config_dir())
+    for p in (config, os.path.realpath(config)):
+        private.setdefault(p, f"tether's config directory {config}")
+    check_mounts(mounts, private)
     return replace(spec, mounts=mounts)
 
 
@@ -565,28 +573,23 @@ def _kill(proc: subprocess.Popen, cg: _limits.RunCgroup | None) -> None:
         cg.kill_all()
 
 
-def find_project_config(start: Path) -> tuple[Path | None, dict]:
-    """The nearest tether.toml at or above `start` and its [sandbox] table."""
-    for d in (start, *start.parents):
-        f = d / "tether.toml"
-        if f.is_file():
-            try:
-                import tomllib
-            except ModuleNotFoundError:   # Python 3.10
-                import tomli as tomllib
-            try:
-                data = tomllib.loads(f.read_text())
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                from tether.errors import ConfigError
+def find_project_config(start: Path, policy: ProjectConfig = ProjectConfig.TRUSTED_ONLY,
+                        ) -> tuple[Path | None, dict]:
+    """The nearest tether.toml at or above `start` and its [sandbox] table.
 
-                raise ConfigError(f"{f}: {exc}", hint="fix the TOML syntax") from exc
-            table = data.get("sandbox", {})
-            if not isinstance(table, dict):
-                from tether.errors import ConfigError
-
-                raise ConfigError(f"{f}: [sandbox] must be a table")
-            return f, table
-    return None, {}
+    A non-empty table applies only when the user trusted the file's exact content (trust.py);
+    otherwise ConfigError says how to review and trust it. IGNORED reads nothing.
+    """
+    if policy is ProjectConfig.IGNORED:
+        return None, {}
+    f = trust.find(start)
+    if f is None:
+        return None, {}
+    data = trust.read_config(f)        # hashed and parsed from the same bytes
+    table = trust.sandbox_table(f, data)
+    if table:
+        trust.check(f, data)
+    return f, table
 
 
 def _kind(path: Path) -> str | None:
@@ -613,8 +616,11 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
                mounts: tuple[str, ...] = (), env: tuple[str, ...] = (),
                memory: str | None = None, cpus: float | None = None, pids: int | None = None,
                timeout: float | None = None, rootfs: Path | None = None,
-               landlock: bool | None = None, bind_toolchains: bool = True) -> SandboxSpec:
-    """Flags + tether.toml + detected runtimes -> SandboxSpec (what `sandbox run` resolves)."""
+               landlock: bool | None = None, bind_toolchains: bool = True,
+               project_config: ProjectConfig = ProjectConfig.TRUSTED_ONLY) -> SandboxSpec:
+    """Flags + tether.toml + detected runtimes -> SandboxSpec (what `sandbox run` resolves).
+
+    project_config: whether a tether.toml [sandbox] section may apply (see trust.py)."""
     from tether.sandbox import profiles, runtimes
 
     cwd = Path.cwd()
@@ -623,7 +629,7 @@ def build_spec(command: list[str], *, profile: str | None = None, workdir: Path 
         raise UsageError(f"workspace {workdir} is not a directory",
                          hint="pass an existing directory with --workdir "
                               "(default: the current directory)")
-    _, config = find_project_config(workdir)
+    _, config = find_project_config(workdir, ProjectConfig(project_config))
     tool_mounts: list = []
     path_prefix: list[str] = []
     if bind_toolchains and rootfs is None:

@@ -23,17 +23,19 @@ from typing import Any
 
 from tether.sandbox import audit
 from tether.sandbox.schemas import RunOptions, RunRequest
+from tether.sandbox.trust import ProjectConfig
 
 OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
 
 
 def build_spec(options: RunOptions, command: Sequence[str], *, workdir: Path,
                mounts: Sequence[Any] = (), writable_layer: Path | None = None,
-               cwd: str | None = None):
+               cwd: str | None = None, project_config: ProjectConfig = ProjectConfig.TRUSTED_ONLY):
     """The ``SandboxSpec`` for ``options`` + ``command`` (raises UsageError on bad options).
 
-    The core's ``runner.build_spec`` decides (profile, tether.toml, detected toolchains), the
-    same as for ``tether sandbox run``; a named sandbox then adds its layer and cwd.
+    The core's ``runner.build_spec`` decides (profile, a trusted tether.toml, detected
+    toolchains), the same as for ``tether sandbox run``; a named sandbox then adds its layer
+    and cwd (and ignores project configs: its workspace is its own, written by its runs).
     """
     from dataclasses import replace
 
@@ -44,7 +46,8 @@ def build_spec(options: RunOptions, command: Sequence[str], *, workdir: Path,
         list(command), profile=options.profile, workdir=Path(workdir),
         no_network=options.network == "none", allow_domains=tuple(options.allow_domains),
         mounts=tuple(mounts), env=tuple(f"{k}={v}" for k, v in options.env.items()),
-        memory=options.memory, cpus=options.cpus, pids=options.pids, timeout=options.timeout)
+        memory=options.memory, cpus=options.cpus, pids=options.pids, timeout=options.timeout,
+        project_config=project_config)
     if options.network == "full" and not options.allow_domains:
         spec = replace(spec, network=NetworkMode.FULL)
     if options.network == "allowlist" and spec.network is not NetworkMode.ALLOWLIST:
