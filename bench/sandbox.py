@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -218,6 +219,15 @@ def _pool_p50_isolated(n: int, spec, tmp: Path) -> float | None:
     return statistics.median(times)
 
 
+def tether_command() -> str | None:
+    """The `tether` script of the interpreter running the bench (a venv's bin need not be on
+    PATH), else the one on PATH."""
+    beside = Path(sys.executable).with_name("tether")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("tether")
+
+
 def bench_api(n: int) -> None:
     """api_run_p50_ms: POST /run of `true` to a `tether serve` process, end to end (httpx
     keep-alive client, bearer token), cold runs; the same with `--pool 2` as context."""
@@ -231,8 +241,13 @@ def bench_api(n: int) -> None:
     token = tmp / "token"
     token.write_text("bench-token-0123456789")
     env = {**os.environ, "TETHER_HOME": str(tmp / "home"), "TETHER_SECRETS_BACKEND": "file"}
+    tether = tether_command()
     for label, extra in (("api_run_p50_ms", []), ("api_pool_run_p50_ms", ["--pool", "2"])):
-        proc = subprocess.Popen(["tether", "serve", "--port", "0", "--token-file", str(token),
+        if tether is None:
+            figure(label, None, "ms", note="no tether console script next to "
+                                           f"{sys.executable} or on PATH")
+            continue
+        proc = subprocess.Popen([tether, "serve", "--port", "0", "--token-file", str(token),
                                  "--workdir", str(tmp / "work"), *extra], env=env,
                                 stderr=subprocess.PIPE, text=True)
         try:
