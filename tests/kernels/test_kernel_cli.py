@@ -180,7 +180,8 @@ def test_a_broken_kernelspec_gets_a_hint_and_delete_removes_it(kenv, cli, case):
     if _BROKEN[case] is not None:
         (folder / "kernel.json").write_text(_BROKEN[case])
     kenv.spec("good")  # listed as usual beside the broken one
-    for args in (("edit", "bad", "--host", "rk", "--no-check"), ("ps", "bad")):
+    for args in (("edit", "bad", "--host", "rk", "--no-check"), ("ps", "bad"),
+                 ("attach", "bad")):
         r = cli("kernel", *args)
         assert r.exit_code == 2, r.stderr
         error, hint = r.stderr.splitlines()[:2]

@@ -67,10 +67,13 @@ def remote_kernels(spec: specs.RemoteKernelSpec) -> list[dict[str, Any]]:
 
 def locate(name_or_id: str) -> KernelLocation:
     """A kernel name (the one running attachable kernel of that spec) or a kernel id."""
+    broken: ConfigError | None = None
     try:
         spec = specs.get_kernel(name_or_id)
-    except (NotFoundError, ConfigError):
+    except NotFoundError:
         spec = None
+    except ConfigError as exc:  # a broken spec of that name, unless it is a kernel id after all
+        spec, broken = None, exc
     if spec is not None:
         running = [k for k in remote_kernels(spec)
                    if k.get("alive") and k.get("tag") == spec.name and k.get("lifetime") == "grace"]
@@ -83,7 +86,12 @@ def locate(name_or_id: str) -> KernelLocation:
                              f"attach one by id: {ids}")
         return KernelLocation(running[0]["kernel_id"], spec.host, spec.python,
                               spec.ssh_config, spec.remote_state_dir)
-    rec = registry.find_record(name_or_id)
+    try:
+        rec = registry.find_record(name_or_id)
+    except NotFoundError:
+        if broken is not None:
+            raise broken from None  # its hint says how to repair the spec
+        raise
     return KernelLocation(rec.kernel_id, rec.host, rec.python, rec.ssh_config, rec.state_dir)
 
 
