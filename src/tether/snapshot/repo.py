@@ -77,6 +77,8 @@ class Index:
     def drop_packs(self, packs: set[bytes]) -> None:
         """Forget ``packs``: the blobs only they held count as absent (a push uploads them
         again). Call ``prefer_present`` first so that blobs with another copy keep it."""
+        if not packs:
+            return  # the common case: no walk over every blob
         self.packs -= packs
         for blob in [b for b, loc in self.blobs.items() if loc.pack in packs]:
             del self.blobs[blob]
