@@ -141,8 +141,28 @@ def test_cli_one_shot_output_and_bad_input(ws, roots, cli):
     assert r.exit_code == 10
     r = cli("sync", "resolve", str(roots.local / "nothing"), "--keep", "local")
     assert r.exit_code == 10
+    r = cli("sync", "resolve", str(roots.local / "x.txt"), "--keep", "bogus")
+    assert r.exit_code == 2 and "--keep must be local, remote or both" in r.stderr
+    assert "hint: e.g. tether sync resolve PATH --keep both" in r.stderr
     r = cli("sync", "stop", "--json")
     assert r.exit_code == 10 and "not running" in r.json()["error"]
+
+
+def test_cli_one_shot_with_an_unresolved_conflict_exits_3(ws, roots, cli):
+    notes = roots.local / "notes.md"
+    notes.write_text("base")
+    assert cli("sync", ws, str(roots.local), str(roots.remote)).exit_code == 0
+    notes.write_text("laptop")
+    (roots.remote / "notes.md").write_text("workspace")
+    r = cli("sync", ws, str(roots.local), str(roots.remote))
+    assert r.exit_code == 3, r.stderr
+    assert "1 conflicts" in r.stdout and "incomplete: 1 unresolved conflict (exit 3)" in r.stdout
+    assert "tether sync resolve PATH" in r.stdout
+    r = cli("sync", ws, str(roots.local), str(roots.remote), "--json")
+    assert r.exit_code == 3 and [c["path"] for c in r.json()["conflicts"]] == ["notes.md"]
+    assert cli("sync", "resolve", str(notes), "--keep", "local").exit_code == 0
+    r = cli("sync", ws, str(roots.local), str(roots.remote))
+    assert r.exit_code == 0 and "incomplete" not in r.stdout, r.stdout
 
 
 async def test_watch_falls_back_to_polling_without_a_watcher(ws, roots, monkeypatch):

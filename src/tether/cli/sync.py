@@ -33,7 +33,8 @@ _HELP = """Two-way file sync with a workspace.
 REMOTE is relative to the workspace home (default: LOCAL's folder name). MODE is \
 two-way-safe (default: a conflict keeps both versions), two-way-resolved (local wins), \
 one-way-safe (never overwrites remote changes) or one-way-replica (remote mirrors local). \
-.gitignore and .tetherignore files are honoured. See `tether sync start --help`.
+.gitignore and .tetherignore files are honoured. A one-shot sync that leaves unresolved \
+conflicts or unsynced paths exits 3. See `tether sync start --help`.
 """
 
 app = typer.Typer(cls=_DefaultStart, add_completion=False, no_args_is_help=True,
@@ -61,7 +62,9 @@ def _show_conflicts(o: Output, conflicts: list[dict]) -> None:
                     markup=False)
 
 
-@app.command("start", help="Sync LOCAL with REMOTE on host NAME (`start` may be left out).")
+@app.command("start", help="Sync LOCAL with REMOTE on host NAME (`start` may be left out). "
+                           "Without --watch: exit 3 when conflicts stay unresolved or paths "
+                           "could not be synced.")
 def start(
     name: Annotated[str, typer.Argument(help="Host name (see `tether hosts`).")],
     local: Annotated[str, typer.Argument(help="Local folder.")],
@@ -104,11 +107,18 @@ def start(
                                on_bytes=advance)
     data = result.to_dict()
 
+    # Open conflicts and failed paths are a partial failure: scripts see exit 3 (docs/cli.md)
+    # instead of a success that left work undone; the result is still printed in full.
+    left = [f"{n} unresolved conflict{'s' if n != 1 else ''}"
+            for n in [len(result.conflicts)] if n]
+    left += [f"{n} path{'s' if n != 1 else ''} not synced" for n in [len(result.failed)] if n]
+
     def human(o: Output) -> None:
         o.out.print(f"synced {result.local} <-> {name}:{result.remote} ({result.mode}): "
                     f"{result.uploaded} up, {result.downloaded} down, "
                     f"{result.deleted_local + result.deleted_remote} deleted, "
-                    f"{len(result.conflicts)} conflicts in {result.duration_s:.1f} s",
+                    f"{len(result.conflicts)} conflicts in {result.duration_s:.1f} s"
+                    + (f"; incomplete: {' and '.join(left)} (exit 3)" if left else ""),
                     markup=False)
         _show_conflicts(o, data["conflicts"])
         for c in data["auto_resolved"]:
@@ -117,6 +127,11 @@ def start(
             o.warn(f"{f['side']}: {f['path']}: {f['reason']}")
 
     out.result(data, human)
+    if left:
+        from tether.cli.main import EXIT_CODES
+        from tether.errors import PartialFailureError
+
+        raise typer.Exit(EXIT_CODES[PartialFailureError])
 
 
 @app.command("list", help="List sync sessions (running or not).")

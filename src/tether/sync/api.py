@@ -121,7 +121,9 @@ def sync_resolve(path: str | os.PathLike, keep: Keep | str, *, timeout: float = 
     try:
         keep = Keep(keep)
     except ValueError as exc:
-        raise errors.UsageError(f"--keep must be local, remote or both, not {keep!r}") from exc
+        raise errors.UsageError(f"--keep must be local, remote or both, not {keep!r}",
+                                "e.g. tether sync resolve PATH --keep both (local at PATH, "
+                                "the remote version beside it)") from exc
     rec, rel = _locate(path)
     if not any(c.get("path") == rel for c in rec.conflicts):
         raise errors.NotFoundError(f"no conflict at {rel!r} in sync session {rec.id}",
