@@ -54,7 +54,7 @@ PUBLIC_API = {
     "list_kernels", "list_keys", "login_forge", "pair_code", "reconcile", "remove_block",
     "remove_known_host", "run_checks", "sandbox_probe", "sandbox_run", "set_git_identity",
     "setup_forge", "snapshot_diff", "snapshot_forget", "snapshot_list", "snapshot_prune",
-    "snapshot_pull", "snapshot_push", "snapshot_verify", "status", "status_async",
+    "snapshot_pull", "snapshot_push", "snapshot_repair", "snapshot_verify", "status", "status_async",
     "sync_conflicts", "sync_list", "sync_once", "sync_once_async", "sync_resolve",
     "sync_status", "sync_stop", "sync_watch", "up", "upsert_block",
 }

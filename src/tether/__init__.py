@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "snapshot_verify": "tether.snapshot",
     "snapshot_prune": "tether.snapshot",
     "snapshot_forget": "tether.snapshot",
+    "snapshot_repair": "tether.snapshot",
     "sandbox_run": "tether.sandbox.runner",
     "sandbox_probe": "tether.sandbox.probe",
     "SandboxClient": "tether.sandbox.client",

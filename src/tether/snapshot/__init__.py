@@ -29,7 +29,7 @@ _API = {
 # tether.snapshot_<name> in the top-level API
 _ALIASES = {"snapshot_push": "push", "snapshot_pull": "pull", "snapshot_list": "list_snapshots",
             "snapshot_diff": "diff", "snapshot_verify": "verify", "snapshot_prune": "prune",
-            "snapshot_forget": "forget"}
+            "snapshot_forget": "forget", "snapshot_repair": "repair"}
 
 __all__ = sorted(_API) + sorted(_ALIASES)
 
