@@ -218,7 +218,7 @@ def test_parse_fast(argv, expected) -> None:
 def _copy_errors():
     import errno
 
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     return [
         (OSError(errno.ENOTCONN, "Transport endpoint is not connected"), errors.ConnectError),
