@@ -312,6 +312,7 @@ class Session:
         self.full_rescan = True  # both sides scan everything (first cycle, periodic, retries)
         self.agent: RemoteAgent | None = None
         self.conn: Any = None
+        self.prescan: asyncio.Future | None = None  # a one-shot's first local scan, begun early
         self.changes: Any = None  # watch.Debouncer in watch mode
         self.conflicts: dict[str, Conflict] = {}
         self.remote_changed: set[str] | None = None  # paths the last TREE delta touched
@@ -382,7 +383,10 @@ class Session:
             await agent.send(P.encode_json(P.T.SCAN, {
                 "full": self.full_next, "partial": self.watching and not self.full_rescan}))
             await agent.flush()  # the agent scans while we do
-        if self.watching and not self.full_rescan and self.scanner.last is not None:
+        if self.prescan is not None:
+            prescan, self.prescan = self.prescan, None
+            local = await prescan
+        elif self.watching and not self.full_rescan and self.scanner.last is not None:
             local = self.scanner.scan_paths(self.changes.dirty.take())  # small: inline
         else:
             if self.changes is not None:
@@ -674,7 +678,17 @@ async def run_session(opts: SyncOptions, *, watch: bool = False,
         if watch:
             await _watch(session, result, on_cycle, stop)
         else:
-            await session.connect()
+            # The local scan (hashing included) needs no link: run it while the connection
+            # and the remote agent start. The remote side scans only after SCAN, so it
+            # still looks later than this side, as it does in every cycle.
+            session.prescan = asyncio.ensure_future(asyncio.to_thread(session.scanner.scan))
+            try:
+                await session.connect()
+            except BaseException:
+                with contextlib.suppress(Exception):  # the connect error is the one to report
+                    await session.prescan
+                session.prescan = None
+                raise
             for _ in range(MAX_ONESHOT_CYCLES):
                 report = await session.cycle()
                 result.add(report)
