@@ -257,3 +257,54 @@ def tether_bin() -> str:
     path = find_tether_bin()
     assert path, "the tether console script is not installed (pip install -e .)"
     return path
+
+
+def _processes_started_under(root: Path) -> list[int]:
+    """Pids whose starting environment put HOME or TETHER_HOME under ``root``."""
+    prefixes = (f"HOME={root}/".encode(), f"TETHER_HOME={root}/".encode(),
+                f"HOME={root}\0".encode(), f"TETHER_HOME={root}\0".encode())
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                env = b"\0" + fh.read() + b"\0"
+        except OSError:
+            continue
+        if any(b"\0" + p in env for p in prefixes):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that fails halfway (before its `tether down`) must not leave a detached
+    workspace, link daemon or sandbox running under its temp home for the rest of the run:
+    they keep probing and serving, and slow every later test and benchmark on a 2-core box.
+    Only processes started with this test's own tmp_path as HOME or TETHER_HOME are stopped."""
+    if "tmp_path" not in request.fixturenames or not os.path.isdir("/proc"):
+        yield
+        return
+    import signal
+
+    root = request.getfixturevalue("tmp_path")  # torn down after this fixture, not before
+    yield
+    pids = _processes_started_under(root)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _running(p)]
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is gone
+    except OSError:
+        return False
