@@ -43,7 +43,8 @@ def up(
     = None,
     tunnel: Annotated[str | None, typer.Option(
         "--tunnel", help="local | cloudflared | ngrok (default: local; on Colab and Kaggle "
-        "cloudflared when installed, else ngrok with NGROK_AUTHTOKEN)")] = None,
+        "cloudflared when installed, else ngrok with a stored token: tether host ngrok-token)")]
+    = None,
     port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: a free one)",
                                              min=1, max=65535)] = None,
     public_url: Annotated[str | None, typer.Option(

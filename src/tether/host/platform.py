@@ -71,7 +71,8 @@ def default_tunnel(info: PlatformInfo, *, cloudflared: bool, ngrok_token: bool) 
         f"on {info.name} a workspace needs a public tunnel (its local URL is not reachable "
         "from your laptop), and neither cloudflared nor an ngrok authtoken was found",
         "put the cloudflared binary on PATH (https://github.com/cloudflare/cloudflared/"
-        "releases) for --tunnel cloudflared, or set NGROK_AUTHTOKEN for --tunnel ngrok; "
+        "releases) for --tunnel cloudflared, or store an ngrok authtoken (`tether host "
+        "ngrok-token`, or NGROK_AUTHTOKEN) for --tunnel ngrok; "
         "--tunnel local serves only this machine")
 
 
