@@ -88,7 +88,7 @@ def stop(km, kc) -> None:
 
 
 def session_startup_ms(d: Path, info: dict, n: int) -> tuple[float, float]:
-    import asyncssh
+    from tether.link._asyncssh import asyncssh
 
     ssh_t = []
     for _ in range(n):
