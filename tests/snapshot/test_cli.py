@@ -56,13 +56,17 @@ def test_human_output(cli, tmp_path, repo_url):
     assert describe(tmp_path / "out") == describe(src)
 
 
-def test_verify_failure_exits_non_zero_with_problems(cli, tmp_path, repo_url):
-    cli("snapshot", "push", str(make_tree(tmp_path / "src")), repo_url)
-    pack = max((p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()),
+def _flip_a_byte_of_the_largest_pack(repo: Path) -> None:
+    pack = max((p for p in (repo / "packs").rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)
     data = bytearray(pack.read_bytes())
     data[100] ^= 0xFF
     pack.write_bytes(bytes(data))
+
+
+def test_verify_failure_exits_non_zero_with_problems(cli, tmp_path, repo_url):
+    cli("snapshot", "push", str(make_tree(tmp_path / "src")), repo_url)
+    _flip_a_byte_of_the_largest_pack(tmp_path / "repo")
     r = cli("snapshot", "verify", repo_url, "--data")
     assert r.exit_code == 1
     assert "problem: pack" in r.stdout and "error: verify found" in r.stderr
@@ -74,11 +78,7 @@ def test_verify_failure_with_json_prints_one_document(cli, tmp_path, repo_url):
     import json
 
     cli("snapshot", "push", str(make_tree(tmp_path / "src")), repo_url)
-    pack = max((p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()),
-               key=lambda p: p.stat().st_size)
-    data = bytearray(pack.read_bytes())
-    data[100] ^= 0xFF
-    pack.write_bytes(bytes(data))
+    _flip_a_byte_of_the_largest_pack(tmp_path / "repo")
     r = cli("snapshot", "verify", repo_url, "--data", "--json")
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
@@ -89,11 +89,7 @@ def test_verify_failure_with_json_prints_one_document(cli, tmp_path, repo_url):
 def test_repair_then_push_makes_verify_pass(cli, tmp_path, repo_url):
     src = make_tree(tmp_path / "src")
     cli("snapshot", "push", str(src), repo_url)
-    pack = max((p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()),
-               key=lambda p: p.stat().st_size)
-    data = bytearray(pack.read_bytes())
-    data[100] ^= 0xFF
-    pack.write_bytes(bytes(data))
+    _flip_a_byte_of_the_largest_pack(tmp_path / "repo")
     r = cli("snapshot", "repair", repo_url)
     assert r.exit_code == 0, r.stderr
     assert "removed 1 corrupt" in r.stdout and "push the affected folders again" in r.stdout
