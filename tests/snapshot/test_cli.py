@@ -56,12 +56,13 @@ def test_human_output(cli, tmp_path, repo_url):
     assert describe(tmp_path / "out") == describe(src)
 
 
-def _flip_a_byte_of_the_largest_pack(repo: Path) -> None:
+def _flip_a_byte_of_the_largest_pack(repo: Path) -> Path:
     pack = max((p for p in (repo / "packs").rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)
     data = bytearray(pack.read_bytes())
     data[100] ^= 0xFF
     pack.write_bytes(bytes(data))
+    return pack
 
 
 def test_verify_failure_exits_non_zero_with_problems(cli, tmp_path, repo_url):
@@ -78,7 +79,7 @@ def test_verify_failure_with_json_prints_one_document(cli, tmp_path, repo_url):
     import json
 
     cli("snapshot", "push", str(make_tree(tmp_path / "src")), repo_url)
-    _flip_a_byte_of_the_largest_pack(tmp_path / "repo")
+    pack = _flip_a_byte_of_the_largest_pack(tmp_path / "repo")
     r = cli("snapshot", "verify", repo_url, "--data", "--json")
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
