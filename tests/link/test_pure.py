@@ -218,6 +218,7 @@ def test_parse_fast(argv, expected) -> None:
 def _copy_errors():
     import errno
 
+    from tether._compat import ExceptionGroup
     from tether.link._asyncssh import asyncssh
 
     return [

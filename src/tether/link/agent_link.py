@@ -29,6 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 from tether import errors
+from tether._compat import timeout
 
 log = logging.getLogger("tether.link.agent")
 
@@ -343,7 +344,7 @@ class AgentLink:
         source = agent_source()
         chan.write(b"%d\n" % len(source) + source)
         try:
-            async with asyncio.timeout(START_TIMEOUT_S):
+            async with timeout(START_TIMEOUT_S):
                 hello = await self._hello
         except TimeoutError as exc:
             chan.close()

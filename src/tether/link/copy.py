@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import errors
+from tether._compat import BaseExceptionGroup, TaskGroup
 
 _REMOTE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(.*)$", re.S)
 _PART_RE = re.compile(r"^\.(.+)\.tether-part-[0-9a-f]{8}$", re.S)
@@ -394,7 +395,7 @@ async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -
                     f"{plan.host} -- ls -d {shlex.quote(posixpath.dirname(remote) or '.')}`)"
                 ) from exc
 
-    async with asyncio.TaskGroup() as tg:
+    async with TaskGroup() as tg:
         for src, dst, _size, mode in plan.files:
             tg.create_task(move(src, dst, mode))
 

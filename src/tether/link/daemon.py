@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import errors, paths
+from tether._compat import TaskGroup
 from tether.link import wire
 
 log = logging.getLogger("tether.link.daemon")
@@ -233,7 +234,7 @@ async def serve(idle_s: float) -> None:
     server = await asyncio.start_unix_server(daemon.handle, sock=_listen(socket_path()))
     log.info("listening on %s (pid %s)", socket_path(), os.getpid())
     try:
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             idle = tg.create_task(daemon.watch_idle())
             await daemon.stop.wait()
             idle.cancel()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tether import errors
+from tether._compat import timeout as _timeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from tether.link.agent_link import AgentProcess
@@ -337,7 +338,7 @@ async def run_captured(conn: Any, command: str, *, input: bytes | None = None,
             await proc.write(input)
         proc.write_eof()
         try:
-            async with asyncio.timeout(timeout):
+            async with _timeout(timeout):
                 outcome = await proc.wait()
         except TimeoutError as exc:
             await proc.send_signal("KILL")  # closing alone leaves a non-tty command running

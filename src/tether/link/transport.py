@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from tether import errors
+from tether._compat import timeout as _timeout
 
 if TYPE_CHECKING:  # pragma: no cover
     import asyncssh
@@ -283,7 +284,7 @@ async def _open_ws_transport(url: str, token: str | None,
     ctx = ssl.create_default_context() if uri.secure else None
     where = f"{uri.host}:{uri.port}"
     try:
-        async with asyncio.timeout(timeout):
+        async with _timeout(timeout):
             tcp, proto = await loop.create_connection(
                 lambda: _WsProtocol(ws, handshake), uri.host, uri.port, ssl=ctx,
                 server_hostname=uri.host if ctx else None)
