@@ -102,7 +102,7 @@ class Debouncer:
         """Wait for a change and its burst to settle; False on timeout with no change."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
             return False
         first = time.monotonic()
         while True:
