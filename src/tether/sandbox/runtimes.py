@@ -74,6 +74,18 @@ def _venv_of(found: Path, runtime: str) -> Path | None:
     return venv if runtime == "python" and (venv / "pyvenv.cfg").is_file() else None
 
 
+def _hops(found: Path) -> list[Path]:
+    """``found`` and each symlink it leads through, up to the real file. Python 3.10's venv,
+    run from inside another venv, links to that venv's python: both venvs must be bound."""
+    hops = [found]
+    while hops[-1].is_symlink() and len(hops) < 40:
+        nxt = Path(os.path.normpath(hops[-1].parent / os.readlink(hops[-1])))
+        if nxt in hops:
+            break
+        hops.append(nxt)
+    return hops
+
+
 def toolchain_mounts(runtimes: Iterable[str], home: Path | None = None
                      ) -> tuple[list[Mount], list[str]]:
     """(read-only mounts, PATH entries) for toolchains outside the system directories."""
@@ -87,8 +99,11 @@ def toolchain_mounts(runtimes: Iterable[str], home: Path | None = None
                 continue
             venv = _venv_of(found, runtime)
             real = Path(os.path.realpath(found))
-            # the venv's bin goes first on PATH; its base interpreter is bound too
-            for tool in ((venv / "bin" / found.name) if venv else None, real):
+            # the venv's bin goes first on PATH; its base interpreter is bound too, and so is
+            # any other venv its python links through (bound only: not on PATH)
+            tools = [((venv / "bin" / found.name) if venv else None, True), (real, True)]
+            tools += [(hop, False) for hop in _hops(found)[1:] if _venv_of(hop, runtime)]
+            for tool, on_path in tools:
                 if tool is None or str(tool).startswith(SYSTEM_PREFIXES):
                     continue
                 root = tool.parent.parent        # <prefix>/bin/<tool> -> <prefix>
@@ -97,7 +112,7 @@ def toolchain_mounts(runtimes: Iterable[str], home: Path | None = None
                     continue
                 mounts.setdefault(root, Mount(source, root, read_only=True))
                 bindir = str(tool.parent)
-                if bindir not in path:
+                if on_path and bindir not in path:
                     path.append(bindir)
             if runtime == "rust" and (home / ".rustup").is_dir():
                 mounts.setdefault(home / ".rustup",
