@@ -252,3 +252,67 @@ def test_agent_refuses_another_protocol_version(tmp_path):
     [frame] = P.FrameDecoder().feed(out.stdout)
     assert frame.type is P.T.ERROR and "version" in frame.json()["message"]
     assert out.returncode == 1
+
+
+def _file(data: bytes) -> Entry:
+    import blake3
+
+    return Entry(Kind.FILE, blake3.blake3(data).digest(), len(data))
+
+
+def test_receiver_picks_a_new_temp_name_when_one_is_taken(tmp_path, monkeypatch):
+    from tether.sync import fs
+
+    stems = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(fs.secrets, "token_hex", lambda n: next(stems))
+    rx = Receiver(Scanner(tmp_path))
+    (tmp_path / ".tether-sync-aaaa1").write_text("leftover of a crashed run")
+    rx.begin("f", _file(b"new"), None)
+    rx.data(b"new")
+    rx.end()
+    done, failed = rx.result()
+    assert failed == [] and [p for p, _ in done] == ["f"]
+    assert (tmp_path / "f").read_bytes() == b"new"
+    assert (tmp_path / ".tether-sync-aaaa1").read_text() == "leftover of a crashed run"
+
+
+def test_receiver_closes_directory_descriptors_beyond_its_limit(tmp_path, monkeypatch):
+    from tether.sync import fs
+
+    monkeypatch.setattr(fs, "MAX_DIR_FDS", 3)
+    rx = Receiver(Scanner(tmp_path))
+    for i in range(8):
+        rx.begin(f"d{i}/e/f", _file(b"x"), None)
+        rx.data(b"x")
+        rx.end()
+        assert len(rx._dfds) <= 4  # the limit, plus the one opened after the check
+    done, failed = rx.result()
+    assert failed == [] and len(done) == 8 and rx._dfds == {}
+    assert all((tmp_path / f"d{i}" / "e" / "f").read_bytes() == b"x" for i in range(8))
+
+
+def test_receiver_refuses_a_parent_that_is_a_file(tmp_path):
+    (tmp_path / "a").write_text("a file")
+    rx = Receiver(Scanner(tmp_path))
+    rx.begin("a/b", _file(b"x"), None)
+    rx.delete("a/c", None)
+    done, failed = rx.result()
+    assert done == [] and all("parent" in why for _, why in failed) and len(failed) == 2
+
+
+def test_receiver_replaces_a_directory_then_writes_below_a_new_one(tmp_path):
+    (tmp_path / "d").mkdir()
+    s = Scanner(tmp_path)
+    s.scan()
+    rx = Receiver(s)
+    rx.begin("d/x", _file(b"1"), None)  # opens (and caches) the directory d
+    rx.data(b"1")
+    rx.end()
+    rx.delete("d/x", s.cache["d/x"][1])
+    rx.delete("d", Entry(Kind.DIR))
+    rx.begin("d", _file(b"now a file"), None)
+    rx.data(b"now a file")
+    rx.end()
+    done, failed = rx.result()
+    assert failed == [] and [p for p, _ in done] == ["d/x", "d/x", "d", "d"]
+    assert (tmp_path / "d").read_bytes() == b"now a file"

@@ -18,6 +18,7 @@ BLAKE3-identified): a large file changed in part sends only the changed parts.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat as st
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 
 from tether.sync import protocol as P
 from tether.sync.ignore import TEMP_PREFIX
-from tether.sync.reconcile import Entry, Kind
+from tether.sync.reconcile import DIR, Entry, Kind
 from tether.sync.scan import READ_SIZE, Scanner
 
 _ZERO_BLOCK = bytes(READ_SIZE)
@@ -102,19 +103,36 @@ def current_entry(scanner: Scanner, rel: str) -> Entry | None | bool:
     full = scanner.full(rel)
     try:
         s = os.lstat(full)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
-    if st.S_ISDIR(s.st_mode):
-        return Entry(Kind.DIR)
-    if st.S_ISLNK(s.st_mode):
-        return Entry(Kind.SYMLINK, target=os.readlink(full))
+    return _known(scanner, rel, s, lambda: os.readlink(full))
+
+
+def _known(scanner: Scanner, rel: str, s: os.stat_result, readlink) -> Entry | None | bool:
+    """The entry a fresh ``lstat`` result stands for, judged against the stat cache."""
+    mode = s.st_mode
+    if st.S_ISDIR(mode):
+        return DIR
+    if st.S_ISLNK(mode):
+        return Entry(Kind.SYMLINK, target=readlink())
     hit = scanner.cache.get(rel)
-    key = (s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
-    if hit is None or hit[0] != key:
+    if hit is None or hit[0] != (mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino):
         return False
     return hit[1]
+
+
+# Directories are opened one component at a time with O_NOFOLLOW and every write, rename
+# and stat below them is relative to that descriptor: no symlink is ever followed on the way
+# down (a symlinked or replaced parent fails the open), and the kernel resolves one name per
+# call instead of the whole path.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_OLD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+MAX_DIR_FDS = 256  # open directory descriptors kept per batch (well under RLIMIT_NOFILE)
+
+
+class _NotReal(Exception):
+    """A parent of the target is a symlink or a file."""
 
 
 class Receiver:
@@ -127,100 +145,182 @@ class Receiver:
         self._path: str | None = None
         self._entry: Entry | None = None
         self._expect: Entry | None = None
-        self._tmp: str | None = None
-        self._out = None
-        self._old = None
+        self._tmp: str | None = None  # temp name in the directory `_pfd`
+        self._pfd = -1  # the target's directory
+        self._name = ""  # the target's name in it
+        self._out = -1  # the temp file being written
+        self._old = -1  # the target's current content (RANGE frames copy from it)
         self._hash = None
         self._skip = False
         self._holes = False
-        self._dirs: set[str] = set()  # directories known to exist during this batch
+        self._dfds: dict[str, int] = {}  # rel dir -> descriptor, for this batch
+        # Temp names: one random stem per receiver and a counter. O_EXCL makes a clash (a
+        # leftover from a crashed run) an error that picks a new stem, never an overwrite.
+        self._stem = secrets.token_hex(4)
+        self._seq = 0
         self.bytes_written = 0
 
     def _fail(self, path: str, reason: str) -> None:
         self.failed.append([path, reason])
 
-    def _parents_real(self, rel: str) -> bool:
-        """No ancestor of ``rel`` is a symlink: a write must never land outside the root."""
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            full = self.scanner.full("/".join(parts[:i]))
-            if full in self._dirs:
-                continue
+    def _dir(self, rel: str, create: bool) -> int | None:
+        """Descriptor of directory ``rel`` ("" = the root), None when it does not exist
+        (``create``: made as real directories). Raises _NotReal for a symlink or file."""
+        fd = self._dfds.get(rel)
+        if fd is not None:
+            return fd
+        if not rel:
+            fd = os.open(self.scanner.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        else:
+            head, _, name = rel.rpartition("/")
+            pfd = self._dir(head, create)
+            if pfd is None:
+                return None
             try:
-                s = os.lstat(full)
+                fd = self._open_dir(name, pfd)
             except FileNotFoundError:
-                return True  # created below as real directories
-            if not st.S_ISDIR(s.st_mode):
-                return False
-            self._dirs.add(full)
-        return True
+                if not create:
+                    return None
+                try:
+                    os.mkdir(name, 0o777, dir_fd=pfd)
+                except FileExistsError:
+                    pass  # made meanwhile: the open below checks what it is
+                fd = self._open_dir(name, pfd)
+        self._dfds[rel] = fd
+        return fd
 
-    def _check(self, rel: str | None, expect: Entry | None, path: str) -> bool:
+    @staticmethod
+    def _open_dir(name: str, pfd: int) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        except OSError as exc:
+            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                raise _NotReal(name) from exc
+            raise
+
+    def _close_dirs(self) -> None:
+        for fd in self._dfds.values():
+            os.close(fd)
+        self._dfds.clear()
+
+    def _now(self, pfd: int | None, name: str, rel: str) -> Entry | None | bool:
+        """What ``name`` in directory ``pfd`` holds now (see :func:`current_entry`)."""
+        if pfd is None:
+            return None
+        try:
+            s = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return _known(self.scanner, rel, s, lambda: os.readlink(name, dir_fd=pfd))
+
+    def _locate(self, path: str,
+                expect: Entry | None) -> tuple[str, int | None, str] | None:
+        """(rel, parent descriptor, name) when ``path`` is safe and still holds ``expect``;
+        otherwise the failure is recorded and None returned."""
+        rel = safe_rel(path)
         if rel is None:
             self._fail(path, "unsafe path")
-            return False
-        if not self._parents_real(rel):
+            return None
+        head, _, name = rel.rpartition("/")
+        try:
+            pfd = self._dir(head, create=False)
+        except _NotReal:
             self._fail(path, "a parent directory is a symlink or a file here; retried "
                              "next cycle")
-            return False
-        now = current_entry(self.scanner, rel)
+            return None
+        except OSError as exc:
+            self._fail(path, f"{exc.strerror or exc}")
+            return None
+        now = self._now(pfd, name, rel)
         if now is False or now != expect:
             self._fail(path, "changed since the scan; retried next cycle")
-            return False
-        return True
+            return None
+        return rel, pfd, name
+
+    def _temp_name(self) -> str:
+        self._seq += 1
+        return f"{TEMP_PREFIX}{self._stem}{self._seq:x}"
 
     def begin(self, path: str, entry: Entry, expect: Entry | None) -> None:
         self._abandon()
-        rel = safe_rel(path)
         self._skip = True
-        if not self._check(rel, expect, path):
+        if len(self._dfds) >= MAX_DIR_FDS:  # only here: no file is open between frames
+            self._close_dirs()
+        where = self._locate(path, expect)
+        if where is None:
             return
-        assert rel is not None
-        full = self.scanner.full(rel)
+        rel, pfd, name = where
         try:
-            parent = os.path.dirname(full)
-            if parent not in self._dirs:  # one mkdir per directory, not one per file
-                os.makedirs(parent, exist_ok=True)
-                self._dirs.add(parent)
+            if pfd is None:  # missing parents (checks passed): made as real directories
+                pfd = self._dir(rel.rpartition("/")[0], create=True)
+                assert pfd is not None
             if entry.kind is Kind.DIR:
-                self._make_dir(full, expect)
+                self._make_dir(pfd, name, expect)
                 self.done.append((path, entry))
                 return
-            tmp = os.path.join(parent, f"{TEMP_PREFIX}{secrets.token_hex(6)}")
             if entry.kind is Kind.SYMLINK:
-                os.symlink(entry.target, tmp)
-                self._replace(tmp, full, expect)
+                tmp = self._temp_name()
+                try:
+                    os.symlink(entry.target, tmp, dir_fd=pfd)
+                except FileExistsError:
+                    self._stem = secrets.token_hex(4)
+                    tmp = self._temp_name()
+                    os.symlink(entry.target, tmp, dir_fd=pfd)
+                self._tmp, self._pfd = tmp, pfd
+                self._replace(pfd, tmp, name, expect)
+                self._tmp = None
+                if expect is not None and expect.kind is Kind.DIR:
+                    self._forget_dir(rel)
                 self.done.append((path, entry))
                 return
             import blake3
 
             if expect is not None and expect.kind is Kind.FILE:
-                self._old = open(full, "rb")  # noqa: SIM115 - closed in end()/_abandon()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self._out = os.fdopen(fd, "wb")
-            self._tmp, self._path, self._entry, self._expect = tmp, rel, entry, expect
+                self._old = os.open(name, _OLD_FLAGS, dir_fd=pfd)
+            tmp = self._temp_name()
+            try:
+                self._out = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=pfd)
+            except FileExistsError:
+                self._stem = secrets.token_hex(4)
+                tmp = self._temp_name()
+                self._out = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=pfd)
+            self._tmp, self._pfd, self._name = tmp, pfd, name
+            self._path, self._entry, self._expect = rel, entry, expect
             self._hash = blake3.blake3()
             self._holes = False
             self._skip = False
+        except _NotReal:
+            self._fail(path, "a parent directory is a symlink or a file here; retried "
+                             "next cycle")
         except OSError as exc:
             self._abandon()
             self._fail(path, f"{exc.strerror or exc}")
 
-    def _make_dir(self, full: str, expect: Entry | None) -> None:
+    @staticmethod
+    def _make_dir(pfd: int, name: str, expect: Entry | None) -> None:
         if expect is not None and expect.kind is not Kind.DIR:
-            os.unlink(full)
-        os.makedirs(full, exist_ok=True)
+            os.unlink(name, dir_fd=pfd)
+        try:
+            os.mkdir(name, 0o777, dir_fd=pfd)
+        except FileExistsError:
+            if not st.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                raise
 
-    def _replace(self, tmp: str, full: str, expect: Entry | None) -> None:
+    @staticmethod
+    def _replace(pfd: int, tmp: str, name: str, expect: Entry | None) -> None:
         if expect is not None and expect.kind is Kind.DIR:
-            os.rmdir(full)  # only when empty: its contents were deleted first or it stays
-        os.rename(tmp, full)
+            os.rmdir(name, dir_fd=pfd)  # only when empty: its contents were deleted first
+        os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
 
-    def data(self, payload: bytes) -> None:
-        if self._skip or self._out is None:
+    def data(self, payload: bytes | memoryview) -> None:
+        if self._skip or self._out < 0:
             return
         try:
-            self._out.write(payload)
+            n = os.write(self._out, payload)
+            if n < len(payload):  # a regular file takes it all unless the disk is full
+                view = memoryview(payload)
+                while n < len(view):
+                    n += os.write(self._out, view[n:])
         except OSError as exc:
             self._fail(self._path or "", exc.strerror or str(exc))
             self._abandon()
@@ -230,10 +330,10 @@ class Receiver:
 
     def zeros(self, length: int) -> None:
         """A hole: seek instead of writing (the file stays sparse), hash the zeros."""
-        if self._skip or self._out is None:
+        if self._skip or self._out < 0:
             return
         try:
-            self._out.seek(length, os.SEEK_CUR)
+            os.lseek(self._out, length, os.SEEK_CUR)
             self._holes = True
         except OSError as exc:
             self._fail(self._path or "", exc.strerror or str(exc))
@@ -248,62 +348,77 @@ class Receiver:
     def clone(self, source: str) -> None:
         """The content is this side's own file ``source`` (a rename or copy elsewhere):
         read locally instead of over the link; END still checks the digest."""
-        if self._skip or self._out is None:
+        if self._skip or self._out < 0:
             return
         rel = safe_rel(source)
-        if rel is None or not self._parents_real(rel):
+        try:
+            if rel is None:
+                raise _NotReal(source)
+            head, _, name = rel.rpartition("/")
+            sfd = self._dir(head, create=False)
+            if sfd is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), source)
+            fd = os.open(name, _OLD_FLAGS, dir_fd=sfd)
+        except _NotReal:
             self._fail(self._path or "", "unsafe clone source")
             self._abandon()
             return
-        try:
-            with open(self.scanner.full(rel), "rb", buffering=0) as fh:
-                while data := fh.read(READ_SIZE):
-                    self.data(data)
-                    if self._out is None:
-                        return
         except OSError as exc:
             self._fail(self._path or "", f"clone source: {exc.strerror or exc}")
             self._abandon()
+            return
+        try:
+            while data := os.read(fd, READ_SIZE):
+                self.data(data)
+                if self._out < 0:
+                    return
+        except OSError as exc:
+            self._fail(self._path or "", f"clone source: {exc.strerror or exc}")
+            self._abandon()
+        finally:
+            os.close(fd)
 
     def copy_range(self, offset: int, length: int) -> None:
-        if self._skip or self._out is None:
+        if self._skip or self._out < 0:
             return
-        if self._old is None:
+        if self._old < 0:
             self._fail(self._path or "", "a range was sent but there is no old file")
             self._abandon()
             return
-        self._old.seek(offset)
         while length > 0:
-            data = self._old.read(min(length, READ_SIZE))
+            data = os.pread(self._old, min(length, READ_SIZE), offset)
             if not data:
                 self._fail(self._path or "", "old file shorter than expected")
                 self._abandon()
                 return
             length -= len(data)
+            offset += len(data)
             self.data(data)
 
     def end(self) -> None:
-        if self._skip or self._out is None:
+        if self._skip or self._out < 0:
             self._abandon()
             return
-        path, entry, tmp = self._path, self._entry, self._tmp
+        path, entry, tmp, pfd, name = self._path, self._entry, self._tmp, self._pfd, self._name
         assert path is not None and entry is not None and tmp is not None
+        out = self._out
         try:
             if self._holes:  # a trailing hole: make the size right
-                self._out.truncate(self._out.tell())
-            self._out.close()
-            self._out = None
+                os.ftruncate(out, os.lseek(out, 0, os.SEEK_CUR))
             if self._hash.digest() != entry.digest:
                 self._fail(path, "the source changed while it was sent; retried next cycle")
                 return
-            os.chmod(tmp, 0o755 if entry.executable else 0o644)
-            full = self.scanner.full(path)
-            if current_entry(self.scanner, path) != self._expect:  # edited while we wrote
+            os.fchmod(out, 0o755 if entry.executable else 0o644)
+            if self._now(pfd, name, path) != self._expect:  # edited while we wrote
                 self._fail(path, "changed since the scan; retried next cycle")
                 return
-            self._replace(tmp, full, self._expect)
+            self._replace(pfd, tmp, name, self._expect)
             self._tmp = None
-            self.scanner.remember(path, entry)
+            if self._expect is not None and self._expect.kind is Kind.DIR:
+                self._forget_dir(path)
+            # fstat after the rename (which sets ctime): the stat the next scan will see,
+            # so it does not read this file again
+            self.scanner.remember_stat(path, os.fstat(out), entry)
             self.done.append((path, entry))
         except OSError as exc:
             self._fail(path, exc.strerror or str(exc))
@@ -311,16 +426,19 @@ class Receiver:
             self._abandon()
 
     def delete(self, path: str, expect: Entry | None) -> None:
-        rel = safe_rel(path)
-        if not self._check(rel, expect, path):
+        where = self._locate(path, expect)
+        if where is None:
             return
-        assert rel is not None
-        full = self.scanner.full(rel)
+        rel, pfd, name = where
+        if pfd is None:  # the parent is gone, and `expect` was nothing: done
+            self.done.append((path, None))
+            return
         try:
             if expect is not None and expect.kind is Kind.DIR:
-                os.rmdir(full)
+                os.rmdir(name, dir_fd=pfd)
+                self._forget_dir(rel)
             else:
-                os.unlink(full)
+                os.unlink(name, dir_fd=pfd)
             self.scanner.forget(rel)
             self.done.append((path, None))
         except FileNotFoundError:
@@ -328,14 +446,19 @@ class Receiver:
         except OSError as exc:
             self._fail(path, exc.strerror or str(exc))
 
+    def _forget_dir(self, rel: str) -> None:
+        fd = self._dfds.pop(rel, None)
+        if fd is not None:
+            os.close(fd)
+
     def _abandon(self) -> None:
-        for fh in (self._out, self._old):
-            if fh is not None:
-                fh.close()
-        self._out = self._old = None
+        for fd in (self._out, self._old):
+            if fd >= 0:
+                os.close(fd)
+        self._out = self._old = -1
         if self._tmp is not None:
             try:
-                os.unlink(self._tmp)
+                os.unlink(self._tmp, dir_fd=self._pfd)
             except OSError:
                 pass  # already gone; nothing half-written is visible under a real name
         self._tmp = None
@@ -346,18 +469,18 @@ class Receiver:
         t = frame.type
         if t is P.T.DATA:
             self.data(frame.payload)
-        elif t is P.T.RANGE:
-            self.copy_range(*P.decode_range(frame.payload))
-        elif t is P.T.ZEROS:
-            self.zeros(P.decode_zeros(frame.payload))
-        elif t is P.T.CLONE:
-            self.clone(str(frame.json().get("from", "")))
         elif t is P.T.END:
             self.end()
         elif t is P.T.BEGIN:
             msg = frame.json()
             self.begin(msg["path"], P.entry_from_json(msg["entry"]),  # type: ignore[arg-type]
                        P.entry_from_json(msg.get("expect")))
+        elif t is P.T.RANGE:
+            self.copy_range(*P.decode_range(frame.payload))
+        elif t is P.T.ZEROS:
+            self.zeros(P.decode_zeros(frame.payload))
+        elif t is P.T.CLONE:
+            self.clone(str(frame.json().get("from", "")))
         elif t is P.T.DELETE:
             msg = frame.json()
             self.delete(msg["path"], P.entry_from_json(msg.get("expect")))
@@ -368,7 +491,7 @@ class Receiver:
     def result(self) -> tuple[list[tuple[str, Entry | None]], list[list[str]]]:
         """(applied, failed) since the last call; resets both."""
         self._abandon()
-        self._dirs.clear()
+        self._close_dirs()
         out = (self.done, self.failed)
         self.done, self.failed = [], []
         return out

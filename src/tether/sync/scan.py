@@ -323,5 +323,10 @@ class Scanner:
         self.cache[rel] = ((s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino),
                            entry)
 
+    def remember_stat(self, rel: str, s: os.stat_result, entry: Entry) -> None:
+        """:meth:`remember` with a stat the caller already has (an fstat of the new file)."""
+        self.cache[rel] = ((s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino),
+                           entry)
+
     def forget(self, rel: str) -> None:
         self.cache.pop(rel, None)
