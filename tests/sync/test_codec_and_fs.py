@@ -316,3 +316,53 @@ def test_receiver_replaces_a_directory_then_writes_below_a_new_one(tmp_path):
     done, failed = rx.result()
     assert failed == [] and [p for p, _ in done] == ["d/x", "d/x", "d", "d"]
     assert (tmp_path / "d").read_bytes() == b"now a file"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([P.T.DATA, P.T.BEGIN, P.T.END]),
+                          st.integers(0, 300)), max_size=12),
+       st.integers(1, 97))
+def test_agent_reads_the_frames_of_any_stream_split_any_way(frames, step):
+    """The agent's own reader (one fixed buffer, big frames read apart, DATA payloads as
+    views) yields what FrameDecoder does, with a small buffer so every branch runs."""
+    import socket
+    import threading
+
+    from tether.sync import agent
+
+    payloads = [(t, bytes([i % 251]) * n) for i, (t, n) in enumerate(frames)]
+    stream = b"".join(P.encode(t, p) for t, p in payloads)
+    a, b = socket.socketpair()
+
+    def writer() -> None:
+        for i in range(0, len(stream), step):
+            a.sendall(stream[i:i + step])
+        a.close()
+
+    threading.Thread(target=writer, daemon=True).start()
+    old = agent.READ_BUF, agent.BIG_FRAME, agent.MIN_READ
+    agent.READ_BUF, agent.BIG_FRAME, agent.MIN_READ = 512, 128, 16
+    waits = []
+    try:
+        got = [(f.type, bytes(f.payload))
+               for f in agent.read_frames(b.fileno(), lambda: waits.append(1))]
+    finally:
+        agent.READ_BUF, agent.BIG_FRAME, agent.MIN_READ = old
+        b.close()
+    assert got == payloads and len(waits) >= 1
+
+
+@pytest.mark.parametrize("head,want", [
+    (b"\x00\x00\x00\x00\x0a", (0, P.T.END)),
+    (b"\x00\x10\x00\x00\x08", (1 << 20, P.T.DATA)),
+    (b"\x01\x00\x00\x00\x08", (16 << 20, P.T.DATA)),
+    (b"\x01\x00\x00\x01\x08", "too large"),
+    (b"\x00\x00\x00\x01\x00", "unknown sync frame type 0"),
+    (b"\x00\x00\x00\x01\x14", "unknown sync frame type 20"),
+])
+def test_frame_head(head, want):
+    if isinstance(want, str):
+        with pytest.raises(errors.ProtocolError, match=want):
+            P.frame_head(head)
+    else:
+        assert P.frame_head(b"xx" + head, 2) == want

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tether import errors
@@ -48,6 +49,8 @@ class _Out:
             self._flush()
 
     def _flush(self) -> None:
+        if not self.buf:
+            return
         data, self.buf = self.buf, bytearray()
         view = memoryview(data)
         while view:
@@ -192,43 +195,99 @@ def _cache_file(root: str) -> str:
                     + ".scan"))
 
 
+READ_BUF = 1 << 20
+BIG_FRAME = 256 << 10  # frames above this are read into a buffer of their own
+MIN_READ = 64 << 10  # less room than this at the end of the buffer: compact first
+
+
+def read_frames(fd: int, before_read: Callable[[], None] = lambda: None
+                ) -> Iterator[P.Frame]:
+    """Frames from ``fd`` until end of input, with at most one copy of each byte;
+    ``before_read`` runs whenever the next frame needs more input.
+
+    Bytes are read into one fixed buffer; a DATA payload is handed out as a memoryview of
+    it, valid until the next frame is asked for (the receiver writes and hashes it at
+    once), other payloads are copied out once. A frame too big for the buffer gets a
+    buffer of its own that the rest of it is read straight into.
+    """
+    buf = bytearray(READ_BUF)
+    view = memoryview(buf)
+    start = end = 0  # unread bytes are buf[start:end]
+    big: bytearray | None = None
+    while True:
+        need = P.HEAD_SIZE  # bytes from `start` the next frame needs
+        while end - start >= P.HEAD_SIZE:
+            length, ftype = P.frame_head(buf, start)
+            need = P.HEAD_SIZE + length
+            if start + need > end:
+                break
+            at, start = start + P.HEAD_SIZE, start + need
+            yield P.Frame(ftype, view[at:start] if ftype is P.T.DATA
+                          else bytes(view[at:start]))
+            need = P.HEAD_SIZE
+        if need > BIG_FRAME:  # its own buffer, read straight into: no copy through `buf`
+            if big is None or len(big) < length:
+                big = bytearray(length)
+            bview = memoryview(big)[:length]
+            have = end - start - P.HEAD_SIZE
+            bview[:have] = view[start + P.HEAD_SIZE:end]
+            start = end = 0
+            while have < length:
+                before_read()
+                n = os.readv(fd, [bview[have:]])
+                if not n:
+                    return  # the engine went away mid-frame: nothing to apply
+                have += n
+            yield P.Frame(ftype, bview if ftype is P.T.DATA else bytes(bview))
+            continue
+        if start == end:
+            start = end = 0
+        elif start + need > READ_BUF or READ_BUF - end < MIN_READ:
+            n = end - start  # move the frame in progress to the front (at most BIG_FRAME)
+            view[:n] = view[start:end]
+            start, end = 0, n
+        before_read()
+        n = os.readv(fd, [view[end:]])
+        if not n:
+            return
+        end += n
+
+
 def serve(root: str, fd_in: int = 0, fd_out: int = 1) -> int:
     """Run the agent until BYE or end of input. Returns the process exit code."""
     out = _Out(fd_out)
     agent = Agent(root, out)
-    decoder = P.FrameDecoder()
     get_msg: dict | None = None
     try:
-        while True:
-            data = os.read(fd_in, 1 << 20)
-            if not data:
+        # replies go out whenever the agent would wait for more input (as they did after
+        # each read before), so a request never waits on its own answer
+        for frame in read_frames(fd_in, out.flush):
+            t = frame.type
+            if agent.receiver is not None and agent.receiver.handle(frame):
+                continue
+            if t is P.T.HELLO:
+                agent.hello(frame.json())
+            elif agent.scanner is None:
+                raise errors.ProtocolError("the first sync frame must be HELLO")
+            elif t is P.T.SCAN:
+                agent.scan(frame.json())
+            elif t is P.T.SIGS:
+                agent.sigs(frame.json())
+            elif t is P.T.COMMIT:
+                agent.commit()
+            elif t is P.T.GET:
+                get_msg = frame.json()
+                continue  # its SIGS_REPLY frame follows
+            elif t is P.T.SIGS_REPLY and get_msg is not None:
+                msg, get_msg = get_msg, None
+                agent.get(msg, P.decode_sigs(frame.payload))
+            elif t is P.T.BYE:
+                out.flush()
                 return 0
-            for frame in decoder.feed(data):
-                t = frame.type
-                if agent.receiver is not None and agent.receiver.handle(frame):
-                    continue
-                if t is P.T.HELLO:
-                    agent.hello(frame.json())
-                elif agent.scanner is None:
-                    raise errors.ProtocolError("the first sync frame must be HELLO")
-                elif t is P.T.SCAN:
-                    agent.scan(frame.json())
-                elif t is P.T.SIGS:
-                    agent.sigs(frame.json())
-                elif t is P.T.COMMIT:
-                    agent.commit()
-                elif t is P.T.GET:
-                    get_msg = frame.json()
-                    continue  # its SIGS_REPLY frame follows
-                elif t is P.T.SIGS_REPLY and get_msg is not None:
-                    msg, get_msg = get_msg, None
-                    agent.get(msg, P.decode_sigs(frame.payload))
-                elif t is P.T.BYE:
-                    out.flush()
-                    return 0
-                else:
-                    raise errors.ProtocolError(f"unexpected sync frame {t.name}")
-            out.flush()
+            else:
+                raise errors.ProtocolError(f"unexpected sync frame {t.name}")
+        out.flush()
+        return 0
     except errors.TetherError as exc:
         out.write(P.encode_json(P.T.ERROR, {"message": exc.message, "hint": exc.hint}))
         out.flush()

@@ -46,6 +46,7 @@ __all__ = [
     "encode_range",
     "encode_sigs",
     "encode_tree",
+    "frame_head",
     "entry_from_json",
     "entry_to_json",
 ]
@@ -78,7 +79,7 @@ class T(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class Frame:
     type: T
-    payload: bytes
+    payload: bytes  # a DATA frame read by the agent may carry a memoryview (see agent.py)
 
     def json(self) -> dict:
         return decode_json(self.payload)
@@ -104,6 +105,21 @@ def decode_json(payload: bytes) -> dict:
     return obj
 
 
+def frame_head(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, T]:
+    """(payload length, type) of the frame header at ``buf[pos:pos + 5]``, checked."""
+    length, ftype = _HEAD.unpack_from(buf, pos)
+    if length > MAX_PAYLOAD:
+        raise errors.ProtocolError(f"sync frame too large ({length} bytes)")
+    kind = _TYPES.get(ftype)
+    if kind is None:
+        raise errors.ProtocolError(f"unknown sync frame type {ftype}")
+    return length, kind
+
+
+_TYPES = {int(t): t for t in T}  # a dict lookup: T(n) costs an Enum call per frame
+HEAD_SIZE = _HEAD.size
+
+
 class FrameDecoder:
     """Incremental: ``feed(bytes)`` returns the frames completed so far."""
 
@@ -114,18 +130,13 @@ class FrameDecoder:
         self._buf += data
         frames: list[Frame] = []
         buf, pos = self._buf, 0
-        while len(buf) - pos >= 5:
-            length, ftype = _HEAD.unpack_from(buf, pos)
-            if length > MAX_PAYLOAD:
-                raise errors.ProtocolError(f"sync frame too large ({length} bytes)")
-            if len(buf) - pos - 5 < length:
-                break
-            try:
-                kind = T(ftype)
-            except ValueError as exc:
-                raise errors.ProtocolError(f"unknown sync frame type {ftype}") from exc
-            frames.append(Frame(kind, bytes(buf[pos + 5:pos + 5 + length])))
-            pos += 5 + length
+        with memoryview(buf) as view:  # one copy per payload (a bytearray slice is two)
+            while len(buf) - pos >= 5:
+                length, kind = frame_head(buf, pos)
+                if len(buf) - pos - 5 < length:
+                    break
+                frames.append(Frame(kind, bytes(view[pos + 5:pos + 5 + length])))
+                pos += 5 + length
         if pos:
             del buf[:pos]
         return frames
@@ -144,14 +155,17 @@ def entry_to_json(e: Entry | None) -> list | None:
     return [int(e.kind), e.digest.hex(), e.size, e.executable, e.target]
 
 
+_KINDS = {int(k): k for k in Kind}
+
+
 def entry_from_json(v: Any) -> Entry | None:
     if v is None:
         return None
     try:
         kind, digest, size, executable, target = v
-        return Entry(Kind(kind), bytes.fromhex(digest), int(size), bool(executable),
+        return Entry(_KINDS[kind], bytes.fromhex(digest), int(size), bool(executable),
                      str(target))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError) as exc:
         raise errors.ProtocolError(f"malformed entry in sync frame: {v!r}") from exc
 
 
