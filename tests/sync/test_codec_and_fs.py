@@ -366,3 +366,22 @@ def test_frame_head(head, want):
             P.frame_head(head)
     else:
         assert P.frame_head(b"xx" + head, 2) == want
+
+
+@pytest.mark.parametrize("size,hint", [
+    (0, 0), (10, 10), (10, 3), (10, 500), ((1 << 20) + 7, (1 << 20) + 7), (3 << 20, 5),
+    (2 << 20, 2 << 20),
+], ids=["empty", "exact", "grew", "shrank", "just-over-a-frame", "grew-a-lot", "zeros"])
+def test_whole_file_frames_carry_the_file_whatever_the_size_hint(tmp_path, size, hint):
+    """The hint only sizes the first read: a file that grew or shrank since the scan is
+    still sent whole (the receiver's digest check decides), runs of zeros as ZEROS."""
+    from tether.sync.fs import file_frames
+
+    data = bytes(size) if size == 2 << 20 else os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    frames = P.FrameDecoder().feed(b"".join(file_frames(str(tmp_path / "f"), None, hint)))
+    got = b"".join(f.payload if f.type is P.T.DATA else bytes(P.decode_zeros(f.payload))
+                   for f in frames)
+    assert got == data
+    assert all(len(f.payload) <= P.DATA_SIZE for f in frames)
+    assert (P.T.ZEROS in {f.type for f in frames}) == (size == 2 << 20)

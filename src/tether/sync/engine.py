@@ -230,11 +230,17 @@ class RemoteAgent:
     async def send(self, frame: bytes) -> None:
         """Queue a frame; small frames are coalesced so a batch of files costs few SSH
         packets (each channel write is at least one packet, with its own MAC and padding)."""
-        self._out += frame
-        self.bytes_sent += len(frame)
-        self.on_bytes(len(frame))
-        if len(self._out) >= COALESCE_AT:
+        if self.put(frame):
             await self.flush()
+
+    def put(self, frame: bytes | bytearray) -> bool:
+        """:meth:`send` without the await (a batch queues three frames per file): True
+        when the caller should ``await flush()`` now."""
+        self._out += frame
+        n = len(frame)
+        self.bytes_sent += n
+        self.on_bytes(n)
+        return len(self._out) >= COALESCE_AT
 
     async def flush(self) -> None:
         from tether.link._asyncssh import asyncssh
@@ -243,7 +249,7 @@ class RemoteAgent:
             return
         data, self._out = self._out, bytearray()
         try:
-            self.proc.stdin.write(bytes(data))
+            self.proc.stdin.write(data)  # asyncssh copies it into its own buffer
             self._unflushed += len(data)
             if self._unflushed >= DRAIN_AT:
                 self._unflushed = 0
@@ -533,7 +539,8 @@ class Session:
             for frame in send_frames(self.scanner, a.src_path, a.entry, a.expect,
                                      sigs.get(a.path), dest=a.path,
                                      clone_from=clones.get(a.path)):
-                await agent.send(frame)
+                if agent.put(frame):
+                    await agent.flush()
         await agent.send(P.encode_json(P.T.COMMIT, {}))
         result = (await agent.expect(P.T.RESULT)).json()
         return self._settle(actions, Side.REMOTE, set(result.get("done", [])),

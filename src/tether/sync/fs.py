@@ -55,15 +55,12 @@ def chunk_sigs(path: str) -> list[P.Chunk]:
                 for c in cdc.cut_stream(fh)]
 
 
-def file_frames(path: str, sigs: list[P.Chunk] | None) -> Iterator[bytes]:
-    """Encoded DATA/RANGE frames carrying the file at ``path``."""
+def file_frames(path: str, sigs: list[P.Chunk] | None,
+                size_hint: int = READ_SIZE) -> Iterator[bytes | bytearray]:
+    """Encoded DATA/RANGE frames carrying the file at ``path`` (``size_hint``: its size
+    as scanned, so a small file costs one read of the right size)."""
     if not sigs:
-        with open(path, "rb", buffering=0) as fh:
-            while data := fh.read(READ_SIZE):
-                if len(data) == READ_SIZE and data == _ZERO_BLOCK:
-                    yield P.encode_zeros(len(data))  # sparse images, preallocated files
-                else:
-                    yield P.encode(P.T.DATA, data)
+        yield from _whole_file_frames(path, size_hint)
         return
     import blake3
     import pyfastcdc
@@ -96,6 +93,39 @@ def file_frames(path: str, sigs: list[P.Chunk] | None) -> Iterator[bytes]:
         yield P.encode_range(*run)
     if pending:
         yield P.encode(P.T.DATA, pending)
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _whole_file_frames(path: str, size_hint: int) -> Iterator[bytes | bytearray]:
+    # Each DATA frame is read straight into its own buffer after a 5-byte header: no copy
+    # of the content in Python. A read of the expected size + 1 that comes back short is
+    # the end of the file (what hash_file assumes too), so a small file costs one read; a
+    # file that grew is read on, and the receiver's digest check catches any change.
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        left = max(size_hint, 0)
+        while True:
+            want = min(left + 1, READ_SIZE)
+            frame = bytearray(P.HEAD_SIZE + want)
+            n = os.readv(fd, [memoryview(frame)[P.HEAD_SIZE:]])
+            if n == 0:
+                return
+            if n == READ_SIZE and frame.count(0, P.HEAD_SIZE) == READ_SIZE:
+                yield P.encode_zeros(n)  # sparse images, preallocated files
+            else:
+                if n < want:
+                    del frame[P.HEAD_SIZE + n:]
+                P.put_head(frame, P.T.DATA, n)
+                yield frame
+            if n < want:
+                return
+            left -= n
+            if left < 0:  # it grew since the scan: read on in whole frames
+                left = READ_SIZE
+    finally:
+        os.close(fd)
 
 
 def current_entry(scanner: Scanner, rel: str) -> Entry | None | bool:
@@ -511,7 +541,7 @@ def send_frames(scanner: Scanner, path: str, entry: Entry, expect: Entry | None,
         yield P.encode(P.T.END)
     elif entry.kind is Kind.FILE:
         try:
-            yield from file_frames(scanner.full(path), sigs)
+            yield from file_frames(scanner.full(path), sigs, entry.size)
         except OSError:
             pass  # gone or unreadable now: the receiver's digest check fails the file
         yield P.encode(P.T.END)

@@ -91,6 +91,13 @@ def encode(ftype: T, payload: bytes | bytearray | memoryview = b"") -> bytes:
     return _HEAD.pack(len(payload), ftype) + bytes(payload)
 
 
+def put_head(frame: bytearray, ftype: T, length: int) -> None:
+    """Write the header into the first 5 bytes of a frame built in place."""
+    if length > MAX_PAYLOAD:
+        raise errors.ProtocolError(f"sync frame too large ({length} bytes)")
+    _HEAD.pack_into(frame, 0, length, ftype)
+
+
 def encode_json(ftype: T, obj: Mapping[str, Any]) -> bytes:
     return encode(ftype, json.dumps(obj, separators=(",", ":")).encode())
 
