@@ -385,3 +385,22 @@ def test_whole_file_frames_carry_the_file_whatever_the_size_hint(tmp_path, size,
     assert got == data
     assert all(len(f.payload) <= P.DATA_SIZE for f in frames)
     assert (P.T.ZEROS in {f.type for f in frames}) == (size == 2 << 20)
+
+
+def test_scanner_counts_edits_to_its_stat_cache(tmp_path):
+    """Session.save_cache skips the write when this count has not moved."""
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    s = Scanner(tmp_path)
+    s.scan()
+    first = s.edits
+    s.scan()
+    assert first == 2 and s.edits == first  # nothing changed: nothing to save
+    (tmp_path / "a").write_text("edited")
+    s.scan()
+    assert s.edits == first + 1
+    (tmp_path / "b").unlink()
+    s.scan()
+    assert s.edits == first + 2
+    s.forget("nothing-there")
+    assert s.edits == first + 2

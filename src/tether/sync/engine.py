@@ -311,6 +311,7 @@ class Session:
         self.scanner = Scanner(opts.local, opts.excludes)
         self.cache_file = str(state.sync_dir() / f"{self.sid}.scan")
         self.scanner.load_cache(self.cache_file)  # a fresh process need not hash it all
+        self.cache_saved = self.scanner.edits  # the file holds the cache as of this edit
         self.remote_tree: dict[str, Entry] = {}
         self.remote_unstable: set[str] = set()
         self.remote_dirty = True
@@ -493,8 +494,14 @@ class Session:
             self.save_cache()
 
     def save_cache(self) -> None:
+        """Write the stat cache if it changed since it was last written (a one-shot run
+        used to write the same 10k entries twice: after the cycle and on the way out)."""
+        edits = self.scanner.edits
+        if edits == self.cache_saved:
+            return
         try:
             self.scanner.save_cache(self.cache_file)
+            self.cache_saved = edits
         except OSError:
             pass  # only a cache: the next run hashes again
 

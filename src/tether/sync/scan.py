@@ -87,6 +87,7 @@ class Scanner:
         self.rules = Rules.root(list(excludes))
         # rel -> (mode, size, mtime_ns, ctime_ns, ino, entry)
         self.cache: dict[str, tuple] = {}
+        self.edits = 0  # bumped on every change to `cache` (saving an unchanged one is waste)
         # rel dir -> (mtime_ns, parent rules, ignore stats, [(name, is_dir)], own rules)
         self.dirs: dict[str, tuple] = {}
         self.last: ScanResult | None = None  # the latest result, for partial rescans
@@ -108,6 +109,7 @@ class Scanner:
             del self.dirs[stale]
         for stale in set(self.cache) - result.tree.keys():
             del self.cache[stale]
+            self.edits += 1
         self.last = result
         return result
 
@@ -159,7 +161,8 @@ class Scanner:
     def _drop(self, tree: dict[str, Entry], rel: str) -> None:
         """Forget ``rel`` and everything below it (it is about to be looked at again)."""
         tree.pop(rel, None)
-        self.cache.pop(rel, None)
+        if self.cache.pop(rel, None) is not None:
+            self.edits += 1
         prefix = rel + "/"
         for p in [p for p in tree if p.startswith(prefix)]:
             del tree[p]
@@ -267,11 +270,13 @@ class Scanner:
             entry = Entry(Kind.FILE, digest, after.st_size, bool(after.st_mode & _EXEC))
             if (after.st_size, after.st_mtime_ns) != (s.st_size, s.st_mtime_ns):
                 out.unstable.add(rel)  # written while we read it: try again next cycle
-                self.cache.pop(rel, None)
+                if self.cache.pop(rel, None) is not None:
+                    self.edits += 1
                 return entry
         else:
             return None  # fifos, sockets, devices are not synced
         self.cache[rel] = (key, entry)
+        self.edits += 1
         return entry
 
     # -- a stat cache that outlives the process ------------------------------------------
@@ -322,11 +327,14 @@ class Scanner:
             return
         self.cache[rel] = ((s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino),
                            entry)
+        self.edits += 1
 
     def remember_stat(self, rel: str, s: os.stat_result, entry: Entry) -> None:
         """:meth:`remember` with a stat the caller already has (an fstat of the new file)."""
         self.cache[rel] = ((s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino),
                            entry)
+        self.edits += 1
 
     def forget(self, rel: str) -> None:
-        self.cache.pop(rel, None)
+        if self.cache.pop(rel, None) is not None:
+            self.edits += 1
