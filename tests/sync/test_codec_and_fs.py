@@ -404,3 +404,19 @@ def test_scanner_counts_edits_to_its_stat_cache(tmp_path):
     assert s.edits == first + 2
     s.forget("nothing-there")
     assert s.edits == first + 2
+
+
+def test_agent_widens_its_pipes_and_leaves_other_files_alone(tmp_path):
+    import fcntl
+
+    from tether.sync import agent
+
+    r, w = os.pipe()
+    plain = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+    try:
+        agent._widen_pipe(r)
+        agent._widen_pipe(plain)  # not a pipe: nothing to do, no error
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == agent.PIPE_SIZE
+    finally:
+        for fd in (r, w, plain):
+            os.close(fd)

@@ -253,8 +253,28 @@ def read_frames(fd: int, before_read: Callable[[], None] = lambda: None
         end += n
 
 
+PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give a pipe (sshd's end of the channel) 1 MiB instead of 64 KiB: a 200 MB upload
+    then takes ~16x fewer wake-ups and reads here and writes in sshd. Best effort."""
+    import fcntl
+
+    setsz = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if setsz is None:
+        return
+    try:
+        if os.fstat(fd).st_mode & 0o170000 == 0o010000:  # S_IFIFO
+            fcntl.fcntl(fd, setsz, PIPE_SIZE)
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size for this user, or not ours to change
+
+
 def serve(root: str, fd_in: int = 0, fd_out: int = 1) -> int:
     """Run the agent until BYE or end of input. Returns the process exit code."""
+    for fd in (fd_in, fd_out):
+        _widen_pipe(fd)
     out = _Out(fd_out)
     agent = Agent(root, out)
     get_msg: dict | None = None
