@@ -420,3 +420,21 @@ def test_agent_widens_its_pipes_and_leaves_other_files_alone(tmp_path):
     finally:
         for fd in (r, w, plain):
             os.close(fd)
+
+
+@pytest.mark.parametrize("payload,want", [
+    (b'{"path":"a","expect":null}', {"path": "a", "expect": None}),
+    ('{"path":"caf\\u00e9"}'.encode(), {"path": "caf\u00e9"}),
+    ('{"path":"café"}'.encode(), {"path": "café"}),
+    (b"[1]", "not an object"),
+    (b"{", "malformed"),
+    (b'{"path":"\xff"}', "malformed"),  # not UTF-8
+    ('{"a":1}'.encode("utf-16"), "malformed"),  # JSON, but control frames are UTF-8
+])
+def test_decode_json(payload, want):
+    if isinstance(want, str):
+        with pytest.raises(errors.ProtocolError, match=want):
+            P.decode_json(payload)
+    else:
+        assert P.decode_json(payload) == want
+        assert P.decode_json(P.encode_json(P.T.BEGIN, want)[5:]) == want
