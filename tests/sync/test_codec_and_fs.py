@@ -438,3 +438,35 @@ def test_decode_json(payload, want):
     else:
         assert P.decode_json(payload) == want
         assert P.decode_json(P.encode_json(P.T.BEGIN, want)[5:]) == want
+
+
+@pytest.mark.parametrize("when", ["before-begin", "between-begin-and-end"])
+@pytest.mark.parametrize("what", ["file", "dir", "symlink"])
+def test_a_new_file_never_replaces_what_appeared_since_the_scan(tmp_path, when, what):
+    s = Scanner(tmp_path)
+    s.scan()  # empty: the reconciler expects nothing at "f"
+    rx = Receiver(s)
+
+    def appear() -> None:
+        if what == "file":
+            (tmp_path / "f").write_text("written meanwhile")
+        elif what == "dir":
+            (tmp_path / "f").mkdir()
+        else:
+            os.symlink("elsewhere", tmp_path / "f")
+
+    if when == "before-begin":
+        appear()
+    rx.begin("f", _file(b"synced"), None)
+    rx.data(b"synced")
+    if when != "before-begin":
+        appear()
+    rx.end()
+    done, failed = rx.result()
+    assert done == [] and [p for p, _ in failed] == ["f"]
+    assert "changed since the scan" in failed[0][1]
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temp file left behind
+    if what == "file":
+        assert (tmp_path / "f").read_text() == "written meanwhile"
+    elif what == "symlink":
+        assert os.readlink(tmp_path / "f") == "elsewhere"

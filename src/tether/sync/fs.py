@@ -243,10 +243,10 @@ class Receiver:
             return None
         return _known(self.scanner, rel, s, lambda: os.readlink(name, dir_fd=pfd))
 
-    def _locate(self, path: str,
-                expect: Entry | None) -> tuple[str, int | None, str] | None:
-        """(rel, parent descriptor, name) when ``path`` is safe and still holds ``expect``;
-        otherwise the failure is recorded and None returned."""
+    def _locate(self, path: str, expect: Entry | None,
+                check: bool = True) -> tuple[str, int | None, str] | None:
+        """(rel, parent descriptor, name) when ``path`` is safe and (``check``) still holds
+        ``expect``; otherwise the failure is recorded and None returned."""
         rel = safe_rel(path)
         if rel is None:
             self._fail(path, "unsafe path")
@@ -261,6 +261,8 @@ class Receiver:
         except OSError as exc:
             self._fail(path, f"{exc.strerror or exc}")
             return None
+        if not check:
+            return rel, pfd, name
         now = self._now(pfd, name, rel)
         if now is False or now != expect:
             self._fail(path, "changed since the scan; retried next cycle")
@@ -276,7 +278,11 @@ class Receiver:
         self._skip = True
         if len(self._dfds) >= MAX_DIR_FDS:  # only here: no file is open between frames
             self._close_dirs()
-        where = self._locate(path, expect)
+        # A new file (nothing expected) is checked once, at END right before its rename:
+        # that check is the one that counts, and an early one cost a failed stat per file
+        # of an initial sync. Everything else is checked here too, before any work.
+        where = self._locate(path, expect,
+                             check=expect is not None or entry.kind is not Kind.FILE)
         if where is None:
             return
         rel, pfd, name = where
