@@ -308,3 +308,20 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is gone
     except OSError:
         return False
+
+
+def read_pty_to_end(fd: int, timeout: float = 60.0) -> bytes:
+    """Everything a pty child writes until it exits (EIO on Linux) or stays silent for
+    ``timeout`` seconds."""
+    import select
+
+    out = b""
+    while select.select([fd], [], [], timeout)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out

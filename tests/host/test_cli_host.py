@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from tests.conftest import read_pty_to_end
 from tests.host.test_link_e2e import activated, make_env
 from tether.errors import AuthError
 from tether.host.workspace import UpOptions, Workspace
@@ -157,14 +158,7 @@ def test_ngrok_token_prompt_on_a_terminal(isolated, tether_bin) -> None:
         while b"authtoken:" not in out:
             out += os.read(fd, 1024)
         os.write(fd, TOKEN.encode() + b"\n")
-        while True:
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
+        out += read_pty_to_end(fd)
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)

@@ -260,7 +260,8 @@ def test_forward_cli_until_ctrl_c(paired, tether_bin, web) -> None:
 
 def test_cli_progress_bar_on_a_terminal(paired, tether_bin, tmp_path) -> None:
     import pty
-    import select
+
+    from tests.conftest import read_pty_to_end
 
     src = tmp_path / "p.bin"
     src.write_bytes(os.urandom(64 * 1024 * 1024))
@@ -270,18 +271,8 @@ def test_cli_progress_bar_on_a_terminal(paired, tether_bin, tmp_path) -> None:
         os.environ.pop("NO_COLOR", None)
         os.environ["TERM"] = "xterm"
         os.execv(tether_bin, [tether_bin, "cp", str(src), f"{paired}:{tmp_path}/dst/"])
-    out = b""
     try:
-        while True:
-            if not select.select([fd], [], [], 60)[0]:
-                break
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
+        out = read_pty_to_end(fd)
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
