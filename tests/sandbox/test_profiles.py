@@ -11,11 +11,9 @@ import pytest
 from tether.errors import ConfigError, UsageError
 from tether.sandbox import seccomp
 from tether.sandbox.profiles import (
-    PROFILES,
     SANDBOX_HOME,
     CgroupFacts,
     HostFacts,
-    Limits,
     Mount,
     NetworkMode,
     bwrap_argv,

@@ -25,7 +25,6 @@ import shlex
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tether import errors
