@@ -108,6 +108,29 @@ def test_default_on_a_notebook_finds_an_ngrok_token_in_env_or_secrets(no_public_
     assert default_tunnel() == "local"
 
 
+def test_default_on_a_notebook_with_cloudflared_never_asks_a_broken_secrets_store(
+        relay_cloudflared, isolated, monkeypatch):
+    """The ngrok token matters only without cloudflared: a keyring that cannot answer (forced,
+    no backend) must not stop a notebook that has cloudflared."""
+    from tether.host.api import default_tunnel
+
+    monkeypatch.setenv(*COLAB)
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "keyring")
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    assert default_tunnel() == "cloudflared"
+
+
+def test_default_on_a_notebook_without_cloudflared_and_a_broken_store_says_what_is_missing(
+        no_public_tunnel, monkeypatch):
+    from tether.host.api import default_tunnel
+
+    monkeypatch.setenv(*COLAB)
+    monkeypatch.setenv("TETHER_SECRETS_BACKEND", "keyring")
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    with pytest.raises(SystemDependencyError, match="needs a public tunnel"):
+        default_tunnel()
+
+
 @pytest.fixture
 def relay_cloudflared(tmp_path, monkeypatch) -> None:
     """`cloudflared` on PATH is the test relay; its announced URL is parsed as the relay's."""

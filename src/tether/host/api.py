@@ -199,12 +199,14 @@ def default_tunnel(public_url: str | None = None, announce=None) -> str:
     from tether.tunnels.ngrok import resolve_token
     from tether.tunnels.process import which
 
-    try:
-        has_token = bool(resolve_token())  # looked up, never kept or shown
-    except errors.AuthError:
-        has_token = False
-    kind = plat.default_tunnel(info, cloudflared=which("cloudflared") is not None,
-                               ngrok_token=has_token)
+    cloudflared = which("cloudflared") is not None
+    has_token = False
+    if not cloudflared:  # the token matters only without cloudflared: its store may not work
+        try:
+            has_token = bool(resolve_token())  # looked up, never kept or shown
+        except errors.TetherError:  # no token, or a secrets backend that cannot answer
+            has_token = False
+    kind = plat.default_tunnel(info, cloudflared=cloudflared, ngrok_token=has_token)
     if announce is not None:
         announce(f"{info.name}: using a {kind} tunnel, since the local URL is not reachable "
                  "from outside (--tunnel local to serve only this machine)")
