@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,31 @@ def test_repair_keeps_the_intact_blobs_of_a_corrupt_pack(tmp_path, isolated, sma
     api.push(url, src)
     api.pull(f"{url}@{sid}", tmp_path / "out")
     assert describe(tmp_path / "out") == describe(src)
+
+
+def _batched_memory_store():
+    """A MemoryStore that says it is batched, like hf:// and kaggle://."""
+    from dataclasses import replace
+
+    from fakes.store_doubles import MemoryStore
+
+    store = MemoryStore()
+    store.capabilities = replace(MemoryStore.capabilities, batched=True)
+    return store
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["released-and-flushed", "error-after"])
+def test_a_released_lock_is_not_deleted_and_flushed_again(fails):
+    """release() queues the delete for the holder's next flush; __exit__ repeating it cost a
+    whole listing per push on hf://. After an error it still cleans up."""
+    store = _batched_memory_store()
+    repo = Repository.open(store, create=True)
+    with pytest.raises(RuntimeError) if fails else nullcontext():
+        with repomod.RepoLock(repo, "push") as lock:
+            lock.release()
+            store.flush()                          # the holder's flush: the commit point
+            store.calls.clear()
+            if fails:
+                raise RuntimeError("after the commit")
+    assert not [k for k in store.objects if k.startswith("locks/")]
+    assert store.calls == (["delete", "flush"] if fails else [])

@@ -301,12 +301,14 @@ class RepoLock:
         self.key = f"locks/{secrets.token_hex(16)}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._released = False  # release() deleted the lock; the holder's flush applies it
 
     def _write(self) -> None:
         lock = fmt.Lock(self.kind, socket.gethostname(), os.getpid(), time.time())
         self.repo.store.put(self.key, fmt.encode_lock(lock))
 
     def __enter__(self) -> RepoLock:
+        self._released = False
         self._write()
         if self.repo.store.capabilities.batched:
             self.repo.store.flush()  # others must see the lock before we rely on it
@@ -338,16 +340,19 @@ class RepoLock:
         snapshot still lands first: puts and deletes are applied in order)."""
         self._stop_refreshing()
         self.repo.store.delete(self.key)
+        self._released = True
 
     def reacquire(self) -> None:
         """Take the lock again after ``release`` (a push that must redo its commit)."""
         self.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop_refreshing()
+        if self._released and exc_type is None:
+            return  # the holder flushed the delete; another would cost a listing (hf://)
         self.repo.store.delete(self.key)
         if self.repo.store.capabilities.batched:
-            self.repo.store.flush()  # after release() this finds nothing left to write
+            self.repo.store.flush()
 
 
 class PackWriter:
