@@ -112,7 +112,9 @@ def _whole_file_frames(path: str, size_hint: int) -> Iterator[bytes | bytearray]
             n = os.readv(fd, [memoryview(frame)[P.HEAD_SIZE:]])
             if n == 0:
                 return
-            if n == READ_SIZE and frame.count(0, P.HEAD_SIZE) == READ_SIZE:
+            # count() scans the whole block: test the first and last bytes before it
+            if n == READ_SIZE and frame[P.HEAD_SIZE] == 0 and frame[-1] == 0 \
+                    and frame.count(0, P.HEAD_SIZE) == READ_SIZE:
                 yield P.encode_zeros(n)  # sparse images, preallocated files
             else:
                 if n < want:
