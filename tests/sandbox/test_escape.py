@@ -541,6 +541,102 @@ def test_git_metadata_a_run_creates_is_reported(cli, workspace, monkeypatch, iso
     assert r.notes == ()
 
 
+def test_a_planted_commondir_is_moved_out_of_git(workspace, tmp_path, monkeypatch, isolated):
+    # commondir names the directory git reads the config (core.fsmonitor) from
+    _git("init", "-q", cwd=workspace)
+    marker = tmp_path / "pwned"
+    monkeypatch.chdir(workspace)
+    attack = ("mkdir -p evil/refs evil/objects && "
+              f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' > evil/config && "
+              "echo ../evil > .git/commondir && echo planted")
+    r = runner.run(runner.build_spec(["sh", "-c", attack], profile="moderate"))
+    assert r.stdout == b"planted\n", r.stderr
+    assert not os.path.lexists(workspace / ".git/commondir")
+    [moved] = (workspace / ".tether-quarantine").glob("*/commondir")
+    assert moved.read_text() == "../evil\n"
+    assert (workspace / ".tether-quarantine").stat().st_mode & 0o777 == 0o700
+    assert moved.parent.stat().st_mode & 0o777 == 0o700
+    assert r.notes == (f"the run created {workspace.resolve()}/.git/commondir: git on this "
+                       "host would have trusted it (config and hooks there can run programs); "
+                       f"moved it to {moved.resolve()}",)
+    assert _git("status", cwd=workspace).returncode == 0 and not marker.exists()
+
+
+def test_a_hooks_dir_created_in_a_repository_without_one_is_moved(workspace, tmp_path,
+                                                                  monkeypatch, isolated):
+    import shutil
+
+    _git("init", "-q", cwd=workspace)
+    _git("commit", "-q", "--allow-empty", "-m", "first", cwd=workspace)
+    shutil.rmtree(workspace / ".git/hooks")
+    marker = tmp_path / "pwned"
+    monkeypatch.chdir(workspace)
+    attack = (f"mkdir .git/hooks && printf '#!/bin/sh\\ntouch {marker}\\n' > "
+              ".git/hooks/post-checkout && chmod +x .git/hooks/post-checkout && echo planted")
+    r = runner.run(runner.build_spec(["sh", "-c", attack], profile="moderate"))
+    assert r.stdout == b"planted\n", r.stderr
+    assert not os.path.lexists(workspace / ".git/hooks")
+    [moved] = (workspace / ".tether-quarantine").glob("*/hooks")
+    assert (moved / "post-checkout").is_file()
+    assert len(r.notes) == 1 and r.notes[0].endswith(f"moved it to {moved.resolve()}")
+    assert r.notes[0].startswith(f"the run created {workspace.resolve()}/.git/hooks: ")
+    assert _git("status", cwd=workspace).returncode == 0
+    assert _git("checkout", "-q", "-b", "other", cwd=workspace).returncode == 0
+    assert not marker.exists()
+
+
+def test_a_run_that_commits_quarantines_nothing(workspace, monkeypatch, isolated):
+    import shutil
+
+    _git("init", "-q", cwd=workspace)
+    shutil.rmtree(workspace / ".git/hooks")       # nothing there to create either
+    monkeypatch.chdir(workspace)
+    r = runner.run(runner.build_spec(
+        ["sh", "-c", "git add README && git -c user.email=t@t -c user.name=t commit -q -m in "
+                     "&& echo committed"], profile="moderate"))
+    assert r.stdout == b"committed\n", r.stderr
+    assert r.notes == () and not (workspace / ".tether-quarantine").exists()
+    assert _git("log", "--format=%s", cwd=workspace).stdout == "in\n"
+    # modules/ and worktrees/ (submodule update --init, worktree add) stay notes
+    r = runner.run(runner.build_spec(["mkdir", ".git/worktrees"], profile="moderate"))
+    assert r.notes[0].startswith(f"the run created {workspace.resolve()}/.git/worktrees: git "
+                                 "on this host would trust it")
+    assert (workspace / ".git/worktrees").is_dir()
+    assert not (workspace / ".tether-quarantine").exists()
+
+
+def test_quarantine_moves_a_symlink_itself_and_reports_a_failure(tmp_path):
+    d = tmp_path / "ws"
+    (d / ".git").mkdir(parents=True)
+    (d / "target").mkdir()
+    (d / "target" / "post-checkout").write_text("x")
+    before = [(d, frozenset({".git"}))]
+    (d / ".git/hooks").symlink_to("../target")
+    notes = runner._git_created(before)
+    [stamp] = (d / ".tether-quarantine").iterdir()
+    moved = stamp / "hooks"
+    assert not os.path.lexists(d / ".git/hooks")
+    assert moved.is_symlink() and os.readlink(moved) == "../target"
+    assert (d / "target/post-checkout").read_text() == "x"       # the target stays put
+    assert notes[0].endswith(f"moved it to {moved}")
+    # a quarantine folder that is a symlink is not followed: the entry stays, and the note
+    # says it could not be moved
+    (d / ".tether-quarantine").rename(d / "old-quarantine")
+    (d / ".tether-quarantine").symlink_to(d / "target")
+    (d / ".git/commondir").write_text("../elsewhere\n")
+    [note] = runner._git_created(before)
+    assert (d / ".git/commondir").exists() and list((d / "target").iterdir()) == [
+        d / "target/post-checkout"]
+    assert note.startswith(f"the run created {d}/.git/commondir: git on this host would trust")
+    assert f"(it could not be moved to {d}/.tether-quarantine: " in note
+    # a .git the run created from nothing is reported, not moved
+    (d / ".tether-quarantine").unlink()
+    assert runner._git_created([(d, frozenset())]) == [
+        f"the run created {d}/.git: git on this host would trust it (config and hooks there "
+        f"can run programs); inspect it before running git in {d}, or delete it"]
+    assert (d / ".git/commondir").exists()
+
+
 def test_a_git_file_stays_read_only(workspace, monkeypatch, isolated):
     (workspace / ".git").write_text("gitdir: /elsewhere/.git/worktrees/w\n")
     monkeypatch.chdir(workspace)

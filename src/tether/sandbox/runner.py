@@ -458,21 +458,103 @@ def _git_metadata(d: Path) -> frozenset[str]:
                      if os.path.lexists(d / rel))
 
 
+# Entries git commands in an existing repository never create (commondir moves the config git
+# reads, config.worktree adds one, hooks/ holds programs git runs): one a run created is moved
+# out of .git. modules/ and worktrees/ stay notes: `git submodule update --init` and
+# `git worktree add` create them.
+GIT_QUARANTINED = ("commondir", "config.worktree", "hooks")
+QUARANTINE_DIR = ".tether-quarantine"
+
+
 def _git_created(before: list[tuple[Path, frozenset[str]]]) -> list[str]:
     """Notes for git metadata a run created in a writable host directory.
 
     A mount cannot guard what does not exist yet: a run in a workspace without .git can make
     one, and a run in a repository can add .git/commondir (which moves the config git reads)
-    and the like. Host git would trust them, so the result says so.
+    and the like. Host git would trust them. In a .git that existed before the run, the
+    GIT_QUARANTINED entries it created are moved to <dir>/.tether-quarantine/<UTC stamp>/;
+    the rest (a new .git, modules/, worktrees/) are reported only.
     """
     notes = []
     for d, old in before:
         created = sorted(_git_metadata(d) - old)
-        for rel in [".git"] if ".git" in created else created:
-            notes.append(f"the run created {d / rel}: git on this host would trust it (config "
-                         f"and hooks there can run programs); inspect it before running git "
-                         f"in {d}, or delete it")
+        if ".git" in created:
+            created = [".git"]          # an agent's `git init`: reported, not moved
+        names = [rel[len(".git/"):] for rel in created
+                 if rel.startswith(".git/") and rel[len(".git/"):] in GIT_QUARANTINED]
+        moved, failure = _quarantine(d, names) if names else ({}, None)
+        for rel in created:
+            name = rel[len(".git/"):] if rel.startswith(".git/") else None
+            if name in moved:
+                notes.append(f"the run created {d / rel}: git on this host would have trusted "
+                             f"it (config and hooks there can run programs); moved it to "
+                             f"{moved[name]}")
+                continue
+            note = (f"the run created {d / rel}: git on this host would trust it (config "
+                    f"and hooks there can run programs); inspect it before running git "
+                    f"in {d}, or delete it")
+            if name in names:
+                note += f" (it could not be moved to {d / QUARANTINE_DIR}: {failure})"
+            notes.append(note)
     return notes
+
+
+def _quarantine(d: Path, names: list[str]) -> tuple[dict[str, Path], str | None]:
+    """Rename d/.git/NAME for each name to d/.tether-quarantine/<UTC stamp>/NAME.
+
+    Never follows a symlink: .git, the quarantine folders and the entries are reached
+    through directory descriptors opened O_NOFOLLOW, and rename moves a link, not its
+    target. Nothing is deleted. Returns {name: new path} for what moved, and why the
+    rest did not.
+    """
+    import datetime
+    import errno
+
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    moved: dict[str, Path] = {}
+    fds: list[int] = []
+
+    def opendir(name: str, at: int, create: bool) -> int:
+        if create:
+            try:
+                os.mkdir(name, 0o700, dir_fd=at)
+            except FileExistsError:
+                pass
+        fd = os.open(name, flags, dir_fd=at)
+        fds.append(fd)
+        return fd
+
+    try:
+        top = os.open(d, flags)
+        fds.append(top)
+        git = opendir(".git", top, False)
+        qdir = opendir(QUARANTINE_DIR, top, True)
+        os.fchmod(qdir, 0o700)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for n in range(1, 100):     # a taken stamp (two runs in one second, a planted one)
+            folder = stamp if n == 1 else f"{stamp}-{n}"
+            try:
+                os.mkdir(folder, 0o700, dir_fd=qdir)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, f"no free folder for {stamp}")
+        sub = opendir(folder, qdir, False)
+        os.fchmod(sub, 0o700)
+        failure = None
+        for name in names:
+            try:
+                os.rename(name, name, src_dir_fd=git, dst_dir_fd=sub)
+                moved[name] = d / QUARANTINE_DIR / folder / name
+            except OSError as exc:
+                failure = exc.strerror or str(exc)
+        return moved, failure
+    except OSError as exc:
+        return moved, exc.strerror or str(exc)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _start(p: _Prepared, spec: SandboxSpec, stdin: bytes | None) -> subprocess.Popen:
