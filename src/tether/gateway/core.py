@@ -18,6 +18,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from tether.ssh.keys import SHA256_FINGERPRINT, same_fingerprint
+
 PROTOCOL_VERSION = 1
 TOKEN_BYTES = 32
 CODE_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o/1/l/i: codes get read aloud
@@ -151,7 +153,6 @@ class PairRequest:
     host_key_fingerprint: str | None = None
 
 
-_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
 def parse_pair_request(data: object) -> PairRequest:
@@ -173,14 +174,14 @@ def parse_pair_request(data: object) -> PairRequest:
     fields["public_key"] = validate_public_key(fields["public_key"])
     expected = data.get("host_key_fingerprint")
     if expected is not None and (not isinstance(expected, str)
-                                 or not _FINGERPRINT_RE.match(expected)):
+                                 or not SHA256_FINGERPRINT.match(expected)):
         raise ValueError("host_key_fingerprint must be SHA256: and 43 base64 characters")
     return PairRequest(**fields, host_key_fingerprint=expected)
 
 
 def fingerprint_matches(expected: str | None, actual: str) -> bool:
     """Whether the client's expected fingerprint (None: it did not say) is ``actual``."""
-    return expected is None or hmac.compare_digest(expected.encode(), actual.encode())
+    return expected is None or same_fingerprint(expected, actual)
 
 
 @dataclass

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tether.errors import UsageError
+from tether.ssh.keys import SHA256_FINGERPRINT
 
 PREFIX = "tether1:"
 VERSION = 1
 _MAX_LEN = 4096
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
 _CODE_RE = re.compile(r"^[A-Za-z0-9_-]{6,128}$")
-_FP_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 _HINT = "copy the whole line `tether up` printed (it starts with tether1:)"
 
 
@@ -84,7 +84,7 @@ def _validate(cs: ConnectionString) -> None:
             or cs.expires_at <= 0:
         raise UsageError("the expiry in the connection string is malformed", _HINT)
     if not isinstance(cs.host_key_fingerprint, str) \
-            or not _FP_RE.match(cs.host_key_fingerprint):
+            or not SHA256_FINGERPRINT.match(cs.host_key_fingerprint):
         raise UsageError("the host key fingerprint in the connection string is malformed", _HINT)
 
 

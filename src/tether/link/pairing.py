@@ -15,7 +15,6 @@ then the ~/.ssh/config block that makes `ssh tether-NAME` work.
 
 from __future__ import annotations
 
-import hmac
 import os
 import shlex
 import shutil
@@ -29,6 +28,7 @@ from tether.errors import (AlreadyExistsError, AuthError, ConnectError, HostKeyM
                            NotFoundError, ProtocolError, RateLimitedError, UsageError)
 from tether.link import profiles
 from tether.link.connstring import ConnectionString
+from tether.ssh.keys import same_fingerprint
 
 CLIENT_KEY_NAME = "tether_ed25519"
 PAIR_PATH = "/.tether/pair"
@@ -53,10 +53,6 @@ def _fingerprint(line: str) -> str:
     from tether.ssh.keys import fingerprint_of_public_key
 
     return fingerprint_of_public_key(line)
-
-
-def _same_fingerprint(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def tether_command() -> str:
@@ -192,7 +188,7 @@ def connect(text: str, name: str, *, timeout: float = 20.0) -> ConnectResult:
             raise AlreadyExistsError(
                 f"the name {name!r} is taken by another workspace ({existing.workspace_id})",
                 f"pick another --name, or remove it first: `tether hosts rm {name}`")
-        if not _same_fingerprint(_fingerprint(existing.host_key), cs.host_key_fingerprint):
+        if not same_fingerprint(_fingerprint(existing.host_key), cs.host_key_fingerprint):
             raise HostKeyMismatchError(
                 f"WARNING: workspace {name!r} now presents host key {cs.host_key_fingerprint}, "
                 f"but {_fingerprint(existing.host_key)} is pinned for it",
@@ -222,7 +218,7 @@ def _pair_new(cs: ConnectionString, name: str, timeout: float) -> ConnectResult:
         fp = _fingerprint(answer["host_key"])
     except UsageError as exc:
         raise ProtocolError("the gateway sent a malformed host key") from exc
-    if not _same_fingerprint(fp, cs.host_key_fingerprint):
+    if not same_fingerprint(fp, cs.host_key_fingerprint):
         raise _mismatch(fp, cs.host_key_fingerprint, "nothing was saved")
     host_key = " ".join(answer["host_key"].split()[:2])
     profile = profiles.HostProfile(

@@ -125,6 +125,17 @@ def fingerprint_of_blob(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+# what fingerprint_of_public_key returns: "SHA256:" and 43 unpadded base64 characters
+SHA256_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+
+
+def same_fingerprint(a: str, b: str) -> bool:
+    """Whether two fingerprints are equal, compared in constant time."""
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 def fingerprint_of_public_key(line: str) -> str:
     """The ``SHA256:...`` fingerprint of an OpenSSH public key line (as ``ssh-keygen -l``)."""
     _, blob, _ = _split_public_line(line)
