@@ -457,6 +457,21 @@ def test_a_mount_source_linking_to_home_is_refused(cli, workspace, host_home, tm
         runner.run(spec)
 
 
+def test_a_uid_without_a_passwd_entry_still_runs_and_still_guards_home(make_spec, host_home,
+                                                                       monkeypatch):
+    """`docker run --user 1234`: getpwuid raises KeyError; $HOME alone is then the home."""
+    import pwd
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    assert runner.run(make_spec("moderate", ["true"])).exit_code == 0
+    spec = make_spec("restrictive", ["true"], mounts=[f"{host_home}:/x:ro"])
+    with pytest.raises(UsageError, match="refusing to expose your home"):
+        runner.run(spec)
+
+
 def test_a_mount_through_a_symlink_binds_the_resolved_directory(make_spec, tmp_path):
     real = tmp_path / "real"
     real.mkdir()

@@ -198,7 +198,11 @@ def resolve_mounts(spec: SandboxSpec) -> SandboxSpec:
 
     mounts = tuple(replace(m, source=Path(os.path.realpath(m.source))) for m in spec.mounts)
     # $HOME and the account's home may differ (tests, sudo -E); both hold secrets
-    homes = [h for h in (os.environ.get("HOME"), pwd.getpwuid(os.getuid()).pw_dir) if h]
+    try:
+        account_home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid with no passwd entry (e.g. `docker run --user 1234`)
+        account_home = None
+    homes = [h for h in (os.environ.get("HOME"), account_home) if h]
     private = {h: HOME_WHAT for h in [*homes, *map(os.path.realpath, homes)]}
     # secrets, and the trusted project configs (trust.py): a sandbox must not rewrite those
     config = str(paths.config_dir())
