@@ -392,6 +392,17 @@ def test_auto_backend_falls_back_to_the_file_and_finds_it_again(isolated):
     assert auto.delete("k") is True and auto.get("k") is None
 
 
+def test_auto_backend_prefers_a_newer_file_copy_over_an_older_keyring_one(isolated):
+    keyring = _MemoryBackend()
+    auto = secrets.AutoBackend(keyring, secrets.FileBackend())
+    auto.set("k", "old")                      # in the keyring
+    keyring.fail = True
+    auto.set("k", "new")                      # the keyring is locked: the file
+    keyring.fail = False                      # unlocked again, still holding "old"
+    assert keyring.data == {"k": "old"}
+    assert auto.get("k") == "new"             # the last write wins, not a stale token
+
+
 def test_doctor_keyring_fix_is_an_exact_command(monkeypatch):
     import tether.doctor as doctor
 

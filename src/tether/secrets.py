@@ -152,11 +152,15 @@ class AutoBackend:
         self.file = file or FileBackend()
 
     def get(self, key: str) -> str | None:
+        # A file copy is the newer one: a keyring write drops it, so it exists only when the
+        # last write found the keyring away (an older keyring copy may still be there).
+        value = self.file.get(key)
+        if value is not None:
+            return value
         try:
-            value = self.keyring.get(key)
+            return self.keyring.get(key)
         except SecretStoreError:
-            value = None
-        return value if value is not None else self.file.get(key)
+            return None
 
     def set(self, key: str, value: str) -> None:
         try:
