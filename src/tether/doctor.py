@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
 from tether.host import platform as plat
-from tether.secrets import keyring_status
+from tether.errors import ConfigError
+from tether.secrets import forced_backend, keyring_status
 
 
 class CheckStatus(str, enum.Enum):
@@ -144,15 +144,15 @@ def keyring_fix(info: plat.PlatformInfo) -> str:
 
 def _keyring_check(info: plat.PlatformInfo) -> Check:
     needed_for = ("secrets",)
-    forced = os.environ.get("TETHER_SECRETS_BACKEND", "").strip().lower()
+    try:
+        forced = forced_backend()
+    except ConfigError as exc:
+        return Check("keyring", CheckStatus.MISSING, exc.message, needed_for,
+                     "unset TETHER_SECRETS_BACKEND, or set it to file or keyring")
     if forced == "file":
         return Check("keyring", CheckStatus.OK,
                      "not used: TETHER_SECRETS_BACKEND=file keeps secrets in a 0600 file",
                      needed_for)
-    if forced not in ("", "keyring"):
-        return Check("keyring", CheckStatus.MISSING,
-                     f"TETHER_SECRETS_BACKEND={forced!r} is not a backend", needed_for,
-                     "unset TETHER_SECRETS_BACKEND, or set it to file or keyring")
     ok, name = keyring_status()
     if ok:
         return Check("keyring", CheckStatus.OK, name, needed_for)

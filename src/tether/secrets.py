@@ -200,15 +200,21 @@ def keyring_status() -> tuple[bool, str]:
     return True, name
 
 
-def default_backend() -> SecretBackend:
+def forced_backend() -> str | None:
+    """'file' or 'keyring' when TETHER_SECRETS_BACKEND names one, None when it is unset."""
     forced = os.environ.get("TETHER_SECRETS_BACKEND", "").strip().lower()
+    if forced and forced not in ("file", "keyring"):
+        raise ConfigError(f"TETHER_SECRETS_BACKEND={forced!r} is not a backend",
+                          "use 'file' or 'keyring', or unset it")
+    return forced or None
+
+
+def default_backend() -> SecretBackend:
+    forced = forced_backend()
     if forced == "file":
         return FileBackend()
     if forced == "keyring":
         return KeyringBackend(forced=True)
-    if forced:
-        raise ConfigError(f"TETHER_SECRETS_BACKEND={forced!r} is not a backend",
-                          "use 'file' or 'keyring', or unset it")
     ok, _ = keyring_status()
     return AutoBackend() if ok else FileBackend()
 
