@@ -7,8 +7,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from tether.host import platform as plat
 from tether.errors import ConfigError
+from tether.host import platform as plat
 from tether.secrets import forced_backend, keyring_status
 
 
