@@ -368,18 +368,17 @@ def _pack_entries(idx, pack: bytes) -> list[fmt.BlobEntry]:
     return out
 
 
-def _read_checked(store: Store, pack: bytes
-                  ) -> tuple[int, list[fmt.BlobEntry] | None, bytes | None]:
-    """-> (size, the pack's entries if it is intact, its bytes if it is not)."""
+def _read_checked(store: Store, pack: bytes) -> tuple[int, list[fmt.BlobEntry] | None]:
+    """-> (size, the pack's entries if it is intact, else None)."""
     data = store.get(fmt.pack_key(pack))
     try:
         if fmt.blob_id(data) == pack:
             entries = fmt.split_pack(data)
             if not check_pack_bytes(pack, data, entries)[1]:
-                return len(data), entries, None
+                return len(data), entries
     except (IntegrityError, ProtocolError):
         pass
-    return len(data), None, data
+    return len(data), None
 
 
 def repair(store: StoreLike, *, progress: Callable[[int], None] | None = None) -> RepairResult:
@@ -398,21 +397,23 @@ def repair(store: StoreLike, *, progress: Callable[[int], None] | None = None) -
             idx = repo.index()
             res.missing_packs = sorted(p.hex() for p in idx.packs - present)
             keep: dict[bytes, list[fmt.BlobEntry]] = {}
-            corrupt: dict[bytes, bytes] = {}
+            corrupt: list[bytes] = []
             packs = sorted(idx.packs & present)
-            # Workers return a pack's bytes only when it is corrupt: memory stays bounded.
-            for pack, (size, entries, data) in zip(
+            for pack, (size, entries) in zip(
                     packs, pool.map(lambda p: _read_checked(s, p), packs)):
                 res.packs_checked += 1
                 if entries is not None:
                     keep[pack] = entries
                 else:
-                    corrupt[pack] = data  # type: ignore[assignment]
+                    corrupt.append(pack)
                 if progress:
                     progress(size)
             have = {e.id for entries in keep.values() for e in entries}
             writers = {fmt.DATA: PackWriter(s, pool, up), fmt.TREE: PackWriter(s, pool, up)}
-            for pack, data in corrupt.items():
+            for pack in corrupt:
+                # fetched again, one at a time: holding every corrupt pack until all were
+                # checked would make memory grow with the damage
+                data = s.get(fmt.pack_key(pack))
                 kept, lost = _salvage(data, _pack_entries(idx, pack), have, writers)
                 res.blobs_salvaged += kept
                 res.blobs_lost += lost
