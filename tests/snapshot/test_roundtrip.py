@@ -330,12 +330,11 @@ def test_cli_progress_bar_shows_the_total(isolated, monkeypatch):
     from rich.console import Console
 
     from tether.cli.output import Output
-    from tether.cli.snapshot import _progress
 
     out = Output()
     buf = io.StringIO()
     out._err = Console(file=buf, force_terminal=True, width=120)
-    with _progress(out, "pull") as bar:
+    with out.progress("pull") as bar:
         bar.total(2_000_000)
         bar.advance(1_000_000)
         bar.status("committing to kaggle://alice/ws")
@@ -343,7 +342,7 @@ def test_cli_progress_bar_shows_the_total(isolated, monkeypatch):
     last = [f for f in buf.getvalue().split("\r") if "committing to kaggle" in f][-1]
     assert "1.0/2.0 MB" in last and "/?" not in last
     quiet = Output(json_mode=True)
-    with _progress(quiet, "pull") as bar:   # --json: no bar, and nothing printed
+    with quiet.progress("pull") as bar:   # --json: no bar, and nothing printed
         bar.total(5)
         bar.advance(1)
         bar.status("x")

@@ -26,6 +26,30 @@ def current() -> Output | None:
     return _current.get()
 
 
+class ProgressBar:
+    """What :meth:`Output.progress` yields: ``bar(n)`` advances it; the total and the
+    description can be set once the library learns them (a status line off a terminal)."""
+
+    def __init__(self, out: Output, prog: Any = None, task: Any = None) -> None:
+        self.out, self.prog, self.task = out, prog, task
+
+    def __call__(self, n: float) -> None:
+        if self.prog is not None:
+            self.prog.advance(self.task, n)
+
+    advance = __call__
+
+    def total(self, n: float) -> None:
+        if self.prog is not None:
+            self.prog.update(self.task, total=n)
+
+    def status(self, text: str) -> None:
+        if self.prog is not None:
+            self.prog.update(self.task, description=text)
+        else:
+            self.out.info(text)  # off a terminal: one line each (none with --json)
+
+
 class Output:
     def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
@@ -83,10 +107,11 @@ class Output:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None = None,
-                 unit: str = "bytes") -> Iterator[Callable[[float], None]]:
-        """A Rich progress bar on stderr; yields ``advance(n)``. Hidden in JSON mode or off a tty."""
+                 unit: str = "bytes") -> Iterator[ProgressBar]:
+        """A Rich progress bar on stderr; yields a :class:`ProgressBar` (call it with a count
+        to advance). Hidden in JSON mode or off a tty."""
         if self.json_mode or not self.err.is_terminal:
-            yield lambda n: None
+            yield ProgressBar(self)
             return
         from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
                                    TextColumn, TimeRemainingColumn, TransferSpeedColumn)
@@ -98,5 +123,4 @@ class Output:
             cols += [MofNCompleteColumn()]
         cols.append(TimeRemainingColumn())
         with Progress(*cols, console=self.err, transient=True) as prog:
-            task = prog.add_task(description, total=total)
-            yield lambda n: prog.advance(task, n)
+            yield ProgressBar(self, prog, prog.add_task(description, total=total))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -19,43 +17,6 @@ app = typer.Typer(help="Keep folders (code, virtualenvs, settings) in a store: i
 StoreArg = Annotated[str, typer.Argument(
     help="Store URL: file:///path, s3://bucket/prefix, hf://datasets/OWNER/NAME, "
          "kaggle://OWNER/SLUG.")]
-
-
-class _Bar:
-    """A progress bar that learns its total and a status line as the library finds them."""
-
-    def __init__(self, out: Output, prog=None, task=None) -> None:
-        self.out, self.prog, self.task = out, prog, task
-
-    def advance(self, n: float) -> None:
-        if self.prog is not None:
-            self.prog.advance(self.task, n)
-
-    def total(self, n: float) -> None:
-        if self.prog is not None:
-            self.prog.update(self.task, total=n)
-
-    def status(self, text: str) -> None:
-        if self.prog is not None:
-            self.prog.update(self.task, description=text)
-        else:
-            self.out.info(text)  # off a terminal: one line each (none with --json)
-
-
-@contextlib.contextmanager
-def _progress(out: Output, description: str) -> Iterator[_Bar]:
-    """Like ``Output.progress`` (stderr, a terminal only, never with --json), but the total
-    and the description can change once known."""
-    if out.json_mode or not out.err.is_terminal:
-        yield _Bar(out)
-        return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=out.err,
-                  transient=True) as prog:
-        yield _Bar(out, prog, prog.add_task(description, total=None))
 
 
 def _size(n: float) -> str:
@@ -75,7 +36,7 @@ def push(path: Annotated[Path, typer.Argument(help="Folder to snapshot.")], stor
     from tether.snapshot import api
 
     out = Output(json)
-    with _progress(out, f"push {path}") as bar:
+    with out.progress(f"push {path}") as bar:
         r = api.push(store, path, tags=tuple(tag or ()), progress=bar.advance,
                      on_total=bar.total, on_status=bar.status)
     for s in r.skipped:
@@ -102,7 +63,7 @@ def pull(source: Annotated[str, typer.Argument(
     from tether.snapshot import api
 
     out = Output(json)
-    with _progress(out, "pull") as bar:
+    with out.progress("pull") as bar:
         r = api.pull(source, path, replace=replace, rebuild_venv=rebuild_venv,
                      progress=bar.advance, on_total=bar.total)
     for w in r.warnings:
