@@ -75,8 +75,10 @@ def api_server(isolated, api_workdir: Path) -> Iterator[ApiServer]:
 def tether_proc(env: dict[str, str], *args: str, input: bytes | None = None,
                 cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     """A separate `tether` process: a real CLI restart between calls."""
-    return subprocess.run(["tether", *args], env=env, input=input, capture_output=True,
-                          timeout=timeout, cwd=cwd)
+    from tests.conftest import find_tether_bin
+
+    return subprocess.run([find_tether_bin() or "tether", *args], env=env, input=input,
+                          capture_output=True, timeout=timeout, cwd=cwd)
 
 
 def host_listener() -> tuple[socket.socket, int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import find_tether_bin
 from tether import errors
 from tether.sandbox import asciicast, named
 
@@ -253,8 +254,8 @@ def test_attach_from_a_real_terminal_passes_its_size_and_restores_it(isolated):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     before = termios.tcgetattr(slave)
-    proc = subprocess.Popen(["tether", "sandbox", "attach", "term", "--", "sh", "-c",
-                             "stty size; read line; echo got:$line"],
+    proc = subprocess.Popen([find_tether_bin() or "tether", "sandbox", "attach", "term", "--",
+                             "sh", "-c", "stty size; read line; echo got:$line"],
                             stdin=slave, stdout=slave, stderr=slave, env=isolated.env,
                             start_new_session=True)
     seen = b""
