@@ -400,8 +400,12 @@ def _execute(p: _Prepared, spec: SandboxSpec, stdin: bytes | None,
         out, err, timed_out, status, rusage = _pump(proc, stdin, deadline, on_output, cg)
     except BaseException:
         # Ctrl-C, a failing on_output callback...: the sandbox must not outlive the call
+        inits = _children(proc.pid)  # bwrap's child is pid 1 of the sandbox
         _kill(proc, cg)
         proc.wait()
+        # Killing bwrap does not wait for the sandbox: its pid 1 dies with it, and the
+        # kernel kills and reaps the rest of the namespace before that pid 1 is done exiting.
+        _wait_exited(inits, 5.0)
         raise
     result = result_from(status, rusage, out, err, timed_out, time.perf_counter() - start, cg,
                          notes=_notes(p), kept=p.kept)
@@ -646,6 +650,28 @@ def _pump(proc: subprocess.Popen, stdin: bytes | None, deadline: float | None,
     _, status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return b"".join(bufs["stdout"]), b"".join(bufs["stderr"]), timed_out, status, rusage
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:  # gone already, or a kernel without CONFIG_PROC_CHILDREN
+        return []
+
+
+def _wait_exited(pids: list[int], timeout: float) -> None:
+    """Until each pid is gone or a zombie (done exiting), ``timeout`` at most."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except OSError:
+                break
+            time.sleep(0.005)
 
 
 def _kill(proc: subprocess.Popen, cg: _limits.RunCgroup | None) -> None:
