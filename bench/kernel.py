@@ -3,15 +3,19 @@
 The "remote" is this machine through a private OpenSSH sshd on 127.0.0.1 (real ssh client,
 real sshd, real ipykernel), so the figures are tether's overhead, not a network's. Anchor: the
 same ipykernel started locally by jupyter_client's own LocalProvisioner. Figures:
-- first_reply_ratio  p50 launch -> first execute_reply, remote / local (goal <= 1.5). Launch
-                     and local runs are interleaved so machine noise hits both.
+- first_reply_ratio  p50 launch -> first execute_reply, remote / local (goal <= 1.5), with the
+                     host link up: how every launch but a process's first to a host goes (a
+                     Jupyter server's second notebook, every restart). Launches are
+                     interleaved with local ones so machine noise hits both.
 - interrupt_ms       p50 interrupt (signal mode: SIGINT relayed to the remote kernel's
                      process group) -> the KeyboardInterrupt execute_reply (goal < 200), after
                      one warm-up interrupt: a kernel's very first KeyboardInterrupt also pays
                      ~0.3 s of one-time imports inside ipykernel, local or remote alike
                      (reported as first_interrupt_*).
-Informational: the local interrupt, message-mode interrupt, and one SSH session's start-up
-with OpenSSH (what the link uses) vs an asyncssh connect + command (the alternative).
+Informational, reported next to them: cold_first_reply_ratio, the same ratio for a launch that
+first has to open the host link (a process's first kernel on a host: one SSH login, the remote
+shell's rc files, the agent's start); the local interrupt, message-mode interrupt, and one SSH
+session's start-up with OpenSSH vs an asyncssh connect + command.
 """
 
 from __future__ import annotations
@@ -118,10 +122,16 @@ def measure(n: int, d: Path) -> dict:
             add_kernel(RemoteKernelSpec(name=name, host="bench", python=sys.executable,
                                         lifetime="session", remote_state_dir=str(d / "rs")),
                        interrupt_mode=mode)  # with health checks, as a user would
-        local_t, remote_t, cold_local, cold_remote = [], [], [], []
+        from tether.kernels import hostlink
+
+        local_t, remote_t, cold_t, cold_local, cold_remote = [], [], [], [], []
         for _ in range(n):
             for name, times, cold in (("python3", local_t, cold_local),
+                                      ("cold", cold_t, cold_remote),
                                       ("tether-bench", remote_t, cold_remote)):
+                if name == "cold":
+                    hostlink.close_all()  # no link: this launch opens it
+                    name = "tether-bench"
                 s, km, kc = first_reply_s(name)
                 times.append(s)
                 cold.append(interrupt_ms(km, kc))  # a kernel's first: imports its tracebacks
@@ -142,6 +152,8 @@ def measure(n: int, d: Path) -> dict:
         "info": {
             "remote_first_reply_s": round(med(remote_t), 3),
             "local_first_reply_s": round(med(local_t), 3),
+            "cold_first_reply_ratio": round(med(cold_t) / med(local_t), 3),
+            "cold_remote_first_reply_s": round(med(cold_t), 3),
             "local_interrupt_ms": round(med(warm["python3"]), 1),
             "message_mode_interrupt_ms": round(med(warm["tether-bench-msg"]), 1),
             "first_interrupt_remote_ms": round(med(cold_remote), 1),

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from kernel_helpers import KernelProcs, leftovers  # noqa: E402
 
-from tether.kernels import specs
+from tether.kernels import hostlink, specs
 
 PY = sys.executable  # the "remote" python: the same interpreter, with ipykernel
 
@@ -81,9 +81,13 @@ def kenv(isolated, remote, tmp_path, monkeypatch) -> KernelEnv:
     monkeypatch.setenv("JUPYTER_PATH", str(data))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.setenv("TETHER_SSH_CONFIG", str(remote.config))
+    # a host link closes with its last kernel unless a test says otherwise, so every test's
+    # no-orphan check also covers the link; tests of the shared link raise it
+    monkeypatch.setenv(hostlink.IDLE_ENV, "0")
     state = tmp_path / "remote-state"
     env = KernelEnv(remote, data, runtime, state, isolated.home)
     yield env
+    hostlink.close_all()
     # whatever a test left behind is a bug, but never leave processes for the next test
     for pids in leftovers(env.procs).values():
         for pid in pids:

@@ -16,6 +16,8 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 from kernel_helpers import KINDS, leftovers, remote_record, wait_gone
 
+from tether.kernels import hostlink
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -67,7 +69,8 @@ def start(km) -> object:
     return kc
 
 
-def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
+def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv, monkeypatch):
+    monkeypatch.setenv(hostlink.IDLE_ENV, "600")  # as in a Jupyter server: the link stays
     kenv.spec("rk", interrupt_mode="signal")
     km = KernelManager(kernel_name="tether-rk")
     kc = start(km)
@@ -76,8 +79,11 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
         # the no-orphan check sees each part while it runs (else `wait_gone` proves nothing)
         seen = leftovers(kenv.procs)
         assert set(seen) == set(KINDS), seen
-        assert seen["kernel"] == [rec["kernel_pid"]] and seen["launcher"] == [rec["launcher_pid"]]
-        assert km.provisioner.link.pid in seen["local"]
+        link = km.provisioner.link
+        agent_pid = link.host.agent_pid
+        assert seen["kernel"] == [rec["kernel_pid"]]
+        assert sorted(seen["launcher"]) == sorted([rec["launcher_pid"], agent_pid])
+        assert link.pid in seen["local"]
         info = run(kc, "import os; print(os.getpid(), os.environ['TETHER_KERNEL_ID'])")
         pid, kid = info["stdout"].split()
         assert int(pid) == rec["kernel_pid"] and kid == km.kernel_id
@@ -91,13 +97,20 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv):
         rec2 = remote_record(kenv.state_dir)
         assert rec2["kernel_pid"] != rec["kernel_pid"]
         assert _wait_dead(rec["launcher_pid"]) and _wait_dead(rec["kernel_pid"])
+        # the restart went through the same host link: no new SSH login
+        assert km.provisioner.link.pid == link.pid
+        assert km.provisioner.link.host.agent_pid == agent_pid
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
     assert not km.is_alive()
-    assert wait_gone(kenv.procs) == {}
     assert _wait_dead(rec2["launcher_pid"])
     assert list(kenv.state_dir.iterdir()) == []  # the remote record is cleaned up too
+    # the idle host link is all that is left: its master and its agent, until it is closed
+    assert wait_gone(kenv.procs, kinds=("kernel",)) == {}
+    assert leftovers(kenv.procs, ("launcher",)) == {"launcher": [agent_pid]}
+    hostlink.close_all()
+    assert wait_gone(kenv.procs) == {}
 
 
 async def test_async_manager_message_interrupt_and_shutdown(kenv):

@@ -55,6 +55,18 @@ def test_forward_argv_binds_locally_and_targets_remote_loopback():
                     "--", "gpu"]
 
 
+def test_control_argv_cancels_the_same_specs_and_forwards_a_local_socket():
+    cancel = target.forward_argv(SshTarget("gpu"), Path("/c"), "127.0.0.1", [(5000, 6000)],
+                                 op="cancel")
+    assert cancel == ["ssh", "-S", "/c", "-O", "cancel", "-L", "127.0.0.1:5000:127.0.0.1:6000",
+                      "--", "gpu"]
+    agent = target.control_argv(T, Path("/tmp/tk-x/c"), "forward", ["/tmp/tk-x/a:127.0.0.1:7"])
+    assert agent[:3] == ["ssh", "-F", "/cfg"] and agent[-4:] == [
+        "-L", "/tmp/tk-x/a:127.0.0.1:7", "--", "gpu"]
+    with pytest.raises(ValueError):
+        target.control_argv(T, Path("/c"), "exit", [])
+
+
 def test_bootstrap_runs_the_source_and_leaves_the_rest_of_stdin_to_it():
     source = b"import sys\nprint('got', sys.stdin.buffer.readline().decode().strip())\n"
     payload = target.launcher_payload(source, b'{"op": "probe"}')

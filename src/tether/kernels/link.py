@@ -1,123 +1,71 @@
-"""The kernel link: one OpenSSH session carrying the remote launcher and the kernel's ports.
+"""The kernel link: one kernel's control channel to its remote launcher, and its port forwards.
 
 Why OpenSSH and not asyncssh: the user's own client honours everything in their ssh config
 (ProxyJump, ProxyCommand, agents, certificates, HostKeyAlias) with no translation layer, and
 its C port forwarding adds ~0.1 ms per message where a Python forwarder adds more. The cost is
-the client's start-up (~150 ms more than an asyncssh connect, measured: bench/kernel.py).
-
-The session runs as a ControlMaster on a private socket so the five port forwards, whose
-remote ends the launcher picks, can be added to it once they are known (``ssh -O forward``),
-without a second login. The launcher's stdin is the control channel (signals, keepalives);
-its stdout carries protocol lines (docs/kernel-launch.md). Everything here is threads and
-blocking calls, so it works the same under jupyter_client's sync and async managers; the
-provisioner calls it through ``asyncio.to_thread``.
+the client's start-up (~150 ms more than an asyncssh connect, measured: bench/kernel.py), paid
+once per host by the shared host link (hostlink.py): a kernel link is a connection to the
+host link's launcher agent, which forks the kernel's launcher, plus five forwards added to the
+host link's master (``ssh -O forward``) and cancelled when the kernel ends. The connection is
+the control channel: requests, signals and keepalives go out, protocol lines come back
+(docs/kernel-launch.md); when it closes, the launcher's lifetime decides the kernel's fate.
+Everything here is threads and blocking calls, so it works the same under jupyter_client's
+sync and async managers; the provisioner calls it through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
 import queue
-import shutil
-import signal
+import socket
 import subprocess
-import tempfile
 import threading
 import time
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from tether.errors import (AlreadyExistsError, AuthError, ConnectError, DeadlineError,
-                           HostKeyMismatchError, NotFoundError, PeerError, ProtocolError,
-                           SystemDependencyError, TetherError)
+from tether.errors import (ConnectError, DeadlineError, PeerError, ProtocolError,
+                           SystemDependencyError)
+from tether.kernels import hostlink
 from tether.kernels import target as tgt
 from tether.kernels.target import SshTarget
+from tether.kernels.wire import (LINK_LOST, MARK, PORT_NAMES, PROTOCOL, launcher_error,
+                                 launcher_source, parse_line, session_failure)
 
 log = logging.getLogger(__name__)
 
-MARK = "TETHER-KERNEL/1 "
-PROTOCOL = 1
-PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-LINK_LOST = 255  # poll() code for "the SSH session is gone", as ssh itself reports it
+__all__ = ["LINK_LOST", "MARK", "PORT_NAMES", "PROTOCOL", "KernelLink", "run_once"]
 
 
-def launcher_source() -> bytes:
-    return resources.files("tether.kernels").joinpath("remote_launcher.py").read_bytes()
-
-
-def parse_line(line: str) -> dict[str, Any] | None:
-    """A protocol event from one stdout line, or None for anything else (shell noise)."""
-    if not line.startswith(MARK):
-        return None
-    try:
-        event = json.loads(line[len(MARK):])
-    except ValueError as exc:
-        raise ProtocolError(f"malformed launcher line: {line[:80]!r}") from exc
-    return event if isinstance(event, dict) else None
-
-
-def session_failure(target: SshTarget, python: str, returncode: int | None,
-                    stderr: str) -> TetherError:
-    """Why a session ended before the launcher answered, in the user's terms."""
-    last = (stderr.strip().splitlines() or [""])[-1]
-    host = target.alias
-    if "Host key verification failed" in stderr or "HOST IDENTIFICATION HAS CHANGED" in stderr:
-        return HostKeyMismatchError(
-            f"the host key of {host} is not the one pinned for it, or is unknown",
-            f"verify it once with `ssh {host}` (or `tether connect` for tether hosts)")
-    if "Permission denied" in stderr:
-        return AuthError(f"{host} refused the SSH key: {last}",
-                         f"check that `ssh {host} true` works without a password prompt")
-    if returncode == 255:
-        return ConnectError(f"cannot reach {host}: {last or 'ssh exited with 255'}",
-                            f"check `ssh {host} true`")
-    if returncode == 127 or "No such file or directory" in stderr or "not found" in last:
-        return NotFoundError(f"remote python {python} does not run on {host}: {last}",
-                             "pass --python with the absolute path of a Python on that host")
-    return PeerError(f"the kernel launcher failed on {host} (exit {returncode}): {last}",
-                     f"run `ssh {host} {python} -V` to check the remote python")
-
-
-def launcher_error(target: SshTarget, event: dict[str, Any]) -> TetherError:
-    """A launcher ``error`` event as a tether error."""
-    code, message = event.get("code"), event.get("message", "launcher error")
-    where = f"{message} (on {target.alias})"
-    if code == "no_kernelspec":
-        return NotFoundError(where, "list remote kernelspecs: `jupyter kernelspec list` there")
-    if code in ("not_found", "not_attachable"):
-        return NotFoundError(where, "the kernel exited or its grace period ran out")
-    if code == "exists":
-        return AlreadyExistsError(where)
-    if code == "version":
-        return ProtocolError(where, "use the same tether version on both sides")
-    return PeerError(where)
+class _AgentGone(Exception):
+    """A reused host link's agent closed a new connection before answering."""
 
 
 class KernelLink:
-    """One SSH session running the launcher; optionally the ControlMaster of port forwards."""
+    """One kernel's connection to the launcher agent of its host link, and its forwards."""
 
-    def __init__(self, target: SshTarget, python: str) -> None:
+    def __init__(self, target: SshTarget, python: str, idle_s: float | None = None) -> None:
         self.target = target
         self.python = python
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.idle_s = hostlink.default_idle_s() if idle_s is None else idle_s
+        self.host: hostlink.HostLink | None = None
+        self.sock: socket.socket | None = None
         self.kernel_exit: int | None = None
-        self.noise: collections.deque[str] = collections.deque(maxlen=20)
-        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._first: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._ctl_dir: Path | None = None
+        self._eof = threading.Event()
+        self._released = False
+        self._forwards: list[str] = []
         self.exited = threading.Event()  # the kernel exited (its launcher said so)
-        self._readers: list[threading.Thread] = []
+        self._reader: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
-    def control_path(self) -> Path:
-        assert self._ctl_dir is not None
-        return self._ctl_dir / "c"
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The host link's OpenSSH master (shared with the host's other kernels)."""
+        return None if self.host is None else self.host.proc
 
     @property
     def pid(self) -> int | None:
@@ -125,29 +73,27 @@ class KernelLink:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return (self.sock is not None and not self._eof.is_set() and self.host is not None
+                and self.host.alive)
 
     def open(self, request: dict[str, Any], timeout: float,
              keepalive_s: float = 0) -> dict[str, Any]:
-        """Start the session, send ``request``; return the launcher's first event."""
-        # short private dir: a unix socket path must fit in 104 bytes
-        self._ctl_dir = Path(tempfile.mkdtemp(prefix="tk-"))
-        argv = tgt.master_argv(self.target, self.control_path, self.python)
+        """Connect to the host's launcher agent, send ``request``; return the first event."""
+        deadline = time.monotonic() + timeout
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, start_new_session=True)
-        except FileNotFoundError as exc:
+            try:
+                event = self._attempt(request, deadline, keepalive_s)
+            except _AgentGone:
+                # the agent of a reused link just ended (its session is closing): once more,
+                # on a new link
+                assert self.host is not None
+                hostlink.discard(self.host)
+                self._reset()
+                event = self._attempt(request, deadline, keepalive_s)
+        except _AgentGone:
             self.close()
-            raise SystemDependencyError("the OpenSSH client `ssh` is not installed",
-                                        "install openssh-client (tether doctor)") from exc
-        self._readers = [threading.Thread(target=self._read_stdout, daemon=True, name="tk-out"),
-                         threading.Thread(target=self._read_stderr, daemon=True, name="tk-err")]
-        for thread in self._readers:
-            thread.start()
-        payload = tgt.launcher_payload(launcher_source(), json.dumps(request).encode())
-        self._write(payload)
-        try:
-            event = self._wait_first(timeout)
+            raise ConnectError(f"the kernel link to {self.target.alias} keeps closing",
+                               f"check `ssh {self.target.alias} true`") from None
         except BaseException:
             self.close()
             raise
@@ -156,69 +102,99 @@ class KernelLink:
                              name="tk-ping").start()
         return event
 
-    def _wait_first(self, timeout: float) -> dict[str, Any]:
+    def _attempt(self, request: dict[str, Any], deadline: float,
+                 keepalive_s: float) -> dict[str, Any]:
+        self.host, fresh = hostlink.acquire(self.target, self.python,
+                                            max(1.0, deadline - time.monotonic()), keepalive_s)
         try:
-            event = self._first.get(timeout=timeout)
+            self.sock = self.host.connect()
+        except ConnectError:
+            if fresh:
+                raise
+            raise _AgentGone() from None
+        self._reader = threading.Thread(target=self._read, args=(self.sock,), daemon=True,
+                                        name="tk-conn")
+        self._reader.start()
+        self._write((json.dumps({**request, "token": self.host.token}) + "\n").encode())
+        try:
+            event = self._first.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise DeadlineError(f"the kernel launcher on {self.target.alias} did not answer "
-                                f"within {timeout:.0f}s", "check `ssh "
-                                f"{self.target.alias} true`; raise launch_timeout") from None
-        if event is None:  # stdout closed before any event: the session failed
-            rc = self._wait_proc(5)
-            self._readers[1].join(2)  # all of ssh's stderr: it says why
-            raise session_failure(self.target, self.python, rc, "\n".join(self._stderr))
+                                "in time", f"check `ssh {self.target.alias} true`; raise "
+                                "launch_timeout") from None
+        if event is None:  # the connection closed before any event
+            if not fresh and self.host.alive:
+                raise _AgentGone()
+            if not self.host.alive:
+                assert self.host.proc is not None
+                rc = self.host.proc.poll()
+                raise session_failure(self.target, self.python, rc,
+                                      "\n".join(self.host.stderr))
+            raise PeerError(f"the kernel launcher agent on {self.target.alias} refused the "
+                            "connection", "the host's sshd must allow TCP forwarding "
+                            "(AllowTcpForwarding), which the kernel's ports need too")
         if event.get("event") == "error":
             raise launcher_error(self.target, event)
         return event
 
+    def _reset(self) -> None:
+        """Forget a failed attempt: its connection and its host link."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        if self._reader is not None:
+            self._reader.join(1.0)
+        if self.host is not None:
+            hostlink.release(self.host, 0)
+        self.host, self.sock, self._reader = None, None, None
+        self._first = queue.Queue()
+        self._eof.clear()
+
     def forward(self, bind_ip: str, pairs: list[tuple[int, int]], timeout: float = 15) -> None:
-        """Add local->remote port forwards to the running master."""
-        argv = tgt.forward_argv(self.target, self.control_path, bind_ip, pairs)
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or ["no detail"])[-1]
-            raise ConnectError(f"could not forward the kernel ports through "
-                               f"{self.target.alias}: {detail}",
-                               "a local port may be taken; try again")
+        """Add local->remote port forwards to the host link's master."""
+        assert self.host is not None
+        specs = [f"{bind_ip}:{local}:127.0.0.1:{remote}" for local, remote in pairs]
+        self.host.control("forward", specs, timeout)
+        self._forwards += specs
 
     def send(self, message: dict[str, Any]) -> bool:
         """Send one control message to the launcher; False if the link is down."""
         return self._write((json.dumps(message) + "\n").encode())
 
-    def close(self, timeout: float = 3.0) -> int | None:
-        """End the session: the launcher sees EOF (its lifetime decides the kernel's fate)."""
+    def close(self, timeout: float = 3.0) -> None:
+        """End the connection: the launcher sees EOF (its lifetime decides the kernel's
+        fate); the forwards are cancelled and the host link is released."""
         self._closed.set()
-        rc = None
-        if self.proc is not None:
+        sock = self.sock
+        if sock is not None:
             with self._lock, contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            rc = self._wait_proc(timeout)
-            if rc is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(signal.SIGTERM)
-                rc = self._wait_proc(timeout)
-                if rc is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        self.proc.kill()
-                    rc = self._wait_proc(timeout)
-            for thread in self._readers:
-                thread.join(1.0)
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
-        if self._ctl_dir is not None:
-            shutil.rmtree(self._ctl_dir, ignore_errors=True)
-        return rc
+                sock.shutdown(socket.SHUT_WR)
+            # the launcher closes its end once it is done (a session kernel: once stopped)
+            if self._reader is not None:
+                self._reader.join(timeout)
+                if self._reader.is_alive():
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    self._reader.join(1.0)
+            with contextlib.suppress(OSError):
+                sock.close()
+        host = self.host
+        if host is not None and not self._released:
+            self._released = True
+            if self._forwards and host.alive:
+                # frees the local ports: a restart binds the same ones again
+                with contextlib.suppress(ConnectError, subprocess.TimeoutExpired):
+                    host.control("cancel", self._forwards, timeout=5)
+            self._forwards = []
+            hostlink.release(host, self.idle_s)
 
     def drain(self, timeout: float) -> None:
-        """Wait until the session's output is fully read (after the process has ended)."""
-        if self._readers:
-            self._readers[0].join(timeout)
+        """Wait until the connection's output is fully read (after it has ended)."""
+        if self._reader is not None:
+            self._reader.join(timeout)
 
     def wait_exit(self, timeout: float) -> bool:
-        """Wait for the kernel's exit event or the session's end; True if either happened."""
+        """Wait for the kernel's exit event or the link's end; True if either happened."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.exited.is_set() or not self.alive:
@@ -229,57 +205,44 @@ class KernelLink:
     # -- threads ---------------------------------------------------------------------------
     def _write(self, data: bytes) -> bool:
         with self._lock:
-            if self.proc is None or self.proc.stdin is None or self.proc.stdin.closed:
+            if self.sock is None:
                 return False
             try:
-                self.proc.stdin.write(data)
-                self.proc.stdin.flush()
+                self.sock.sendall(data)
                 return True
-            except (OSError, ValueError):
+            except OSError:
                 return False
 
-    def _read_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    def _read(self, sock: socket.socket) -> None:
         first_sent = False
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            try:
-                event = parse_line(line)
-            except ProtocolError:
-                event = None
-            if event is None:
-                self.noise.append(line)
-                continue
-            kind = event.get("event")
-            if kind == "exited":
-                self.kernel_exit = int(event.get("code") or 0)
-                if event.get("log_tail"):
-                    log.debug("remote kernel log tail:\n%s", event["log_tail"])
-                self.exited.set()
-            elif kind == "pong":
-                continue
-            if not first_sent:
-                first_sent = True
-                self._first.put(event)
+        with contextlib.suppress(OSError), sock.makefile("rb") as stream:
+            for raw in stream:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                try:
+                    event = parse_line(line)
+                except ProtocolError:
+                    event = None
+                if event is None:
+                    continue  # an agent connection carries protocol lines only
+                kind = event.get("event")
+                if kind == "exited":
+                    self.kernel_exit = int(event.get("code") or 0)
+                    if event.get("log_tail"):
+                        log.debug("remote kernel log tail:\n%s", event["log_tail"])
+                    self.exited.set()
+                elif kind == "pong":
+                    continue
+                if not first_sent:
+                    first_sent = True
+                    self._first.put(event)
+        self._eof.set()
         if not first_sent:
             self._first.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self._stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
     def _keepalive(self, interval: float) -> None:
         while not self._closed.wait(interval):
             if not self.send({"op": "ping", "t": time.time()}):
                 return
-
-    def _wait_proc(self, timeout: float) -> int | None:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
 
 
 def run_once(target: SshTarget, python: str, request: dict[str, Any],

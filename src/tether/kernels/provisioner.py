@@ -65,6 +65,10 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     remote_cwd = Unicode("", help="remote working directory (default: home)").tag(config=True)
     launch_timeout = Float(60.0).tag(config=True)
     keepalive_s = Float(10.0).tag(config=True)
+    link_idle_s = Float(None, allow_none=True,
+                        help="seconds the host link outlives its last kernel (default: "
+                             "TETHER_KERNEL_LINK_IDLE or 600; 0: close with it)"
+                        ).tag(config=True)
     spec_name = Unicode("", help="the tether kernel name").tag(config=True)
 
     link: KernelLink | None = None
@@ -169,7 +173,7 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "keepalive_s": self.keepalive_s, "tag": self.spec_name or None,
         }
         target = resolve_target(self.host, self.ssh_config or None)
-        link = KernelLink(target, self.python)
+        link = KernelLink(target, self.python, self.link_idle_s)
         started = await asyncio.to_thread(link.open, request, self.launch_timeout,
                                           self.keepalive_s)
         try:
@@ -229,7 +233,7 @@ class TetherSSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if old is not None:
             await asyncio.to_thread(old.close, 1.0)  # frees the local ports if still bound
         target = resolve_target(self.host, self.ssh_config or None)
-        link = KernelLink(target, self.python)
+        link = KernelLink(target, self.python, self.link_idle_s)
         request = {"v": PROTOCOL, "op": "attach", "kernel_id": self.kernel_id,
                    "state_dir": self.remote_state_dir or None}
         attached = await asyncio.to_thread(link.open, request, self.launch_timeout,

@@ -15,12 +15,20 @@ Why a launcher at all:
   without a second SSH session;
 - in ``grace`` lifetime a later SSH session re-attaches through a unix socket in the kernel's
   0700 directory and gets the connection info back.
+
+One session can also run it as the host link's *agent* (``serve``): it then answers further
+requests arriving as TCP connections to the remote 127.0.0.1, each forwarded by the same
+OpenSSH master, and forks one launcher per connection. A launch through the agent skips the
+SSH handshake, the remote shell's rc files and the python start-up; everything else is the
+same code with the connection in place of stdin/stdout.
 """
 
+import hmac
 import json
 import os
 import queue
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -36,6 +44,8 @@ KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DEFAULT_STATE_DIR = "~/.local/state/tether/kernels"
 SOCKET_NAME = "control.sock"
 STOP_WAIT_S = 3.0
+AUTH_WAIT_S = 10.0  # an agent connection must send its request line within this
+MAX_REQUEST = 1 << 20
 
 
 class LauncherError(Exception):
@@ -411,8 +421,8 @@ class Launcher(object):
         return 0
 
 
-def attach(req, out):
-    """Relay this SSH session to the launcher that owns the kernel (grace lifetime only)."""
+def attach(req, reader, out):
+    """Relay this controller channel to the launcher that owns the kernel (grace only)."""
     kdir = kernel_dir(req)
     if not os.path.isdir(kdir):
         raise LauncherError("not_found", "no kernel %s on this host" % req["kernel_id"])
@@ -425,12 +435,11 @@ def attach(req, out):
                             "kernel %s does not accept attaches (%s)"
                             % (req["kernel_id"], exc)) from None
     sock.sendall((json.dumps({"op": "attach"}) + "\n").encode())
-    stdin = sys.stdin.buffer
 
     def pump_in():
         try:
             while True:
-                data = stdin.read1(65536)
+                data = reader.read1(65536)
                 if not data:
                     break
                 sock.sendall(data)
@@ -454,30 +463,177 @@ def attach(req, out):
             return 0
 
 
+def handle(req, reader, out, sock=None):
+    """Answer one request on one controller channel: the SSH session or an agent connection."""
+    if req.get("v") != PROTOCOL:
+        raise LauncherError("version", "launcher protocol %r not supported (want %d)"
+                            % (req.get("v"), PROTOCOL))
+    op = req.get("op")
+    if op == "probe":
+        out.send({"event": "probe", "info": probe(req)})
+        return 0
+    if op == "list":
+        out.send({"event": "list", "kernels": list_kernels(req)})
+        return 0
+    if op == "attach":
+        return attach(req, reader, out)
+    if op != "launch":
+        raise LauncherError("bad_request", "unknown op %r" % op)
+    launcher = Launcher(req, None)
+    record = launcher.start()
+    launcher.first = Controller(reader, out, launcher.events, "launch", sock)
+    return launcher.run(record)
+
+
+class Agent(object):
+    """The host link's agent: forks one launcher per authenticated connection.
+
+    It listens on an ephemeral port of the remote 127.0.0.1, which other users of the host can
+    reach too, so a connection counts only once its first line (the request) carries the token
+    the agent's own session was given on stdin; until then it costs no fork. The agent exits
+    when its session ends (stdin EOF) or falls silent (no keepalive for 4 * keepalive_s + 3 s,
+    as a launcher does), so it never outlives its link; launchers it forked live on: each is
+    tied to its own connection.
+    """
+
+    def __init__(self, req, out):
+        self.token = str(req.get("token") or "")
+        if len(self.token) < 32:
+            raise LauncherError("bad_request", "serve needs a token of at least 32 characters")
+        keepalive = float(req.get("keepalive_s") or 0)
+        self.silence_limit = keepalive * 4 + 3 if keepalive > 0 else None
+        self.out = out
+        self.sel = selectors.DefaultSelector()
+        self.pending = {}  # connection -> [received bytes, deadline]
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.server.setblocking(False)
+
+    def run(self):
+        stdin = sys.stdin.fileno()
+        self.sel.register(self.server, selectors.EVENT_READ, "accept")
+        self.sel.register(stdin, selectors.EVENT_READ, "stdin")
+        self.out.send({"event": "serving", "port": self.server.getsockname()[1],
+                       "pid": os.getpid()})
+        heard = time.monotonic()
+        while True:
+            now = time.monotonic()
+            wakes = [d for _, d in self.pending.values()]
+            if self.silence_limit is not None:
+                wakes.append(heard + self.silence_limit)
+            timeout = max(0.0, min(wakes) - now) if wakes else None
+            for key, _ in self.sel.select(timeout):
+                if key.data == "stdin":
+                    try:
+                        data = os.read(stdin, 65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return self.close()  # the session ended: no more launches
+                    heard = time.monotonic()
+                elif key.data == "accept":
+                    self.accept()
+                else:
+                    self.receive(key.fileobj)
+            now = time.monotonic()
+            for conn in [c for c, (_, d) in self.pending.items() if d <= now]:
+                self.drop(conn)
+            if self.silence_limit is not None and now - heard > self.silence_limit:
+                return self.close()  # the link died without a FIN
+
+    def accept(self):
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        self.pending[conn] = [b"", time.monotonic() + AUTH_WAIT_S]
+        self.sel.register(conn, selectors.EVENT_READ, "conn")
+
+    def receive(self, conn):
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self.drop(conn)
+        buf = self.pending[conn][0] + data
+        if b"\n" not in buf:
+            if len(buf) > MAX_REQUEST:
+                return self.drop(conn)
+            self.pending[conn][0] = buf
+            return
+        line, _, rest = buf.partition(b"\n")
+        try:
+            req = json.loads(line.decode())
+        except ValueError:
+            req = None
+        # the controller sends nothing more before the first answer: extra bytes are refused
+        if not isinstance(req, dict) or rest or not hmac.compare_digest(
+                str(req.pop("token", "")).encode(), self.token.encode()):
+            return self.drop(conn)
+        self.sel.unregister(conn)
+        del self.pending[conn]
+        self.fork(req, conn)
+
+    def drop(self, conn):
+        self.pending.pop(conn, None)
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def fork(self, req, conn):
+        pid = os.fork()
+        if pid:
+            conn.close()
+            os.waitpid(pid, 0)  # the child forks again and exits at once
+            return
+        code = 70
+        try:
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            # the launcher: detached from the agent, which may end long before it does; the
+            # session's pipes are let go so the session can close when the agent exits
+            self.sel.close()
+            self.server.close()
+            for other in list(self.pending):
+                other.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            conn.setblocking(True)
+            out = Out(conn.makefile("wb"))
+            try:
+                code = handle(req, conn.makefile("rb"), out, conn)
+            except LauncherError as exc:
+                out.send(dict(exc.extra, event="error", code=exc.code, message=exc.message))
+                code = 3
+        finally:
+            os._exit(code)
+
+    def close(self):
+        self.sel.close()
+        self.server.close()
+        for conn in list(self.pending):
+            conn.close()
+        return 0
+
+
 def main():
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dying session must not take the kernel
     out = Out(sys.stdout.buffer)
     stdin = sys.stdin.buffer
     try:
         req = json.loads(stdin.readline().decode() or "{}")
-        if req.get("v") != PROTOCOL:
-            raise LauncherError("version", "launcher protocol %r not supported (want %d)"
-                                % (req.get("v"), PROTOCOL))
-        op = req.get("op")
-        if op == "probe":
-            out.send({"event": "probe", "info": probe(req)})
-            return 0
-        if op == "list":
-            out.send({"event": "list", "kernels": list_kernels(req)})
-            return 0
-        if op == "attach":
-            return attach(req, out)
-        if op != "launch":
-            raise LauncherError("bad_request", "unknown op %r" % op)
-        launcher = Launcher(req, None)
-        record = launcher.start()
-        launcher.first = Controller(stdin, out, launcher.events, "launch")
-        return launcher.run(record)
+        if req.get("op") == "serve" and req.get("v") == PROTOCOL:
+            return Agent(req, out).run()
+        return handle(req, stdin, out)
     except LauncherError as exc:
         out.send(dict(exc.extra, event="error", code=exc.code, message=exc.message))
         return 3

@@ -80,11 +80,22 @@ def once_argv(target: SshTarget, python: str) -> list[str]:
 
 
 def forward_argv(target: SshTarget, control_path: Path, bind_ip: str,
-                 pairs: list[tuple[int, int]]) -> list[str]:
-    """Ask the master to forward local ``bind_ip:l`` to the remote ``127.0.0.1:r``."""
-    argv = ["ssh", *target.config_args(), "-S", str(control_path), "-O", "forward"]
-    for local, remote in pairs:
-        argv += ["-L", f"{bind_ip}:{local}:127.0.0.1:{remote}"]
+                 pairs: list[tuple[int, int]], op: str = "forward") -> list[str]:
+    """Ask the master to forward (or, op ``cancel``, stop forwarding) local ``bind_ip:l`` to
+    the remote ``127.0.0.1:r``."""
+    return control_argv(target, control_path, op,
+                        [f"{bind_ip}:{local}:127.0.0.1:{remote}" for local, remote in pairs])
+
+
+def control_argv(target: SshTarget, control_path: Path, op: str,
+                 local_forwards: list[str]) -> list[str]:
+    """``ssh -O forward|cancel`` with ``-L`` specs (``[bind:]port:host:port`` or
+    ``/local/socket:host:port``) for the master on ``control_path``."""
+    if op not in ("forward", "cancel"):
+        raise ValueError(f"not a forwarding control command: {op}")
+    argv = ["ssh", *target.config_args(), "-S", str(control_path), "-O", op]
+    for spec in local_forwards:
+        argv += ["-L", spec]
     return [*argv, "--", target.alias]
 
 
