@@ -588,7 +588,11 @@ class Agent(object):
         conn.close()
 
     def fork(self, req, conn):
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # out of processes: this launch fails, the agent carries on
+            conn.close()
+            return
         if pid:
             conn.close()
             os.waitpid(pid, 0)  # the child forks again and exits at once
