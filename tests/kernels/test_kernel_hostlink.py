@@ -145,3 +145,32 @@ def test_a_process_that_dies_leaves_no_link_and_no_kernel_behind(kenv, tmp_path)
     finally:
         if owner.poll() is None:
             owner.kill()
+
+
+def test_a_host_that_refuses_forwarding_fails_the_launch_with_a_reason(kenv, sshd_server,
+                                                                       tmp_path):
+    """`no-port-forwarding` on the key: the kernel's ports could never be reached either, so
+    the launch must fail at once and say why, not leave a client waiting for a kernel."""
+    from tether.errors import PeerError
+    from tether.kernels import specs
+
+    key = tmp_path / "nofwd"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    sshd_server.authorize("no-port-forwarding " + key.with_suffix(".pub").read_text())
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host nofwd\n  HostName 127.0.0.1\n  Port {sshd_server.port}\n"
+                      f"  User {sshd_server.user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+                      f"  UserKnownHostsFile {sshd_server.known_hosts}\n"
+                      "  StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n")
+    specs.add_kernel(specs.RemoteKernelSpec(
+        name="nofwd", host="nofwd", python=sys.executable, ssh_config=str(config),
+        remote_state_dir=str(kenv.state_dir),
+        remote_argv=(sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}")),
+        check=False)
+    km = KernelManager(kernel_name="tether-nofwd")
+    started = time.monotonic()
+    with pytest.raises(PeerError, match="refused the connection") as info:
+        km.start_kernel()
+    assert "AllowTcpForwarding" in (info.value.hint or "")
+    assert time.monotonic() - started < 20
+    assert wait_gone(kenv.procs) == {}
