@@ -91,3 +91,22 @@ def wait_gone(procs: KernelProcs, timeout: float = 10.0,
 def remote_record(state_dir: Path) -> dict:
     [path] = list(state_dir.glob("*/launcher.json"))
     return json.loads(path.read_text())
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie is dead for our purposes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_dead(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)

@@ -8,13 +8,13 @@ session. No sshd needed: the agent's session is a pipe, as sshd would give it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+
+from kernel_helpers import alive, wait_dead
 
 from tether.kernels import target
 from tether.kernels.wire import MARK, PROTOCOL, launcher_source, parse_line
@@ -96,10 +96,10 @@ def test_a_launch_through_the_agent_outlives_the_agent_only_as_long_as_its_conne
         assert TOKEN not in (state / "k1" / "connection.json").read_text()
         proc.stdin.close()  # the agent's session ends ...
         assert proc.wait(10) == 0
-        assert _alive(started["kernel_pid"])  # ... the kernel keeps its own controller
+        assert alive(started["kernel_pid"])  # ... the kernel keeps its own controller
         sock.shutdown(socket.SHUT_WR)  # the controller leaves: a session kernel stops
         assert reader.readline() == b""  # and its launcher lets the connection go
-        assert _wait_dead(started["kernel_pid"]) and _wait_dead(started["launcher_pid"])
+        assert wait_dead(started["kernel_pid"]) and wait_dead(started["launcher_pid"])
     finally:
         sock.close()
 
@@ -129,21 +129,3 @@ def test_the_agent_needs_a_real_token(tmp_path):
     event = parse_line(proc.stdout.decode().strip())
     assert event["event"] == "error" and event["code"] == "bad_request"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_dead(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)

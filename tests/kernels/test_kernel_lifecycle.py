@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 
-from kernel_helpers import KINDS, leftovers, remote_record, wait_gone
+from kernel_helpers import KINDS, alive, leftovers, remote_record, wait_dead, wait_gone
 
 from tether.kernels import hostlink
 
@@ -96,7 +96,7 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv, mon
         assert value(kc, "'x' in globals()") == "False"
         rec2 = remote_record(kenv.state_dir)
         assert rec2["kernel_pid"] != rec["kernel_pid"]
-        assert _wait_dead(rec["launcher_pid"]) and _wait_dead(rec["kernel_pid"])
+        assert wait_dead(rec["launcher_pid"]) and wait_dead(rec["kernel_pid"])
         # the restart went through the same host link: no new SSH login
         assert km.provisioner.link.pid == link.pid
         assert km.provisioner.link.host.agent_pid == agent_pid
@@ -104,7 +104,7 @@ def test_sync_manager_signal_interrupt_restart_shutdown_leaves_nothing(kenv, mon
         kc.stop_channels()
         km.shutdown_kernel()
     assert not km.is_alive()
-    assert _wait_dead(rec2["launcher_pid"])
+    assert wait_dead(rec2["launcher_pid"])
     assert list(kenv.state_dir.iterdir()) == []  # the remote record is cleaned up too
     # the idle host link is all that is left: its master and its agent, until it is closed
     assert wait_gone(kenv.procs, kinds=("kernel",)) == {}
@@ -199,7 +199,7 @@ def test_link_drop_in_session_lifetime_is_reported_and_leaves_no_orphan(kenv):
         assert not km.is_alive()
         assert _run_sync(km.provisioner.poll()) == 255  # "link lost", as ssh reports it
         assert wait_gone(kenv.procs) == {}
-        assert _wait_dead(rec["launcher_pid"])
+        assert wait_dead(rec["launcher_pid"])
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -236,7 +236,7 @@ def test_dead_link_reported_then_cli_attach_finds_state(kenv, tether_bin, tmp_pa
         os.kill(km.provisioner.link.pid, signal.SIGKILL)
         km.provisioner.link.proc.wait(5)
         assert not km.is_alive()  # reported, not hidden
-        assert _alive(rec["kernel_pid"])  # ... while the kernel waits out its grace period
+        assert alive(rec["kernel_pid"])  # ... while the kernel waits out its grace period
         kc.stop_channels()
         conn_file = tmp_path / "attached.json"
         import subprocess
@@ -275,24 +275,6 @@ def _read_json_doc(stream) -> str:
 
 def _run_sync(coro):
     return asyncio.new_event_loop().run_until_complete(coro)
-
-
-def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _listening_addresses() -> dict[int, str]:
@@ -341,10 +323,10 @@ def test_a_silently_dead_link_still_ends_the_kernel(kenv):
     try:
         rec = remote_record(kenv.state_dir)
         os.kill(link.pid, signal.SIGSTOP)
-        assert _alive(rec["kernel_pid"])
+        assert alive(rec["kernel_pid"])
         # the local ssh is stopped, not gone, until the finally below: only the remote side
         assert wait_gone(kenv.procs, timeout=20, kinds=("kernel", "launcher")) == {}
-        assert _wait_dead(rec["launcher_pid"])
+        assert wait_dead(rec["launcher_pid"])
     finally:
         os.kill(link.pid, signal.SIGCONT)
         km.shutdown_kernel(now=True)
@@ -388,7 +370,7 @@ def test_a_killed_launcher_takes_its_kernel_along(kenv):
     try:
         rec = remote_record(kenv.state_dir)
         os.kill(rec["launcher_pid"], signal.SIGKILL)
-        assert _wait_dead(rec["kernel_pid"])
+        assert wait_dead(rec["kernel_pid"])
         deadline = time.monotonic() + 10
         while km.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
