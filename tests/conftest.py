@@ -11,6 +11,7 @@ drive ``ssh`` against a config tether wrote pass ``-F <home>/.ssh/config`` expli
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -115,8 +116,11 @@ MaxSessions 50
 """
 
 
-def start_sshd(workdir: Path) -> tuple[subprocess.Popen, SshServer]:
-    """Start sshd in ``workdir`` (used by the session fixture and by tests needing their own)."""
+def start_sshd(workdir: Path, settings: dict[str, str] | None = None
+               ) -> tuple[subprocess.Popen, SshServer]:
+    """Start sshd in ``workdir`` (used by the session fixture and by tests needing their own);
+    ``settings`` replace the values of keywords in SSHD_CONFIG (sshd keeps a keyword's first
+    value, so they cannot simply be appended)."""
     sshd = find_program("sshd")
     if sshd is None:
         raise RuntimeError("sshd not found: run scripts/bootstrap.sh (installs openssh-server)")
@@ -130,8 +134,12 @@ def start_sshd(workdir: Path) -> tuple[subprocess.Popen, SshServer]:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     port = free_port()
     config = workdir / "sshd_config"
-    config.write_text(SSHD_CONFIG.format(port=port, host_key=host_key, dir=workdir,
-                                         authorized_keys=authorized_keys))
+    text = SSHD_CONFIG.format(port=port, host_key=host_key, dir=workdir,
+                              authorized_keys=authorized_keys)
+    for keyword, value in (settings or {}).items():
+        text, count = re.subn(rf"(?m)^{keyword} .*$", f"{keyword} {value}", text)
+        assert count == 1, f"{keyword} is not in SSHD_CONFIG"
+    config.write_text(text)
     log = workdir / "sshd.log"
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=log.open("wb"), start_new_session=True)

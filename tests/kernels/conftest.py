@@ -61,13 +61,13 @@ class KernelEnv:
 
     def spec(self, name: str = "rk", *, host: str | None = None, python: str = PY,
              interrupt_mode: str = "signal", lifetime: str = "session", grace_s: float = 0,
-             **extra) -> specs.RemoteKernelSpec:
+             remote_state_dir: str | None = None, **extra) -> specs.RemoteKernelSpec:
         """Install a kernelspec without the (slower) health checks; argv cached as add does."""
         spec = specs.RemoteKernelSpec(
             name=name, host=host or self.remote.alias, python=python,
             ssh_config=str(self.remote.config),
             interrupt_mode=specs.InterruptMode(interrupt_mode), lifetime=lifetime,
-            grace_s=grace_s, remote_state_dir=str(self.state_dir),
+            grace_s=grace_s, remote_state_dir=remote_state_dir or str(self.state_dir),
             remote_argv=(PY, "-m", "ipykernel_launcher", "-f", "{connection_file}"), **extra)
         return specs.add_kernel(spec, check=False, replace_existing=True).spec
 

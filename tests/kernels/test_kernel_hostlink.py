@@ -5,6 +5,7 @@ process dies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -169,8 +170,126 @@ def test_a_host_that_refuses_forwarding_fails_the_launch_with_a_reason(kenv, ssh
         check=False)
     km = KernelManager(kernel_name="tether-nofwd")
     started = time.monotonic()
-    with pytest.raises(PeerError, match="refused the connection") as info:
+    with pytest.raises(PeerError, match="refuses to forward") as info:
         km.start_kernel()
     assert "AllowTcpForwarding" in (info.value.hint or "")
     assert time.monotonic() - started < 20
+    assert wait_gone(kenv.procs) == {}
+
+
+def _alias_config(path, alias: str, server, key=None) -> None:
+    path.write_text(f"Host {alias}\n  HostName 127.0.0.1\n  Port {server.port}\n"
+                    f"  User {server.user}\n  IdentityFile {key or server.client_key}\n"
+                    f"  IdentitiesOnly yes\n  UserKnownHostsFile {server.known_hosts}\n"
+                    "  StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n")
+
+
+def test_a_host_without_unix_socket_forwarding_gets_the_agent_on_loopback(kenv, tmp_path):
+    from kernel_helpers import KernelProcs
+
+    from tests.conftest import start_sshd, stop_process  # the suite's sshd, one setting changed
+    from tether.kernels import specs
+
+    proc, server = start_sshd(tmp_path / "sshd", {"AllowStreamLocalForwarding": "no"})
+    try:
+        config = tmp_path / "ssh_config"
+        _alias_config(config, "nounix", server)
+        specs.add_kernel(specs.RemoteKernelSpec(
+            name="nounix", host="nounix", python=sys.executable, ssh_config=str(config),
+            remote_state_dir=str(kenv.state_dir),
+            remote_argv=(sys.executable, "-m", "ipykernel_launcher", "-f",
+                         "{connection_file}")), check=False)
+        km = KernelManager(kernel_name="tether-nounix")
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=30)
+            assert km.provisioner.link.host.agent_address.startswith("127.0.0.1:")
+            assert value(kc, "2 ** 10") == "1024"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel()
+        hostlink.close_all()
+        assert wait_gone(KernelProcs(kenv.state_dir, server.port, kenv.home)) == {}
+    finally:
+        stop_process(proc)
+
+
+def test_a_stale_link_is_replaced_not_waited_on(kenv, monkeypatch):
+    """An idle link whose master froze (as on a network gone silent) would answer nothing."""
+    from tether.kernels import link as kernel_link
+
+    monkeypatch.setenv(hostlink.IDLE_ENV, "600")
+    monkeypatch.setattr(kernel_link, "ACCEPT_WAIT_S", 2.0)
+    kenv.spec("rk", lifetime="session")
+    km = KernelManager(kernel_name="tether-rk")
+    km.start_kernel()
+    km.shutdown_kernel()
+    [stale] = hostlink.live_links()
+    os.kill(stale.proc.pid, signal.SIGSTOP)
+    try:
+        again = KernelManager(kernel_name="tether-rk")
+        started = time.monotonic()
+        again.start_kernel()
+        assert time.monotonic() - started < 15
+        assert again.provisioner.link.host is not stale
+        again.shutdown_kernel()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it was killed when let go: fine
+            os.kill(stale.proc.pid, signal.SIGCONT)
+    hostlink.close_all()
+    assert wait_gone(kenv.procs) == {}
+
+
+def test_a_forward_that_fails_part_way_leaves_no_port_bound(kenv, monkeypatch):
+    import socket
+
+    from tether.kernels.link import KernelLink
+    from tether.kernels.remote_launcher import free_ports
+    from tether.kernels.target import resolve_target
+
+    monkeypatch.setenv(hostlink.IDLE_ENV, "600")  # the shared master stays: ports would too
+    link = KernelLink(resolve_target(kenv.remote.alias, kenv.remote.config), sys.executable)
+    link.open({"v": 1, "op": "list", "state_dir": str(kenv.state_dir)}, 30)
+    squatter = socket.socket()
+    try:
+        local = free_ports(3)
+        squatter.bind(("127.0.0.1", local[2]))
+        squatter.listen()
+        from tether.errors import ConnectError
+
+        with pytest.raises(ConnectError):
+            link.forward("127.0.0.1", [(local[0], 1), (local[1], 2), (local[2], 3)])
+        for port in local[:2]:
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", port))  # free again: the master let it go
+            probe.close()
+    finally:
+        squatter.close()
+        link.close()
+    hostlink.close_all()
+    assert wait_gone(kenv.procs) == {}
+
+
+def test_a_launcher_failure_is_reported_as_itself_and_keeps_the_link(kenv, tmp_path,
+                                                                     monkeypatch):
+    from tether.errors import PeerError
+
+    monkeypatch.setenv(hostlink.IDLE_ENV, "600")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    kenv.spec("rk", lifetime="session")
+    kenv.spec("broken", remote_state_dir=str(blocker / "state"))
+    good = KernelManager(kernel_name="tether-rk")
+    good.start_kernel()  # the link is up: the failure below is on a reused link
+    try:
+        link = good.provisioner.link.host
+        with pytest.raises(PeerError, match="NotADirectoryError") as info:
+            KernelManager(kernel_name="tether-broken").start_kernel()
+        assert "forwarding" not in str(info.value) + (info.value.hint or "")
+        assert hostlink.live_links() == [link]  # a healthy link is not thrown away
+    finally:
+        good.shutdown_kernel()
+    hostlink.close_all()
     assert wait_gone(kenv.procs) == {}

@@ -5,9 +5,11 @@ A cold launch spends most of its overhead before the launcher runs: the TCP conn
 exchange (OpenSSH 9's post-quantum default alone is ~70 ms), authentication, the remote
 shell's rc files (`pyenv init` and friends: ~0.1 s on the test machine) and the python
 start-up. The host link pays for that once. Its session runs the launcher as an *agent*
-(``serve``); the master forwards a unix socket in a private local directory to the agent's
-port, so every later launch, restart or attach is one forwarded connection: the agent forks a
-launcher for it, and the kernel's five ports are added to the same master.
+(``serve``) listening on a unix socket in a private remote directory; the master forwards a
+unix socket in a private local directory to it, so every later launch, restart or attach is
+one forwarded connection: the agent forks a launcher for it, and the kernel's five ports are
+added to the same master. A host that refuses unix-socket forwarding
+(``AllowStreamLocalForwarding no``) gets the agent on a port of its 127.0.0.1 instead.
 
 Lifetime: the link lives while a kernel uses it, then ``idle_s`` more seconds (default 600,
 ``TETHER_KERNEL_LINK_IDLE``; 0 closes it with its last kernel), and never longer than this
@@ -35,16 +37,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tether.errors import ConnectError, DeadlineError, ProtocolError, SystemDependencyError
+from tether.errors import (ConnectError, DeadlineError, PeerError, ProtocolError,
+                           SystemDependencyError)
 from tether.kernels import target as tgt
 from tether.kernels.target import SshTarget
-from tether.kernels.wire import (PROTOCOL, launcher_error, launcher_source, parse_line,
+from tether.kernels.wire import (MARK, PROTOCOL, launcher_error, launcher_source, parse_line,
                                  session_failure)
 
 log = logging.getLogger(__name__)
 
 IDLE_ENV = "TETHER_KERNEL_LINK_IDLE"
 DEFAULT_IDLE_S = 600.0
+AGENT_KEEPALIVE_S = 10.0  # when the first kernel asks for none
+PROBE_WAIT_S = 10.0
 
 
 def default_idle_s() -> float:
@@ -70,15 +75,15 @@ class HostLink:
         self.users = 0  # kernel links using it; guarded by the pool's lock
         self.idle_timer: threading.Timer | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.agent_pid: int | None = None  # on the remote host, as is its port
-        self.agent_port: int | None = None
+        self.agent_pid: int | None = None  # on the remote host
+        self.agent_address: str | None = None  # its unix socket there, or 127.0.0.1:PORT
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
         self.noise: collections.deque[str] = collections.deque(maxlen=20)
         # the token proves a connection to the agent's port comes through this master: other
         # users of the remote host can reach 127.0.0.1 too (docs/kernel-launch.md)
         self._token = secrets.token_hex(32)
         self._ctl_dir = Path(tempfile.mkdtemp(prefix="tk-"))  # short: sun_path is 108 bytes
-        self._first: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._readers: list[threading.Thread] = []
@@ -93,7 +98,9 @@ class HostLink:
 
     @property
     def agent_socket(self) -> Path:
-        return self._ctl_dir / "a"
+        """The local end of the agent's forward (``tcp`` when the agent listens on a port)."""
+        return self._ctl_dir / ("a" if self.agent_address is None or
+                                self.agent_address.startswith("/") else "t")
 
     @property
     def token(self) -> str:
@@ -117,24 +124,52 @@ class HostLink:
         for thread in self._readers:
             thread.start()
         request = {"v": PROTOCOL, "op": "serve", "token": self._token,
-                   "keepalive_s": self.keepalive_s}
+                   "keepalive_s": self.keepalive_s or AGENT_KEEPALIVE_S}
         self._write(tgt.launcher_payload(launcher_source(), json.dumps(request).encode()))
-        try:
-            event = self._first.get(timeout=timeout)
-        except queue.Empty:
-            raise DeadlineError(f"the kernel launcher on {self.target.alias} did not answer "
-                                f"within {timeout:.0f}s", f"check `ssh {self.target.alias} "
-                                "true`; raise launch_timeout") from None
+        event = self._next_event(timeout)
         if event is None:  # stdout closed before any event: the session failed
             rc = self._wait(5)
             self._readers[1].join(2)  # all of ssh's stderr: it says why
             raise session_failure(self.target, self.python, rc, "\n".join(self.stderr))
         if event.get("event") == "error":
             raise launcher_error(self.target, event)
-        self.agent_port, self.agent_pid = int(event["port"]), event.get("pid")
-        self.control("forward", [f"{self.agent_socket}:127.0.0.1:{self.agent_port}"])
-        if self.keepalive_s > 0:
-            threading.Thread(target=self._keepalive, daemon=True, name="tk-ping").start()
+        self.agent_pid = event.get("pid")
+        self.agent_address = str(event["socket"])
+        self.control("forward", [f"{self.agent_socket}:{self.agent_address}"])
+        if not self._probe():
+            # unix-socket forwarding refused: the agent listens on 127.0.0.1 too
+            self._write(b'{"op":"tcp"}\n')
+            event = self._next_event(PROBE_WAIT_S)
+            if event is None or event.get("event") != "tcp":
+                raise PeerError(f"the kernel launcher agent on {self.target.alias} did not "
+                                "open its port", f"check `ssh {self.target.alias} true`")
+            self.agent_address = f"127.0.0.1:{int(event['port'])}"
+            self.control("forward", [f"{self.agent_socket}:{self.agent_address}"])
+            if not self._probe():
+                raise PeerError(f"{self.target.alias} refuses to forward connections to the "
+                                "kernel launcher", "the host's sshd must allow TCP "
+                                "forwarding (AllowTcpForwarding), which the kernel's ports "
+                                "need too")
+        threading.Thread(target=self._keepalive, daemon=True, name="tk-ping").start()
+
+    def _next_event(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            raise DeadlineError(f"the kernel launcher on {self.target.alias} did not answer "
+                                f"within {timeout:.0f}s", f"check `ssh {self.target.alias} "
+                                "true`; raise launch_timeout") from None
+
+    def _probe(self) -> bool:
+        """Does a connection to the agent get through (the forward is allowed)?"""
+        try:
+            with self.connect() as sock:
+                sock.settimeout(PROBE_WAIT_S)
+                sock.sendall(self.request_bytes({"v": PROTOCOL, "op": "hello"}))
+                answer = sock.makefile("rb").readline()
+        except (ConnectError, OSError):
+            return False
+        return answer.startswith(MARK.encode())
 
     # -- use -------------------------------------------------------------------------------
     def connect(self) -> socket.socket:
@@ -147,6 +182,10 @@ class HostLink:
             raise ConnectError(f"the kernel link to {self.target.alias} is gone: {exc}",
                                "try again: a new link is opened") from exc
         return sock
+
+    def request_bytes(self, request: dict[str, Any]) -> bytes:
+        """What opens a connection to the agent: the token line, then the request line."""
+        return f"{self._token}\n{json.dumps(request)}\n".encode()
 
     def control(self, op: str, local_forwards: list[str], timeout: float = 15) -> None:
         """``ssh -O forward|cancel -L ...`` on this master."""
@@ -198,7 +237,6 @@ class HostLink:
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        answered = False
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             try:
@@ -207,11 +245,9 @@ class HostLink:
                 event = None
             if event is None:
                 self.noise.append(line)
-            elif not answered:
-                answered = True
-                self._first.put(event)
-        if not answered:
-            self._first.put(None)
+            else:
+                self._events.put(event)
+        self._events.put(None)
 
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -220,7 +256,7 @@ class HostLink:
 
     def _keepalive(self) -> None:
         # the agent counts silence as a dead link, as a launcher does
-        while not self._closed.wait(self.keepalive_s):
+        while not self._closed.wait(self.keepalive_s or AGENT_KEEPALIVE_S):
             if not self._write(b'{"op":"ping"}\n'):
                 return
 
@@ -245,7 +281,11 @@ def acquire(target: SshTarget, python: str, timeout: float,
     key = (target, python)
     with _lock:
         start_lock = _starting.setdefault(key, threading.Lock())
-    with start_lock:  # concurrent launches to one host share one start
+    # concurrent launches to one host share one start
+    if not start_lock.acquire(timeout=timeout):
+        raise DeadlineError(f"the kernel link to {target.alias} is still being opened",
+                            "raise launch_timeout")
+    try:
         with _lock:
             link = _links.get(key)
             if link is not None and link.alive:
@@ -267,6 +307,8 @@ def acquire(target: SshTarget, python: str, timeout: float,
             link.users = 1
             _links[key] = link
         return link, True
+    finally:
+        start_lock.release()
 
 
 def release(link: HostLink, idle_s: float) -> None:
@@ -283,7 +325,8 @@ def release(link: HostLink, idle_s: float) -> None:
             return
         if current:
             del _links[link.key]
-    link.close()
+    # a stale link (discarded, dead or frozen) must not hold up the launch that replaced it
+    link.close(3.0 if current and link.alive else 0.5)
 
 
 def discard(link: HostLink) -> None:

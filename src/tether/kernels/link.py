@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 __all__ = ["LINK_LOST", "MARK", "PORT_NAMES", "PROTOCOL", "KernelLink", "run_once"]
 
 
+ACCEPT_WAIT_S = 10.0
+
+
 class _AgentGone(Exception):
     """A reused host link's agent closed a new connection before answering."""
 
@@ -57,6 +60,7 @@ class KernelLink:
         self._closed = threading.Event()
         self._eof = threading.Event()
         self._released = False
+        self._release_lock = threading.Lock()
         self._forwards: list[str] = []
         self.exited = threading.Event()  # the kernel exited (its launcher said so)
         self._reader: threading.Thread | None = None
@@ -112,34 +116,50 @@ class KernelLink:
             if fresh:
                 raise
             raise _AgentGone() from None
-        self._reader = threading.Thread(target=self._read, args=(self.sock,), daemon=True,
-                                        name="tk-conn")
+        self._reader = threading.Thread(target=self._read, args=(self.sock, self._first),
+                                        daemon=True, name="tk-conn")
         self._reader.start()
-        self._write((json.dumps({**request, "token": self.host.token}) + "\n").encode())
-        try:
-            event = self._first.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise DeadlineError(f"the kernel launcher on {self.target.alias} did not answer "
-                                "in time", f"check `ssh {self.target.alias} true`; raise "
-                                "launch_timeout") from None
-        if event is None:  # the connection closed before any event
-            if not fresh and self.host.alive:
+        self._write(self.host.request_bytes(request))
+        # "accepted" comes as soon as the agent forked our launcher; a reused link that does
+        # not say so in time is stale (the network went silent, the master froze)
+        left = deadline - time.monotonic()
+        event = self._next(left if fresh else min(ACCEPT_WAIT_S, left), stale_ok=not fresh)
+        if event is None:  # the connection closed before the agent took it
+            if not fresh:
                 raise _AgentGone()
             if not self.host.alive:
                 assert self.host.proc is not None
-                rc = self.host.proc.poll()
-                raise session_failure(self.target, self.python, rc,
+                raise session_failure(self.target, self.python, self.host.proc.poll(),
                                       "\n".join(self.host.stderr))
-            raise PeerError(f"the kernel launcher agent on {self.target.alias} refused the "
-                            "connection", "the host's sshd must allow TCP forwarding "
-                            "(AllowTcpForwarding), which the kernel's ports need too")
+            raise PeerError(f"the kernel launcher agent on {self.target.alias} closed the "
+                            "connection", f"check `ssh {self.target.alias} true`")
+        if event.get("event") == "accepted":
+            event = self._next(deadline - time.monotonic(), stale_ok=False)
+            if event is None:
+                raise PeerError(f"the kernel launcher on {self.target.alias} ended without "
+                                "answering", f"run `ssh {self.target.alias} {self.python} -V`"
+                                " to check the remote python")
         if event.get("event") == "error":
+            if event.get("traceback"):
+                log.debug("remote launcher traceback:\n%s", event["traceback"])
             raise launcher_error(self.target, event)
         return event
+
+    def _next(self, timeout: float, stale_ok: bool) -> dict[str, Any] | None:
+        try:
+            return self._first.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            if stale_ok:
+                raise _AgentGone() from None
+            raise DeadlineError(f"the kernel launcher on {self.target.alias} did not answer "
+                                "in time", f"check `ssh {self.target.alias} true`; raise "
+                                "launch_timeout") from None
 
     def _reset(self) -> None:
         """Forget a failed attempt: its connection and its host link."""
         if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
             with contextlib.suppress(OSError):
                 self.sock.close()
         if self._reader is not None:
@@ -154,7 +174,15 @@ class KernelLink:
         """Add local->remote port forwards to the host link's master."""
         assert self.host is not None
         specs = [f"{bind_ip}:{local}:127.0.0.1:{remote}" for local, remote in pairs]
-        self.host.control("forward", specs, timeout)
+        try:
+            self.host.control("forward", specs, timeout)
+        except ConnectError:
+            # ssh stops at the first spec that fails and keeps the ones before it bound on
+            # the shared master; cancel matches a spec exactly, so only ours go
+            for spec in specs:
+                with contextlib.suppress(ConnectError, subprocess.TimeoutExpired):
+                    self.host.control("cancel", [spec], timeout=5)
+            raise
         self._forwards += specs
 
     def send(self, message: dict[str, Any]) -> bool:
@@ -179,14 +207,16 @@ class KernelLink:
             with contextlib.suppress(OSError):
                 sock.close()
         host = self.host
-        if host is not None and not self._released:
+        with self._release_lock:  # a re-attach and a cleanup may both close the old link
+            if host is None or self._released:
+                return
             self._released = True
-            if self._forwards and host.alive:
-                # frees the local ports: a restart binds the same ones again
-                with contextlib.suppress(ConnectError, subprocess.TimeoutExpired):
-                    host.control("cancel", self._forwards, timeout=5)
-            self._forwards = []
-            hostlink.release(host, self.idle_s)
+        if self._forwards and host.alive:
+            # frees the local ports: a restart binds the same ones again
+            with contextlib.suppress(ConnectError, subprocess.TimeoutExpired):
+                host.control("cancel", self._forwards, timeout=5)
+        self._forwards = []
+        hostlink.release(host, self.idle_s)
 
     def drain(self, timeout: float) -> None:
         """Wait until the connection's output is fully read (after it has ended)."""
@@ -213,8 +243,9 @@ class KernelLink:
             except OSError:
                 return False
 
-    def _read(self, sock: socket.socket) -> None:
-        first_sent = False
+    def _read(self, sock: socket.socket,
+              first: queue.Queue[dict[str, Any] | None]) -> None:
+        answered = False  # the first event past "accepted" went to open()
         with contextlib.suppress(OSError), sock.makefile("rb") as stream:
             for raw in stream:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -232,12 +263,12 @@ class KernelLink:
                     self.exited.set()
                 elif kind == "pong":
                     continue
-                if not first_sent:
-                    first_sent = True
-                    self._first.put(event)
+                if not answered:
+                    answered = kind != "accepted"
+                    first.put(event)
         self._eof.set()
-        if not first_sent:
-            self._first.put(None)
+        if not answered:
+            first.put(None)
 
     def _keepalive(self, interval: float) -> None:
         while not self._closed.wait(interval):

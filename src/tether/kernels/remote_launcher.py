@@ -17,8 +17,9 @@ Why a launcher at all:
   0700 directory and gets the connection info back.
 
 One session can also run it as the host link's *agent* (``serve``): it then answers further
-requests arriving as TCP connections to the remote 127.0.0.1, each forwarded by the same
-OpenSSH master, and forks one launcher per connection. A launch through the agent skips the
+requests arriving as connections to its unix socket (or, where the host refuses unix-socket
+forwarding, to a port of 127.0.0.1), each forwarded by the same OpenSSH master, and forks one
+launcher per connection. A launch through the agent skips the
 SSH handshake, the remote shell's rc files and the python start-up; everything else is the
 same code with the connection in place of stdin/stdout.
 """
@@ -34,8 +35,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
 
 MARK = "TETHER-KERNEL/1 "
 PROTOCOL = 1
@@ -488,34 +491,51 @@ def handle(req, reader, out, sock=None):
 class Agent(object):
     """The host link's agent: forks one launcher per authenticated connection.
 
-    It listens on an ephemeral port of the remote 127.0.0.1, which other users of the host can
-    reach too, so a connection counts only once its first line (the request) carries the token
-    the agent's own session was given on stdin; until then it costs no fork. The agent exits
-    when its session ends (stdin EOF) or falls silent (no keepalive for 4 * keepalive_s + 3 s,
-    as a launcher does), so it never outlives its link; launchers it forked live on: each is
-    tied to its own connection.
+    It listens on a unix socket in a fresh 0700 directory, which only this user can reach;
+    asked to on stdin (the host refuses unix-socket forwarding) it also listens on an
+    ephemeral port of 127.0.0.1, which every user of the host can reach. Either way a
+    connection must start with the token line the agent's own session was given on stdin,
+    checked byte by byte before anything is parsed, and costs no fork until then. The agent
+    exits when its session ends (stdin EOF) or falls silent (no keepalive for
+    4 * keepalive_s + 3 s, as a launcher does), so it never outlives its link; launchers it
+    forked live on: each is tied to its own connection.
     """
 
     def __init__(self, req, out):
-        self.token = str(req.get("token") or "")
-        if len(self.token) < 32:
-            raise LauncherError("bad_request", "serve needs a token of at least 32 characters")
+        token = req.get("token")
+        if not isinstance(token, str) or len(token) < 32 or not re.match(r"^[0-9a-f]+$",
+                                                                         token):
+            raise LauncherError("bad_request", "serve needs a hex token of 32 digits or more")
+        self.token = token.encode() + b"\n"
         keepalive = float(req.get("keepalive_s") or 0)
         self.silence_limit = keepalive * 4 + 3 if keepalive > 0 else None
         self.out = out
         self.sel = selectors.DefaultSelector()
         self.pending = {}  # connection -> [received bytes, deadline]
-        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(64)
-        self.server.setblocking(False)
+        self.listeners = []
+        self.stdin_buf = b""
+        self.dir = tempfile.mkdtemp(prefix="tether-agent-")  # 0700
+        self.path = os.path.join(self.dir, "s")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(self.path)
+        self.listen(server)
+
+    def listen(self, server):
+        server.listen(64)
+        server.setblocking(False)
+        self.listeners.append(server)
+        self.sel.register(server, selectors.EVENT_READ, "accept")
+
+    def listen_tcp(self):
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.bind(("127.0.0.1", 0))
+        self.listen(server)
+        return server.getsockname()[1]
 
     def run(self):
         stdin = sys.stdin.fileno()
-        self.sel.register(self.server, selectors.EVENT_READ, "accept")
         self.sel.register(stdin, selectors.EVENT_READ, "stdin")
-        self.out.send({"event": "serving", "port": self.server.getsockname()[1],
-                       "pid": os.getpid()})
+        self.out.send({"event": "serving", "socket": self.path, "pid": os.getpid()})
         heard = time.monotonic()
         while True:
             now = time.monotonic()
@@ -532,21 +552,42 @@ class Agent(object):
                     if not data:
                         return self.close()  # the session ended: no more launches
                     heard = time.monotonic()
+                    self.orders(data)
                 elif key.data == "accept":
-                    self.accept()
+                    self.accept(key.fileobj)
                 else:
-                    self.receive(key.fileobj)
+                    try:
+                        self.receive(key.fileobj)
+                    except Exception:  # whatever a connection sends, the agent carries on
+                        self.drop(key.fileobj)
             now = time.monotonic()
             for conn in [c for c, (_, d) in self.pending.items() if d <= now]:
                 self.drop(conn)
             if self.silence_limit is not None and now - heard > self.silence_limit:
                 return self.close()  # the link died without a FIN
 
-    def accept(self):
+    def orders(self, data):
+        """Lines from the session: keepalives, and ``tcp`` (listen on 127.0.0.1 too)."""
+        self.stdin_buf = (self.stdin_buf + data)[-65536:]
+        *lines, self.stdin_buf = self.stdin_buf.split(b"\n")
+        for line in lines:
+            try:
+                op = json.loads(line.decode()).get("op")
+            except Exception:
+                continue
+            if op == "tcp" and len(self.listeners) == 1:
+                self.out.send({"event": "tcp", "port": self.listen_tcp()})
+
+    def accept(self, server):
         try:
-            conn, _ = self.server.accept()
+            conn, _ = server.accept()
         except OSError:
+            # out of descriptors: the oldest unauthenticated connection makes room
+            if self.pending:
+                self.drop(min(self.pending, key=lambda c: self.pending[c][1]))
             return
+        if len(self.pending) >= 64:
+            self.drop(min(self.pending, key=lambda c: self.pending[c][1]))
         conn.setblocking(False)
         self.pending[conn] = [b"", time.monotonic() + AUTH_WAIT_S]
         self.sel.register(conn, selectors.EVENT_READ, "conn")
@@ -561,22 +602,27 @@ class Agent(object):
         if not data:
             return self.drop(conn)
         buf = self.pending[conn][0] + data
-        if b"\n" not in buf:
+        # the token line first, compared in constant time before anything else is looked at
+        head = buf[:len(self.token)]
+        if not hmac.compare_digest(head, self.token[:len(head)]):
+            return self.drop(conn)
+        if len(head) < len(self.token) or b"\n" not in buf[len(self.token):]:
             if len(buf) > MAX_REQUEST:
                 return self.drop(conn)
             self.pending[conn][0] = buf
             return
-        line, _, rest = buf.partition(b"\n")
-        try:
-            req = json.loads(line.decode())
-        except ValueError:
-            req = None
+        line, _, rest = buf[len(self.token):].partition(b"\n")
+        req = json.loads(line.decode())
         # the controller sends nothing more before the first answer: extra bytes are refused
-        if not isinstance(req, dict) or rest or not hmac.compare_digest(
-                str(req.pop("token", "")).encode(), self.token.encode()):
+        if not isinstance(req, dict) or rest:
             return self.drop(conn)
         self.sel.unregister(conn)
         del self.pending[conn]
+        if req.get("op") == "hello":  # the host link's probe: no fork needed
+            conn.setblocking(True)
+            conn.sendall((MARK + json.dumps({"event": "hello"}) + "\n").encode())
+            conn.close()
+            return
         self.fork(req, conn)
 
     def drop(self, conn):
@@ -605,7 +651,8 @@ class Agent(object):
             # the launcher: detached from the agent, which may end long before it does; the
             # session's pipes are let go so the session can close when the agent exits
             self.sel.close()
-            self.server.close()
+            for server in self.listeners:
+                server.close()
             for other in list(self.pending):
                 other.close()
             devnull = os.open(os.devnull, os.O_RDWR)
@@ -613,19 +660,27 @@ class Agent(object):
                 os.dup2(devnull, fd)
             conn.setblocking(True)
             out = Out(conn.makefile("wb"))
+            out.send({"event": "accepted"})
             try:
                 code = handle(req, conn.makefile("rb"), out, conn)
             except LauncherError as exc:
                 out.send(dict(exc.extra, event="error", code=exc.code, message=exc.message))
                 code = 3
+            except Exception as exc:  # stderr is /dev/null here: the controller is told
+                out.send({"event": "error", "code": "internal",
+                          "message": "%s: %s" % (type(exc).__name__, exc),
+                          "traceback": traceback.format_exc()[-2000:]})
+                code = 1
         finally:
             os._exit(code)
 
     def close(self):
         self.sel.close()
-        self.server.close()
+        for server in self.listeners:
+            server.close()
         for conn in list(self.pending):
             conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
         return 0
 
 
