@@ -79,8 +79,8 @@ class HostLink:
         self.agent_address: str | None = None  # its unix socket there, or 127.0.0.1:PORT
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
         self.noise: collections.deque[str] = collections.deque(maxlen=20)
-        # the token proves a connection to the agent's port comes through this master: other
-        # users of the remote host can reach 127.0.0.1 too (docs/kernel-launch.md)
+        # every connection to the agent opens with it: where the agent must listen on the
+        # remote 127.0.0.1, other users of that host can connect too (docs/kernel-launch.md)
         self._token = secrets.token_hex(32)
         self._ctl_dir = Path(tempfile.mkdtemp(prefix="tk-"))  # short: sun_path is 108 bytes
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -190,8 +190,13 @@ class HostLink:
     def control(self, op: str, local_forwards: list[str], timeout: float = 15) -> None:
         """``ssh -O forward|cancel -L ...`` on this master."""
         argv = tgt.control_argv(self.target, self.control_path, op, local_forwards)
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ConnectError(f"the kernel link to {self.target.alias} did not answer a "
+                               f"`{op}` within {timeout:.0f}s", "try again: a new link is "
+                               "opened") from None
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["no detail"])[-1]
             raise ConnectError(f"could not {op} the kernel ports through "

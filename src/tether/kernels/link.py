@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 __all__ = ["LINK_LOST", "MARK", "PORT_NAMES", "PROTOCOL", "KernelLink", "run_once"]
 
 
-ACCEPT_WAIT_S = 10.0
+ACCEPT_WAIT_S = 10.0  # a reused host link's agent takes a connection at once, or is stale
 
 
 class _AgentGone(Exception):
-    """A reused host link's agent closed a new connection before answering."""
+    """A reused host link is stale: its agent closed a new connection, or never took it."""
 
 
 class KernelLink:
@@ -88,8 +88,8 @@ class KernelLink:
             try:
                 event = self._attempt(request, deadline, keepalive_s)
             except _AgentGone:
-                # the agent of a reused link just ended (its session is closing): once more,
-                # on a new link
+                # its agent just ended, or its master or network froze: once more, on a
+                # new link
                 assert self.host is not None
                 hostlink.discard(self.host)
                 self._reset()
@@ -180,7 +180,7 @@ class KernelLink:
             # ssh stops at the first spec that fails and keeps the ones before it bound on
             # the shared master; cancel matches a spec exactly, so only ours go
             for spec in specs:
-                with contextlib.suppress(ConnectError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ConnectError):
                     self.host.control("cancel", [spec], timeout=5)
             raise
         self._forwards += specs
@@ -213,7 +213,7 @@ class KernelLink:
             self._released = True
         if self._forwards and host.alive:
             # frees the local ports: a restart binds the same ones again
-            with contextlib.suppress(ConnectError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ConnectError):
                 host.control("cancel", self._forwards, timeout=5)
         self._forwards = []
         hostlink.release(host, self.idle_s)
