@@ -12,6 +12,10 @@ request. One left behind by a link that was already gone (or a killed `cp`) is r
 next upload of the same target: it lists the target's directory and deletes that target's own
 temporaries (exactly ``.NAME.tether-part-`` + 8 hex digits) that have not been written to for
 ``STALE_PART_S``, measured by the host's clock.
+
+Local paths are taken relative to ``local_cwd`` when one is given (the link daemon runs a
+`tether cp` for the CLI with cwd ``/`` and gets the CLI's cwd with the request), else to the
+process's working directory; messages name them as the caller wrote them.
 """
 
 from __future__ import annotations
@@ -130,6 +134,13 @@ def stale_leftovers(entries: Sequence[tuple[str, int | None]], target: str, now:
             and mtime < now - max_idle_s]
 
 
+def local_path(path: str, cwd: str | None = None) -> str:
+    """The local ``path`` to open: ``~`` expanded, a relative one joined to ``cwd`` when given
+    (no normalisation: a trailing slash stays; pure but for ``~``)."""
+    path = os.path.expanduser(path)
+    return os.path.join(cwd, path) if cwd else path
+
+
 # -- walking both sides ---------------------------------------------------------------------
 
 
@@ -138,16 +149,19 @@ class _LocalFS:
     basename = staticmethod(os.path.basename)
     dirname = staticmethod(os.path.dirname)
 
+    def __init__(self, cwd: str | None = None) -> None:
+        self.cwd = cwd
+
     async def stat(self, path: str) -> os.stat_result | None:
         try:
-            return os.stat(os.path.expanduser(path))
+            return os.stat(local_path(path, self.cwd))
         except FileNotFoundError:
             return None
 
     async def walk(self, root: str) -> list[tuple[str, bool, int, int]]:
         """(relative path, is_dir, size, mode) under root, parents before children."""
         out = []
-        root = os.path.expanduser(root)
+        root = local_path(root, self.cwd)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             rel = os.path.relpath(dirpath, root)
@@ -267,7 +281,8 @@ async def make_plan(host: str, upload: bool, sources: list[str], dest: str, src_
 
 async def _upload_one(sftp: Any, src: str, dst: str, mode: int,
                       progress: Callable[[int], None],
-                      leftovers: Sequence[tuple[str, int | None]] = ()) -> None:
+                      leftovers: Sequence[tuple[str, int | None]] = (),
+                      local_cwd: str | None = None) -> None:
     tmp = temp_name(dst)
     last = 0
 
@@ -279,7 +294,7 @@ async def _upload_one(sftp: Any, src: str, dst: str, mode: int,
     try:
         if leftovers:
             await _sweep_leftovers(sftp, tmp, dst, leftovers)
-        await sftp.put(os.path.expanduser(src), tmp, progress_handler=on_progress)
+        await sftp.put(local_path(src, local_cwd), tmp, progress_handler=on_progress)
         await sftp.chmod(tmp, mode)
         await sftp.posix_rename(tmp, dst)
     except BaseException:
@@ -341,8 +356,8 @@ async def _remove_remote_quietly(sftp: Any, path: str) -> None:
 
 
 async def _download_one(sftp: Any, src: str, dst: str, mode: int,
-                        progress: Callable[[int], None]) -> None:
-    dst = os.path.expanduser(dst)
+                        progress: Callable[[int], None], local_cwd: str | None = None) -> None:
+    dst = local_path(dst, local_cwd)
     tmp = temp_name(dst, join=os.path.join, split=os.path.split)
     last = 0
 
@@ -360,8 +375,12 @@ async def _download_one(sftp: Any, src: str, dst: str, mode: int,
             os.unlink(tmp)
 
 
-async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -> None:
-    """Create the directories, then move the files, a few at a time."""
+async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None], *,
+                   local_cwd: str | None = None) -> None:
+    """Create the directories, then move the files, a few at a time.
+
+    Cancelling it (Ctrl-C, or the link daemon's client going away) removes the temporaries
+    of the files in flight on the way out, like any other failure."""
     from tether.link._asyncssh import asyncssh
 
     fresh: set[str] = set()
@@ -374,7 +393,7 @@ async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -
                 if not await sftp.isdir(d):
                     raise
         else:
-            os.makedirs(os.path.expanduser(d), exist_ok=True)
+            os.makedirs(local_path(d, local_cwd), exist_ok=True)
     leftovers = await _find_leftovers(sftp, plan, fresh) if plan.upload else {}
     sem = asyncio.Semaphore(PARALLEL_FILES)
 
@@ -382,9 +401,10 @@ async def run_plan(sftp: Any, plan: CopyPlan, progress: Callable[[int], None]) -
         async with sem:
             try:
                 if plan.upload:
-                    await _upload_one(sftp, src, dst, mode, progress, leftovers.get(dst, ()))
+                    await _upload_one(sftp, src, dst, mode, progress, leftovers.get(dst, ()),
+                                      local_cwd)
                 else:
-                    await _download_one(sftp, src, dst, mode, progress)
+                    await _download_one(sftp, src, dst, mode, progress, local_cwd)
             except asyncssh.SFTPNoSuchFile as exc:
                 # asyncssh's reason names no path; say which one (the remote side's)
                 remote = dst if plan.upload else src
@@ -433,19 +453,22 @@ def translate(exc: BaseException, plan_host: str) -> errors.TetherError | None:
 
 async def copy_on(conn: Any, plan_args: tuple[str, bool, list[str], str], *, recursive: bool,
                   on_plan: Callable[[CopyPlan], Callable[[int], None]] | None = None,
-                  ) -> CopyResult:
-    """Plan and run one copy over ``conn``; ``on_plan(plan)`` returns a progress callback."""
+                  local_cwd: str | None = None) -> CopyResult:
+    """Plan and run one copy over ``conn``; ``on_plan(plan)`` returns a progress callback.
+
+    ``local_cwd``: the directory relative local paths are taken from (default: this
+    process's working directory)."""
     import time
 
     host, upload, sources, dest = plan_args
     began = time.monotonic()
     try:
         async with conn.start_sftp_client() as sftp:
-            local, remote = _LocalFS(), _RemoteFS(sftp)
+            local, remote = _LocalFS(local_cwd), _RemoteFS(sftp)
             src_fs, dst_fs = (local, remote) if upload else (remote, local)
             plan = await make_plan(host, upload, sources, dest, src_fs, dst_fs, recursive)
             progress = on_plan(plan) if on_plan else (lambda n: None)
-            await run_plan(sftp, plan, progress)
+            await run_plan(sftp, plan, progress, local_cwd=local_cwd)
     except BaseException as exc:  # noqa: BLE001 - translated or re-raised unchanged
         err = translate(exc, host)
         if err is None or err is exc:

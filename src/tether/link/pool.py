@@ -35,6 +35,7 @@ class LinkPool:
 
         self._conns: dict[str, tuple[Any, Any]] = {}  # name -> (profile, connection)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._opens: dict[str, int] = {}  # name -> connections opened so far
         self._keepalive_s = keepalive_s
         self._opener = opener
         if exec_agent is None:
@@ -56,6 +57,7 @@ class LinkPool:
                 del self._conns[name]
                 conn.close()
             conn = await self._open(profile)
+            self._opens[name] = self._opens.get(name, 0) + 1
             if self._exec_agent:
                 from tether.link.agent_link import enable
 
@@ -78,6 +80,11 @@ class LinkPool:
 
     def names(self) -> list[str]:
         return [n for n, (_, c) in self._conns.items() if not c.is_closed()]
+
+    def open_counts(self) -> dict[str, int]:
+        """Host name -> how many connections this pool has opened to it (1 while the first
+        one is still being reused)."""
+        return dict(self._opens)
 
     def agent_states(self) -> dict[str, str]:
         """Host name -> its exec agent's state ("ready", "unavailable"...) for open links."""

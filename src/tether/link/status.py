@@ -52,6 +52,11 @@ class HostStatus:
         data["gpus"] = [asdict(g) for g in self.gpus]
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> HostStatus:
+        """Inverse of :meth:`to_dict` (the link daemon sends a status as that dict)."""
+        return cls(**{**data, "gpus": tuple(Gpu(**g) for g in data.get("gpus") or ())})
+
 
 def _int(text: str) -> int | None:
     try:

@@ -1,4 +1,5 @@
-"""Frames between `tether exec`/`tether shell` and the local link daemon (docs/link-daemon.md).
+"""Frames between the CLI (`exec`, `shell`, `status`, `cp`) and the local link daemon
+(docs/link-daemon.md).
 
 Pure and stdlib-only: the CLI's fast path imports this and nothing heavy. A frame is a
 one-byte kind, a 4-byte big-endian payload length, then the payload.
@@ -23,9 +24,10 @@ STDOUT = b"O"
 STDERR = b"E"
 EXIT = b"X"  # JSON {"exit_code", "signal"}; last frame
 ERROR = b"R"  # JSON {"kind", "message", "hint"}; last frame
-REPLY = b"A"  # JSON answer to ping/shutdown
+REPLY = b"A"  # JSON answer to ping/shutdown/status/copy; last frame
+PROGRESS = b"P"  # JSON event of a status/copy request: accepted, plan, advance
 
-KINDS = frozenset({OPEN, STDIN, WINCH, SIGNAL, STDOUT, STDERR, EXIT, ERROR, REPLY})
+KINDS = frozenset({OPEN, STDIN, WINCH, SIGNAL, STDOUT, STDERR, EXIT, ERROR, REPLY, PROGRESS})
 
 
 class WireError(ValueError):
