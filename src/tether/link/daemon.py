@@ -1,8 +1,11 @@
-"""The local link daemon: keeps SSH connections warm for `tether exec` and `tether shell`.
+"""The local link daemon: keeps SSH connections warm for `tether exec`, `shell`, `status`
+and `cp`.
 
 A fresh SSH connection through the gateway costs 400-650 ms; the CLI instead hands its
 request to this daemon over a unix socket (frames in :mod:`tether.link.wire`, spec in
-docs/link-daemon.md) and the daemon runs it on a warm connection. The CLI starts it on demand
+docs/link-daemon.md) and the daemon runs it on a warm connection: a command (``exec``), the
+status probe (``status``) or a whole SFTP copy (``copy``, with the CLI's cwd for its relative
+local paths; progress streams back as ``P`` frames). The CLI starts it on demand
 (:func:`tether.link.daemon_client.connect`); it exits after ``TETHER_LINK_DAEMON_IDLE``
 seconds (default 600) without a client.
 
@@ -33,6 +36,7 @@ from tether.link import wire
 log = logging.getLogger("tether.link.daemon")
 HIGH_WATER = 1 << 20  # bytes queued to a client before remote output is paused
 DEFAULT_IDLE_S = 600.0
+PROGRESS_EVERY_S = 0.1  # copy progress is coalesced to at most this often (Rich's refresh)
 
 
 def link_dir() -> Path:
@@ -53,6 +57,30 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
 
 def _error_payload(exc: errors.TetherError) -> dict:
     return {"kind": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+
+
+class _Interrupted(Exception):
+    """The client sent a SIGNAL frame during a status/copy: the work was cancelled."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _ClientGone(Exception):
+    """The client hung up during a status/copy: the work was cancelled, nobody to answer."""
+
+
+async def _wait_for_cancel(reader: asyncio.StreamReader) -> str | None:
+    """The first SIGNAL frame's name, or None once the client hangs up (other frames are
+    ignored: a status or copy takes no input)."""
+    try:
+        while True:
+            kind, payload = await _read_frame(reader)
+            if kind == wire.SIGNAL:
+                return payload.decode("ascii", "replace") or "INT"
+    except (asyncio.IncompleteReadError, ConnectionError, wire.WireError):
+        return None
 
 
 class Daemon:
@@ -98,7 +126,8 @@ class Daemon:
         if op == "ping":
             writer.write(wire.encode_json(wire.REPLY, {"pid": os.getpid(),
                                                        "hosts": self.pool.names(),
-                                                       "agents": self.pool.agent_states()}))
+                                                       "agents": self.pool.agent_states(),
+                                                       "opens": self.pool.open_counts()}))
         elif op == "shutdown":
             writer.write(wire.encode_json(wire.REPLY, {"pid": os.getpid()}))
             self.stop.set()
@@ -109,9 +138,84 @@ class Daemon:
                 writer.write(wire.encode_json(wire.ERROR, _error_payload(exc)))
             else:
                 writer.write(wire.encode_json(wire.EXIT, outcome))
+        elif op in ("status", "copy"):
+            # "accepted" first: a client that sees the socket close before any frame knows it
+            # met an older daemon (which drops unknown ops) and runs the request itself.
+            writer.write(wire.encode_json(wire.PROGRESS, {"event": "accepted"}))
+            work = self._status(request) if op == "status" else self._copy(request, writer)
+            try:
+                answer = await self._cancellable(reader, work)
+            except errors.TetherError as exc:
+                writer.write(wire.encode_json(wire.ERROR, _error_payload(exc)))
+            except _Interrupted as exc:
+                number = getattr(signal, f"SIG{exc.name}", signal.SIGINT)
+                writer.write(wire.encode_json(wire.EXIT, {"exit_code": 128 + int(number),
+                                                          "signal": exc.name}))
+            except _ClientGone:
+                return
+            else:
+                writer.write(wire.encode_json(wire.REPLY, answer))
         else:
-            raise wire.WireError(f"unknown op {op!r}")
+            payload = _error_payload(errors.ProtocolError(
+                f"the link daemon does not know the request {op!r}",
+                "an older daemon is running; it exits when idle"))
+            writer.write(wire.encode_json(wire.ERROR, {**payload, "unknown_op": True}))
         await writer.drain()
+
+    async def _cancellable(self, reader: asyncio.StreamReader, work: Any) -> Any:
+        """Run ``work`` until it ends, or until the client sends a SIGNAL frame or hangs up:
+        then cancel it and wait for its clean-up (a copy removes its temporaries on that
+        path) before raising _Interrupted / _ClientGone."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(_wait_for_cancel(reader))
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done() and not watch.done():  # the daemon itself is stopping
+                task.cancel()
+                watch.cancel()
+        if task.done():
+            watch.cancel()
+            await asyncio.wait({watch}, timeout=1.0)
+            return task.result()
+        task.cancel()
+        await asyncio.wait({task})  # the clean-up (no timeout: the client decides how long)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("cancelled request ended with %r", task.exception())
+        name = watch.result()
+        if name is None:
+            raise _ClientGone
+        raise _Interrupted(name)
+
+    async def _status(self, request: dict) -> dict:
+        from tether.link.api import status_async
+
+        name = request.get("name")
+        if not isinstance(name, str):
+            raise errors.ProtocolError("a status request needs a host 'name'")
+        return (await status_async(name, pool=self.pool)).to_dict()
+
+    async def _copy(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        import dataclasses
+
+        from tether.link.copy import copy_on, split_direction
+
+        sources, dest, cwd = request.get("sources"), request.get("dest"), request.get("cwd")
+        if not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)
+                and isinstance(dest, str)):
+            raise errors.ProtocolError("a copy request needs 'sources' and 'dest' strings")
+        if not (isinstance(cwd, str) and os.path.isabs(cwd)):
+            # The daemon's own cwd is "/": it never resolves a client's relative path itself.
+            raise errors.ProtocolError("a copy request needs the client's absolute 'cwd'")
+        host, upload, paths, target = split_direction(sources, dest)
+        conn = await self.pool.get(host)
+        progress = _CopyProgress(writer) if request.get("progress", True) else None
+        result = await copy_on(conn, (host, upload, paths, target),
+                               recursive=bool(request.get("recursive")),
+                               on_plan=progress.on_plan if progress else None, local_cwd=cwd)
+        if progress is not None:
+            progress.flush()
+        return dataclasses.asdict(result)
 
     async def _exec(self, request: dict, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> dict:
@@ -194,6 +298,35 @@ class Daemon:
             if self.active == 0 and time.monotonic() - self.last_used > self.idle_s:
                 log.info("idle for %.0fs, exiting", self.idle_s)
                 self.stop.set()
+
+
+class _CopyProgress:
+    """A copy's progress as ``P`` events: the plan once, then byte counts coalesced to one
+    event per ``PROGRESS_EVERY_S`` (asyncssh reports every block)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.pending = 0
+        self.sent_at = 0.0
+
+    def on_plan(self, plan: Any) -> Any:
+        self._send({"event": "plan", "files": len(plan.files), "bytes": plan.total_bytes})
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        self.pending += n
+        if time.monotonic() - self.sent_at >= PROGRESS_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self._send({"event": "advance", "bytes": self.pending})
+            self.pending = 0
+
+    def _send(self, event: dict) -> None:
+        self.sent_at = time.monotonic()
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode_json(wire.PROGRESS, event))
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:

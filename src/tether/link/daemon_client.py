@@ -3,7 +3,13 @@
 `tether exec` must start in well under 150 ms including Python, so this module imports no
 asyncio, asyncssh or Rich. It connects to the daemon's socket (starting the daemon when there
 is none), sends one request, then shuttles stdin, signals and window sizes one way and
-stdout, stderr and the exit status the other.
+stdout, stderr and the exit status the other (:func:`run_exec`), or, for `tether status` and
+`tether cp`, waits for one answer while passing progress events on (:func:`run_op`).
+
+What the CLI calls: :func:`run_cli` (exec/shell), :func:`status_cli`, :func:`copy_cli`. Each
+goes through the daemon when this process owns real stdio fds and ``TETHER_LINK_DAEMON`` is
+not ``0``; otherwise, or when a still-running older daemon does not know the request, it runs
+in-process through :mod:`tether.link.api`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,17 @@ import time
 from tether import errors
 from tether.link import wire
 
+TYPE_CHECKING = False  # not `typing`'s: the exec fast path does not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from tether.link.copy import CopyResult
+    from tether.link.status import HostStatus
+
 SPAWN_WAIT_S = 15.0
+# After a Ctrl-C, how long the client waits for the daemon to cancel a status/copy and clean
+# up (a copy removes its temporaries) before it leaves anyway; a second Ctrl-C leaves at once.
+CANCEL_GRACE_S = 5.0
 
 
 def socket_path() -> str:
@@ -45,9 +61,12 @@ def _spawn_daemon() -> None:
 
     directory = paths.ensure_dir(paths.state_dir() / "link")
     with open(directory / "daemon.log", "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "tether.link.daemon"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                         start_new_session=True, close_fds=True, cwd="/")
+        proc = subprocess.Popen([sys.executable, "-m", "tether.link.daemon"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True, close_fds=True, cwd="/")
+    # The daemon outlives this CLI, which never waits for it: say so, or Popen's finaliser
+    # warns "subprocess ... is still running" as a `tether status`/`cp` exits normally.
+    proc.returncode = 0
 
 
 def connect(*, spawn: bool = True) -> socket.socket:
@@ -84,6 +103,80 @@ def request(op: str, **fields: object) -> dict:
                     return json.loads(payload)
                 if kind == wire.ERROR:
                     raise _rebuild(json.loads(payload))
+
+
+def run_op(req: dict, *, on_event: Callable[[dict], None] | None = None) -> dict | None:
+    """Run a one-answer request (``status``, ``copy``) through the daemon, starting it when
+    none answers; returns its ``A`` answer, passing ``P`` events (except ``accepted``) to
+    ``on_event``. An ``R`` answer is raised as its error class.
+
+    None means the daemon does not know ``req["op"]`` (an older daemon still running: it
+    closes without a frame, or answers ``R`` with ``unknown_op``); the caller then runs the
+    request in-process.
+
+    Ctrl-C sends a SIGNAL frame: the daemon cancels the work (a copy removes its temporaries)
+    and answers; this waits up to ``CANCEL_GRACE_S`` for that, then raises KeyboardInterrupt.
+    A second Ctrl-C raises at once; the socket closing then cancels the work all the same.
+    """
+    import threading
+
+    sock = connect()
+    deadline: float | None = None  # set by the first Ctrl-C
+    old_handler = None
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        nonlocal deadline
+        if deadline is not None:
+            raise KeyboardInterrupt
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        try:
+            sock.sendall(wire.encode(wire.SIGNAL, b"INT"))
+        except OSError:
+            raise KeyboardInterrupt from None
+
+    try:
+        sock.sendall(wire.encode_json(wire.OPEN, req))
+        if in_main:  # signal handlers can only be set from the main thread
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
+        decoder = wire.Decoder()
+        heard = False
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise KeyboardInterrupt
+            # a bounded wait: a Ctrl-C's deadline is checked even while the daemon is silent
+            if not select.select([sock], [], [], 0.25)[0]:
+                continue
+            data = sock.recv(1 << 16)
+            if not data:
+                if deadline is not None:
+                    raise KeyboardInterrupt
+                if not heard:
+                    return None  # an older daemon drops an unknown op without a word
+                raise errors.ConnectError("the link daemon closed the connection",
+                                          "see the daemon log under the tether state dir")
+            for kind, payload in decoder.feed(data):
+                heard = True
+                if kind == wire.PROGRESS:
+                    event = json.loads(payload)
+                    if on_event is not None and deadline is None \
+                            and event.get("event") != "accepted":
+                        on_event(event)
+                    continue
+                if deadline is not None:  # interrupted: whatever the answer, we were too
+                    raise KeyboardInterrupt
+                if kind == wire.REPLY:
+                    return json.loads(payload)
+                if kind == wire.ERROR:
+                    info = json.loads(payload)
+                    if info.get("unknown_op"):
+                        return None
+                    raise _rebuild(info)
+                raise errors.ProtocolError(f"unexpected frame {kind!r} from the link daemon")
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+        sock.close()
 
 
 def _rebuild(info: dict) -> errors.TetherError:
@@ -249,14 +342,74 @@ def _check_profile(name: str) -> None:
         load_profile(name)  # raises the NotFoundError (or UsageError for a bad name)
 
 
+def _use_daemon() -> bool:
+    """The daemon when we own real stdio fds (the normal case); in-process for tests that
+    capture output, embedding, and ``TETHER_LINK_DAEMON=0``."""
+    return _has_fds() and os.environ.get("TETHER_LINK_DAEMON", "1") != "0"
+
+
 def run_cli(req: dict) -> int:
     """Run a `tether exec`/`shell` request: via the daemon when we own real terminal fds
     (the normal case), else in-process (tests, embedding, TETHER_LINK_DAEMON=0)."""
     _check_profile(req["name"])
-    if _has_fds() and os.environ.get("TETHER_LINK_DAEMON", "1") != "0":
+    if _use_daemon():
         sys.stdout.flush()
         return run_exec(req)
     return _run_in_process(req)
+
+
+def status_cli(name: str) -> HostStatus:
+    """`tether status NAME`: the daemon probes on its warm connection (in-process as
+    :func:`tether.link.api.status` when the daemon is off or too old)."""
+    from tether.link.status import HostStatus
+
+    _check_profile(name)
+    if _use_daemon():
+        answer = run_op({"v": wire.VERSION, "op": "status", "name": name})
+        if answer is not None:
+            return HostStatus.from_dict(answer)
+    from tether.link.api import status
+
+    return status(name)
+
+
+def copy_cli(sources: Sequence[str], dest: str, *, recursive: bool = False,
+             on_start: Callable[[int, int], Callable[[int], None]] | None = None,
+             ) -> CopyResult:
+    """`tether cp SRC... DST`: the daemon copies over its warm connection (in-process as
+    :func:`tether.link.api.copy` when the daemon is off or too old).
+
+    ``on_start(files, total_bytes)`` is called once the files are known and returns
+    ``advance(nbytes)``. Local paths stay as written (messages name them so); the request
+    carries this process's cwd, against which the daemon resolves the relative ones.
+    """
+    from tether.link.copy import CopyResult, split_direction
+
+    host = split_direction(list(sources), dest)[0]  # bad input fails here, daemon or not
+    _check_profile(host)
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the cwd was removed: only an in-process copy can say what that means
+        cwd = None
+    if cwd is not None and _use_daemon():
+        advance: Callable[[int], None] | None = None
+
+        def on_event(event: dict) -> None:
+            nonlocal advance
+            if event.get("event") == "plan" and on_start is not None:
+                advance = on_start(int(event["files"]), int(event["bytes"]))
+            elif event.get("event") == "advance" and advance is not None:
+                advance(int(event["bytes"]))
+
+        answer = run_op({"v": wire.VERSION, "op": "copy", "sources": list(sources),
+                         "dest": dest, "recursive": recursive, "cwd": cwd,
+                         "progress": on_start is not None}, on_event=on_event)
+        if answer is not None:
+            return CopyResult(**answer)
+    from tether.link.api import copy
+
+    progress = (lambda plan: on_start(len(plan.files), plan.total_bytes)) if on_start else None
+    return copy(list(sources), dest, recursive=recursive, progress=progress)
 
 
 def _run_in_process(req: dict) -> int:
