@@ -22,17 +22,18 @@ def cp(
     import contextlib
 
     from tether import errors
-    from tether.link.api import copy
+    from tether.link.daemon_client import copy_cli
 
     out = Output(json_mode)
     if len(paths) < 2:
         raise errors.UsageError("need a source and a destination", "tether cp SRC... DST")
     with contextlib.ExitStack() as stack:
-        def on_plan(plan):
-            label = f"{len(plan.files)} file{'s' if len(plan.files) != 1 else ''}"
-            return stack.enter_context(out.progress(label, total=plan.total_bytes))
+        def on_start(files: int, total: int):
+            label = f"{files} file{'s' if files != 1 else ''}"
+            return stack.enter_context(out.progress(label, total=total))
 
-        result = copy(paths[:-1], paths[-1], recursive=recursive, progress=on_plan)
+        # through the link daemon's warm connection, progress streamed back from it
+        result = copy_cli(paths[:-1], paths[-1], recursive=recursive, on_start=on_start)
     data = {"host": result.host, "direction": result.direction, "files": result.files,
             "bytes": result.bytes, "seconds": round(result.duration_s, 3),
             "rate_bytes_per_s": round(result.rate_bytes_per_s)}

@@ -33,10 +33,10 @@ def _duration(s: float | None) -> str:
                   "and GPUs (exit 1 when unreachable).")
 def status(name: Annotated[str, typer.Argument(help="Host name (see `tether hosts`).")],
            json_mode: JsonOption = False) -> None:
-    from tether.link.api import status as get_status
+    from tether.link.daemon_client import status_cli
 
     out = Output(json_mode)
-    st = get_status(name)
+    st = status_cli(name)  # through the link daemon's warm connection
 
     def human(o: Output) -> None:
         if not st.reachable:
