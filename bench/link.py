@@ -14,6 +14,9 @@ sshd + gateway, paired over loopback) in temp dirs, then measures:
   over the API call of the same round, i.e. what the CLI adds to the remote command.
   python_startup_ms: `python -c pass` in the same rounds (the floor: interpreter, site, .pth
   files); cli_minus_python_ms: what `tether exec` costs on top of it.
+- cli_status_ms, cli_cp_ms (informational, no goal): p50 wall time of `tether status bench`
+  and of `tether cp` of a 6-byte file to the host, in the same rounds, through the warm link
+  daemon. Unlike exec they go through the full Typer CLI (no fast path).
 - echo_p50_ms: one byte echoed through the bridge by a PTY session (`cat` in raw mode).
 
 Debian's bash sources ~/.bashrc for every command sshd runs. The OpenSSH figures pay that
@@ -163,9 +166,14 @@ class Bench:
         subprocess.run([*base, "-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-f",
                         "-N", "tether-bench"], check=True, timeout=60)
         api, ssh, cli_ms, nopyc_ms, python_ms = [], [], [], [], []
+        status_ms, cp_ms = [], []
+        small = self.root / "small.txt"
+        small.write_text("hello\n")
+        (self.root / "cp-dst").mkdir()
 
-        def run_cli(env: dict) -> None:
-            subprocess.run(cli, check=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+        def run_cli(env: dict, argv: list[str] = cli) -> None:
+            subprocess.run(argv, check=True, env=env, stdin=subprocess.DEVNULL, timeout=60,
+                           stdout=subprocess.DEVNULL if argv is not cli else None)
 
         try:
             tether.exec("bench", "true")  # warm: the API's connection
@@ -176,7 +184,10 @@ class Bench:
                                                    check=True, timeout=60)),
                       (cli_ms, lambda: run_cli(cached)),
                       (python_ms, lambda: subprocess.run([sys.executable, "-c", "pass"],
-                                                         check=True, env=cached))]
+                                                         check=True, env=cached)),
+                      (status_ms, lambda: run_cli(cached, [self.tether, "status", "bench"])),
+                      (cp_ms, lambda: run_cli(cached, [self.tether, "cp", str(small),
+                                                       f"bench:{self.root}/cp-dst/"]))]
             if nopyc is not None:
                 series.append((nopyc_ms, lambda: run_cli(nopyc)))
             order = random.Random(1)  # shuffled rounds: whatever runs after ssh pays sshd's
@@ -198,6 +209,8 @@ class Bench:
         f["cli_minus_python_ms"] = _p50([c - p for c, p in zip(cli_ms, python_ms)])
         # what tether adds on top of the remote command itself (Python start-up, daemon hop)
         f["cli_overhead_ms"] = _p50([c - a for c, a in zip(cli_ms, api)])
+        f["cli_status_ms"] = _p50(status_ms)  # informational
+        f["cli_cp_ms"] = _p50(cp_ms)  # informational
 
     def echo_and_remote_cost(self) -> None:
         from tether.link.pool import run_sync
