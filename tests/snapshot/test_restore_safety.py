@@ -162,3 +162,42 @@ def test_shared_subtrees_are_refused_at_the_free_inodes(tmp_path, isolated, bill
         api.pull(billion_entries, tmp_path / "new" / "out")
     assert info.value.hint
     assert not (tmp_path / "new").exists()      # refused before even the parent was made
+
+
+def _shared_subtrees_changed(b):
+    """As _shared_subtrees, every file one byte longer: all 10^9 entries differ."""
+    files = raw_tree(*[[f"f{i:03d}", "f", 0o644, 0, 1, [b(fmt.DATA, b"x")]]
+                       for i in range(1000)])
+    middle = raw_tree(*[[f"d{i:03d}", "d", 0o755, 0, 0, b(fmt.TREE, files)]
+                        for i in range(1000)])
+    return raw_tree(*[[f"d{i:03d}", "d", 0o755, 0, 0, b(fmt.TREE, middle)]
+                      for i in range(1000)])
+
+
+def test_diff_of_shared_subtrees_stops_at_the_entry_cap(tmp_path, isolated, billion_entries,
+                                                        monkeypatch):
+    """Unbounded, this diff would list 10^9 changes (and run out of memory first)."""
+    from tether.snapshot import api as snapshot_api
+
+    [a] = [info.id for info in api.list_snapshots(billion_entries)]
+    b = forge_snapshot(billion_entries, _shared_subtrees_changed)
+    monkeypatch.setattr(snapshot_api, "MAX_ENTRIES", 50_000)
+    with pytest.raises(LocalIOError, match="more than 50000 entries") as info:
+        api.diff(billion_entries, a, b)
+    assert info.value.hint
+
+
+def test_diff_of_trees_nested_past_the_recursion_limit(tmp_path, isolated):
+    store = open_store(f"file://{tmp_path}/repo")
+
+    def deep(content):
+        def build(b):
+            tree = raw_tree(_file(b, "leaf", content))
+            for _ in range(sys.getrecursionlimit() + 100):
+                tree = raw_tree(["d", "d", 0o755, 0, 0, b(fmt.TREE, tree)])
+            return tree
+        return build
+
+    a, b = forge_snapshot(store, deep(b"x")), forge_snapshot(store, deep(b"y"))
+    [change] = api.diff(store, a, b)
+    assert change.status == "M" and change.path.endswith("/d/leaf")

@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tether.errors import (
     IntegrityError,
+    LocalIOError,
     PartialFailureError,
     ProtocolError,
     TetherError,
@@ -24,7 +26,7 @@ from tether.snapshot import venvs
 from tether.snapshot.backup import PushResult
 from tether.snapshot.backup import push as _push
 from tether.snapshot.repo import LOCK_STALE_S, PackWriter, Repository
-from tether.snapshot.restore import PullResult
+from tether.snapshot.restore import MAX_ENTRIES, PullResult
 from tether.snapshot.restore import pull as _pull
 from tether.snapshot.stores.base import Store, open_store
 
@@ -158,16 +160,40 @@ class Change:
 
 
 def diff_trees(read_tree: Callable[[bytes], list[fmt.Entry]], a: bytes, b: bytes,
-               prefix: str = "") -> list[Change]:
-    """Pure: what differs between two trees; identical subtrees (same id) are skipped."""
+               prefix: str = "", max_entries: int | None = None) -> list[Change]:
+    """Pure: what differs between two trees; identical subtrees (same id) are skipped.
+
+    Iterative, and it stops past ``max_entries`` tree entries read (default: pull's cap):
+    a few KB of hostile trees that share subtrees can claim billions of entries, and nest
+    deeper than any recursion limit.
+    """
+    cap = MAX_ENTRIES if max_entries is None else max_entries
+    read = 0
+
+    def level(ta: bytes, tb: bytes, pre: str) -> Iterator[tuple[str, Any, Any]]:
+        nonlocal read
+        old = {e.name: e for e in read_tree(ta)}
+        new = {e.name: e for e in read_tree(tb)}
+        read += len(old) + len(new)
+        if read > cap:
+            raise LocalIOError(f"the trees that differ between these snapshots hold more "
+                               f"than {cap} entries (counted up to {pre or '/'}); diff "
+                               "stops there",
+                               "a few KB of trees that share subtrees can claim billions of "
+                               "entries: check where this repository came from")
+        for name in sorted(old.keys() | new.keys()):
+            yield pre + name, old.get(name), new.get(name)
+
     if a == b:
         return []
-    old = {e.name: e for e in read_tree(a)}
-    new = {e.name: e for e in read_tree(b)}
     out: list[Change] = []
-    for name in sorted(old.keys() | new.keys()):
-        path = prefix + name
-        x, y = old.get(name), new.get(name)
+    stack = [level(a, b, prefix)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        path, x, y = item
         if x is None or y is None:
             out.append(Change("+" if x is None else "-", path))
         elif x.type != y.type:
@@ -175,7 +201,8 @@ def diff_trees(read_tree: Callable[[bytes], list[fmt.Entry]], a: bytes, b: bytes
         elif x.type == fmt.DIR:
             if x.mode != y.mode:
                 out.append(Change("m", path + "/"))
-            out.extend(diff_trees(read_tree, x.ref, y.ref, path + "/"))  # type: ignore[arg-type]
+            if x.ref != y.ref:
+                stack.append(level(x.ref, y.ref, path + "/"))  # type: ignore[arg-type]
         elif x.ref != y.ref:
             out.append(Change("M", path))
         elif x.mode != y.mode or x.mtime_ns != y.mtime_ns:
