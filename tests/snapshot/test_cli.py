@@ -144,3 +144,25 @@ def test_public_api_names():
     for name in ("snapshot_pull", "snapshot_list", "snapshot_diff", "snapshot_verify",
                  "snapshot_prune", "snapshot_forget"):
         assert callable(getattr(tether, name)) and name in tether.__all__
+
+
+def test_pull_max_entries_raises_the_cap_for_a_trusted_repository(cli, tmp_path, repo_url,
+                                                                  monkeypatch):
+    """The 3-million-entry cap guards against hostile trees; a real workspace past it can
+    still be restored by saying so."""
+    from tether.snapshot import restore
+
+    src = make_tree(tmp_path / "src", big=False)
+    assert cli("snapshot", "push", str(src), repo_url, "--json").exit_code == 0
+    monkeypatch.setattr(restore, "MAX_ENTRIES", 5)  # stands in for 3 million
+    refused = cli("snapshot", "pull", repo_url, str(tmp_path / "a"))
+    assert refused.exit_code != 0
+    assert "more than 5 files" in refused.stderr and "--max-entries" in refused.stderr
+    assert not (tmp_path / "a").exists()
+    ok = cli("snapshot", "pull", repo_url, str(tmp_path / "b"), "--max-entries", "1000",
+             "--json")
+    assert ok.exit_code == 0, ok.stderr
+    assert describe(tmp_path / "b") == describe(src)
+    bad = cli("snapshot", "pull", repo_url, str(tmp_path / "c"), "--max-entries", "0")
+    assert bad.exit_code == 2 and "at least 1" in bad.stderr and "hint:" in bad.stderr
+    assert not (tmp_path / "c").exists()

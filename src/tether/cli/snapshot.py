@@ -58,6 +58,9 @@ def pull(source: Annotated[str, typer.Argument(
          rebuild_venv: Annotated[bool, typer.Option("--rebuild-venv", help="Recreate "
                                  "virtualenvs whose interpreter differs, from the recorded "
                                  "package list.")] = False,
+         max_entries: Annotated[int | None, typer.Option(
+             "--max-entries", help="Plan at most this many files, directories and links "
+                                   "(default 3,000,000; ~200 bytes of memory each).")] = None,
          json: JsonOption = False) -> None:
     """Restore a snapshot: checked first, staged next to PATH, swapped in atomically."""
     from tether.snapshot import api
@@ -65,7 +68,7 @@ def pull(source: Annotated[str, typer.Argument(
     out = Output(json)
     with out.progress("pull") as bar:
         r = api.pull(source, path, replace=replace, rebuild_venv=rebuild_venv,
-                     progress=bar.advance, on_total=bar.total)
+                     progress=bar.advance, on_total=bar.total, max_entries=max_entries)
     for w in r.warnings:
         out.warn(w)
     out.result(dataclasses.asdict(r), f"restored {r.snapshot_id[:12]} to {r.path}: "

@@ -81,14 +81,20 @@ def push(store: StoreLike, path: str | Path, *, tags: tuple[str, ...] | list[str
 def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = None,
          replace: bool = False, rebuild_venv: bool = False,
          progress: Callable[[int], None] | None = None,
-         on_total: Callable[[int], None] | None = None) -> PullResult:
+         on_total: Callable[[int], None] | None = None,
+         max_entries: int | None = None) -> PullResult:
     """Restore snapshot ``ref`` (id prefix, tag; default the newest) to ``path``.
 
     ``path`` defaults to where the snapshot was taken (virtualenvs only work there).
     Virtualenvs that no longer match their interpreter produce warnings; with
     ``rebuild_venv`` they are recreated from the recorded package list. ``progress(n)``
     counts bytes written; ``on_total(n)`` gives their total once the snapshot is checked.
+    ``max_entries``: the most files, directories and links to plan (default 3 million; the
+    plan holds ~200 bytes per entry in memory, and hostile trees can claim billions).
     """
+    if max_entries is not None and max_entries < 1:
+        raise UsageError(f"max_entries must be at least 1, not {max_entries}",
+                         "pass a positive number of entries, e.g. --max-entries 5000000")
     if isinstance(store, str) and ref is None:
         store, ref = split_ref(store)
     with _opened(store) as s:
@@ -99,7 +105,7 @@ def pull(store: StoreLike, path: str | Path | None = None, *, ref: str | None = 
 
         result, plan = _pull(s, ref, Path(path) if path is not None else None,
                              replace=replace, progress=progress, on_plan=check,
-                             on_total=on_total)
+                             on_total=on_total, max_entries=max_entries)
     original = Path(plan.snapshot.path)
     dest = Path(result.path)
     failed: list[tuple[str, str | None]] = []   # (what failed, its hint)

@@ -52,17 +52,19 @@ class Budget:
     where: Path
     free_bytes: int
     max_entries: int
-    inodes_bound: bool      # max_entries comes from the free inodes, not from MAX_ENTRIES
+    inodes_bound: bool      # max_entries comes from the free inodes, not from the cap
 
     @classmethod
-    def for_destination(cls, dest: Path) -> Budget:
+    def for_destination(cls, dest: Path, cap: int | None = None) -> Budget:
+        """``cap``: the most entries to plan (default MAX_ENTRIES; raise it for a trusted
+        repository of more files, at ~200 bytes of memory each)."""
+        cap = MAX_ENTRIES if cap is None else cap
         where = dest.parent
         while not where.exists() and where != where.parent:
             where = where.parent  # the folder is made later, on the same filesystem
         st = os.statvfs(where)
-        free_inodes = st.f_favail or MAX_ENTRIES  # 0: the filesystem does not count inodes
-        return cls(where, st.f_bavail * st.f_frsize, min(MAX_ENTRIES, free_inodes),
-                   free_inodes < MAX_ENTRIES)
+        free_inodes = st.f_favail or cap  # 0: the filesystem does not count inodes
+        return cls(where, st.f_bavail * st.f_frsize, min(cap, free_inodes), free_inodes < cap)
 
 
 @dataclass(slots=True)
@@ -97,11 +99,12 @@ class Plan:
                                    f"{budget.max_entries} inodes but {budget.where} has "
                                    f"{budget.max_entries} free",
                                    "free some inodes or pull to another filesystem")
-            raise LocalIOError(f"snapshot {sid} has more than {MAX_ENTRIES} files, "
+            raise LocalIOError(f"snapshot {sid} has more than {budget.max_entries} files, "
                                "directories and links (counted up to " + (rel or "/") + "); "
                                "pull refuses to plan more",
                                "a few KB of trees that share subtrees can claim billions of "
-                               "entries: check where this repository came from")
+                               "entries: check where this repository came from; if you trust "
+                               "it, pass --max-entries N (~200 bytes of memory each)")
         need = int(self.total * SPACE_MARGIN) + INODE_BYTES * (len(self.files) + len(self.dirs))
         if need > budget.free_bytes:
             raise LocalIOError(f"restoring snapshot {sid} needs more than {need} bytes but "
@@ -387,7 +390,8 @@ def swap_in(stage: Path, dest: Path) -> Path | None:
 def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = False,
          progress: Callable[[int], None] | None = None, threads: int | None = None,
          on_plan: Callable[[Plan], None] | None = None,
-         on_total: Callable[[int], None] | None = None) -> tuple[PullResult, Plan]:
+         on_total: Callable[[int], None] | None = None,
+         max_entries: int | None = None) -> tuple[PullResult, Plan]:
     """Restore snapshot ``ref`` (id prefix, tag or latest) of ``store`` to ``path``.
     ``on_total(n)``: the bytes ``progress`` will count, once the plan is checked."""
     started = time.perf_counter()
@@ -408,7 +412,7 @@ def pull(store: Store, ref: str | None, path: Path | None, *, replace: bool = Fa
         if any(os.scandir(dest)) and not replace:
             raise UsageError(f"{dest} is not empty",
                              "pass --replace to swap it for the snapshot, or pull elsewhere")
-    p = plan(repo, sid, snap, Budget.for_destination(dest))
+    p = plan(repo, sid, snap, Budget.for_destination(dest, max_entries))
     if on_plan:
         on_plan(p)
     if on_total:
