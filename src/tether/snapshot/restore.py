@@ -104,7 +104,8 @@ class Plan:
                                "pull refuses to plan more",
                                "a few KB of trees that share subtrees can claim billions of "
                                "entries: check where this repository came from; if you trust "
-                               "it, pass --max-entries N (~200 bytes of memory each)")
+                               "it, use `tether snapshot pull --max-entries N` (~200 bytes "
+                               "of memory each)")
         need = int(self.total * SPACE_MARGIN) + INODE_BYTES * (len(self.files) + len(self.dirs))
         if need > budget.free_bytes:
             raise LocalIOError(f"restoring snapshot {sid} needs more than {need} bytes but "
