@@ -317,6 +317,36 @@ def test_a_version_made_while_we_upload_is_carried_over(kaggle, slug):
     assert fast(slug).list() == ["config", "packs/aa/from-a", "packs/bb/from-b"]
 
 
+def test_a_second_settle_round_downloads_only_what_is_new(kaggle, slug):
+    """Objects carried over in the first round are not downloaded again in the second."""
+    first = fast(slug)
+    first.put("config", b"cfg")
+    first.put("packs/aa/old", b"old")
+    first.flush()
+    a, b = fast(slug), fast(slug)     # a has no local copy of anything: it must download
+    a.put("snapshots/from-a", b"a")
+    upload = a._upload
+    by_b: list[str] = []
+
+    def upload_while_b_writes(name, path):
+        if not b.exists("packs/bb/from-b"):
+            start = len(kaggle.requests)
+            b.put("packs/bb/from-b", b"b")
+            b.flush()
+            by_b.extend(kaggle.requests[start:])
+        return upload(name, path)
+
+    a._upload = upload_while_b_writes
+    mark = len(kaggle.requests)
+    a.flush()
+    assert by_b  # b's version landed during a's upload: a needed a second round
+    assert fast(slug).list() == ["config", "packs/aa/old", "packs/bb/from-b",
+                                 "snapshots/from-a"]
+    downloads = [r for r in kaggle.requests[mark:] if "DownloadDataset" in r]
+    downloads_by_a = len(downloads) - sum("DownloadDataset" in r for r in by_b)
+    assert downloads_by_a == 3        # config, old (round 1), from-b (round 2): once each
+
+
 def test_a_version_still_processing_is_waited_for(kaggle, slug):
     """Kaggle lists a version only once it is processed: a flush waits for that before it
     reads the list, so the newer version it makes keeps the other writer's objects."""

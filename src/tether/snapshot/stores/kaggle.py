@@ -351,6 +351,15 @@ class KaggleStore:
         if not pending:
             return
         tokens: dict[tuple[str, Path], str] = {}   # (key, source) -> upload token
+        carried: dict[str, Path] = {}              # key -> its copy, downloaded this flush
+
+        def carry(key: str, size: int) -> Path:
+            # a later round must not download again what an earlier one already has
+            path = carried.get(key)
+            if path is None or path.stat().st_size != size:
+                path = carried[key] = self._carry_over(key, size)
+            return path
+
         for _ in range(SETTLE_ROUNDS):
             # A version another writer made is listed only once Kaggle has processed it:
             # wait for that before reading the list, or ours would drop its objects.
@@ -361,7 +370,7 @@ class KaggleStore:
             if final == set(remote) and not any(p is not None for p in pending.values()):
                 self._forget(pending)   # only deletes of absent keys: nothing to write
                 return
-            sources = {key: pending.get(key) or self._carry_over(key, remote[key])
+            sources = {key: pending.get(key) or carry(key, remote[key])
                        for key in sorted(final)}
             for key, source in sources.items():
                 if (key, source) not in tokens:
