@@ -78,7 +78,6 @@ class HostLink:
         self.agent_pid: int | None = None  # on the remote host
         self.agent_address: str | None = None  # its unix socket there, or 127.0.0.1:PORT
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
-        self.noise: collections.deque[str] = collections.deque(maxlen=20)
         # every connection to the agent opens with it: where the agent must listen on the
         # remote 127.0.0.1, other users of that host can connect too (docs/kernel-launch.md)
         self._token = secrets.token_hex(32)
@@ -101,10 +100,6 @@ class HostLink:
         """The local end of the agent's forward (``tcp`` when the agent listens on a port)."""
         return self._ctl_dir / ("a" if self.agent_address is None or
                                 self.agent_address.startswith("/") else "t")
-
-    @property
-    def token(self) -> str:
-        return self._token
 
     @property
     def alive(self) -> bool:
@@ -243,14 +238,11 @@ class HostLink:
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
             try:
-                event = parse_line(line)
-            except ProtocolError:  # a malformed line is noise, as in the kernel link
+                event = parse_line(raw.decode("utf-8", "replace").rstrip("\n"))
+            except ProtocolError:  # a malformed line is noise, as a shell banner is
                 event = None
-            if event is None:
-                self.noise.append(line)
-            else:
+            if event is not None:
                 self._events.put(event)
         self._events.put(None)
 
