@@ -55,3 +55,22 @@ def test_a_gateway_ignoring_the_check_is_still_refused(isolated, host, monkeypat
     assert "nothing was saved" in info.value.message
     with pytest.raises(errors.NotFoundError):
         profiles.load_profile("forged")
+
+
+def test_a_reconnect_whose_key_was_deleted_pairs_again_with_a_new_key(isolated, host) -> None:
+    """~/.ssh wiped (a new machine image, a cleanup) while the profile survived: connecting
+    again with a fresh code must leave a working key, not a profile naming a missing file."""
+    import subprocess
+
+    first = connect(host.connection_string(), "again")
+    key = first.profile.identity_file
+    key.unlink()
+    key.with_name(key.name + ".pub").unlink()
+    second = connect(host.connection_string(), "again")
+    assert second.paired is True and key.is_file()
+    assert key.with_name(key.name + ".pub").read_text().split()[1] in \
+        host.sshd.authorized_keys.read_text()
+    ssh = subprocess.run(["ssh", "-F", str(isolated.home / ".ssh" / "config"),
+                          "-o", "BatchMode=yes", second.ssh_host, "true"],
+                         capture_output=True, text=True, timeout=30)
+    assert ssh.returncode == 0, ssh.stderr

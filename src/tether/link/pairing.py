@@ -194,8 +194,10 @@ def connect(text: str, name: str, *, timeout: float = 20.0) -> ConnectResult:
                 f"but {_fingerprint(existing.host_key)} is pinned for it",
                 "someone may be impersonating it, or the host lost its state; only if you "
                 f"know why, run `tether hosts rm {name}` and pair again")
-        if profiles.secrets.get_secret(profiles.token_key(name)) is None:
-            # the token was lost (another keyring, a wiped secrets file): pair again
+        if (profiles.secrets.get_secret(profiles.token_key(name)) is None
+                or not Path(existing.identity_file).is_file()):
+            # the token or the key was lost (another keyring, a wiped secrets file or
+            # ~/.ssh): the pin still holds, so pair again with this code
             return _pair_new(cs, name, timeout)
         _check_health(cs.url, timeout)
         updated = profiles.HostProfile(**{**existing.__dict__, "url": cs.url})
